@@ -1,0 +1,1 @@
+"""Runnable Beam jobs, one module per job (``python -m beam_jobs.<job>``)."""

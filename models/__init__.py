@@ -1,0 +1,1 @@
+"""Model code: definitions, training, export and the SavedModel ModelHandler."""

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: sets up .venv (if needed) and runs the whole suite against
+# real brokers started by the fixtures. Extra arguments go to pytest, e.g.
+#   ./run_tests.sh -k kafka -x
+# KAFKA_BOOTSTRAP_SERVERS=host:port runs the Kafka tests against your cluster.
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/ensure_venv.sh "test,local"
+# pytest exits 5 when it collected no test: that fails this script too.
+exec "$VENV_PYTHON" -m pytest "$@"

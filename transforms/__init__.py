@@ -1,0 +1,1 @@
+"""Reusable PTransforms and DoFns shared by every job (stream, backfill, training)."""

@@ -1,0 +1,98 @@
+"""The record type read from Kafka and the policies that give it an event time."""
+
+import enum
+import time
+from typing import Callable, NamedTuple, Optional, Union
+
+from apache_beam.utils.timestamp import Timestamp
+from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME
+
+# Kafka's own timestamp types, re-exported so users need not import confluent_kafka.
+CREATE_TIME = TIMESTAMP_CREATE_TIME
+LOG_APPEND_TIME = TIMESTAMP_LOG_APPEND_TIME
+
+
+class KafkaRecord(NamedTuple):
+  """One Kafka record as read by ReadFromKafka.
+
+  Attributes:
+    topic: topic name.
+    partition: partition number.
+    offset: offset in the partition.
+    key: raw key bytes, or None.
+    value: raw value bytes, or None (a tombstone).
+    timestamp_ms: record timestamp in epoch milliseconds (-1 if absent).
+    timestamp_type: CREATE_TIME, LOG_APPEND_TIME, or 0 when not available.
+    headers: (name, value) pairs in wire order; values may be None.
+  """
+  topic: str
+  partition: int
+  offset: int
+  key: Optional[bytes]
+  value: Optional[bytes]
+  timestamp_ms: int
+  timestamp_type: int
+  headers: tuple[tuple[str, Optional[bytes]], ...] = ()
+
+
+def record_from_message(message) -> KafkaRecord:
+  """Builds a KafkaRecord from a confluent_kafka.Message without errors."""
+  ts_type, ts_ms = message.timestamp()
+  headers = message.headers()
+  return KafkaRecord(message.topic(), message.partition(), message.offset(),
+                     message.key(), message.value(), ts_ms, ts_type,
+                     tuple(headers) if headers else ())
+
+
+class TimestampPolicy(enum.Enum):
+  """Where an element's event time comes from.
+
+  CREATE_TIME: the producer-set record timestamp (Kafka's default); may be out
+    of order within a partition, so pair it with a ``max_delay``.
+  LOG_APPEND_TIME: the broker-set timestamp; monotonic per partition.
+  PROCESSING_TIME: the wall clock when the record was read.
+  """
+  CREATE_TIME = 'create_time'
+  LOG_APPEND_TIME = 'log_append_time'
+  PROCESSING_TIME = 'processing_time'
+
+
+# A user function from a record to its event time: seconds since the epoch
+# (float) or a Beam Timestamp; e.g. an event-time field parsed from the value.
+TimestampFn = Callable[[KafkaRecord], Union[float, Timestamp]]
+
+
+def resolve_timestamp_fn(
+    policy: Union[str, TimestampPolicy, TimestampFn]
+) -> Callable[[KafkaRecord], Timestamp]:
+  """Turns a policy name, enum or function into ``record -> Timestamp``.
+
+  Records without a broker timestamp (-1) fall back to processing time for the
+  record-time policies; a user function's result is used as is.
+
+  Raises:
+    ValueError: an unknown policy name.
+  """
+  if callable(policy) and not isinstance(policy, TimestampPolicy):
+    user_fn = policy
+
+    def from_user(record: KafkaRecord) -> Timestamp:
+      ts = user_fn(record)
+      return ts if isinstance(ts, Timestamp) else Timestamp.of(ts)
+
+    return from_user
+  try:
+    policy = TimestampPolicy(policy)
+  except ValueError:
+    raise ValueError(
+        f'unknown timestamp_policy {policy!r}: use one of '
+        f'{[p.value for p in TimestampPolicy]} or a function') from None
+  if policy is TimestampPolicy.PROCESSING_TIME:
+    return lambda record: Timestamp.of(time.time())
+
+  def from_record(record: KafkaRecord) -> Timestamp:
+    if record.timestamp_ms < 0:
+      return Timestamp.of(time.time())
+    return Timestamp(micros=record.timestamp_ms * 1000)
+
+  return from_record
