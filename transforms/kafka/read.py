@@ -182,6 +182,35 @@ class OffsetCommitter:
         pass
 
 
+def recover_out_of_range(consumer, topic: str, partition: int, offset: int,
+                         err, out_of_range_counter,
+                         deleted_counter) -> int:
+  """Decides where to continue after the broker rejected a fetch as out of range.
+
+  If the offset is still inside the log (some brokers answer out-of-range for
+  a moment right after writes), reading retries at the same offset. If
+  retention deleted it, reading continues at the log start, and the skipped
+  offsets are counted and logged: they no longer exist anywhere.
+
+  Returns:
+    The offset to read next (never below ``offset``: claims stay monotonic).
+  """
+  low, high = consumer.get_watermark_offsets(
+      TopicPartition(topic, partition), timeout=10, cached=False)
+  out_of_range_counter.inc()
+  if offset < low:
+    deleted_counter.inc(low - offset)
+    _LOGGER.warning(
+        '%s[%d]: offsets [%d, %d) were deleted by retention before they '
+        'were read; continuing at %d', topic, partition, offset, low, low)
+    return low
+  _LOGGER.info('%s[%d]: broker answered out of range for offset %d '
+               '(log [%d, %d)): %s; retrying', topic, partition, offset, low,
+               high, err.str())
+  time.sleep(0.05)
+  return offset
+
+
 class _ResolvePartitionsFn(beam.DoFn):
   """Impulse -> one PartitionRange per topic-partition to read."""
 
@@ -393,28 +422,8 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
                               {(topic, partition): next_offset}))
 
   def _out_of_range(self, consumer, topic, partition, offset, err) -> None:
-    """Handles a fetch the broker rejected as out of range.
-
-    If the offset is still inside the log (some brokers answer out-of-range
-    for a moment right after writes), the read retries at the same offset.
-    If retention deleted it, reading continues at the log start, and the
-    skipped offsets are counted and logged: they no longer exist anywhere.
-    """
-    low, high = consumer.get_watermark_offsets(
-        TopicPartition(topic, partition), timeout=10, cached=False)
-    self.out_of_range.inc()
-    if offset < low:
-      self.deleted_offsets.inc(low - offset)
-      _LOGGER.warning(
-          '%s[%d]: offsets [%d, %d) were deleted by retention before they '
-          'were read; continuing at %d', topic, partition, offset, low, low)
-      # The tracker's claims must stay monotonic: the next claim is >= low.
-      offset = low
-    else:
-      _LOGGER.info('%s[%d]: broker answered out of range for offset %d '
-                   '(log [%d, %d)): %s; retrying', topic, partition, offset,
-                   low, high, err.str())
-      time.sleep(0.05)
+    offset = recover_out_of_range(consumer, topic, partition, offset, err,
+                                  self.out_of_range, self.deleted_offsets)
     self._consumers.invalidate(topic, partition)
     self._consumers.positioned(topic, partition, offset)
 
@@ -568,6 +577,11 @@ class ReadFromKafka(beam.PTransform):
   @property
   def is_bounded(self) -> bool:
     return self._stop.is_bounded
+
+  def to_runner_api_parameter(self, context):
+    # Serialized as itself (as Beam's ReadFromPubSub is) so the runner API
+    # round trip keeps the type: the local streaming override matches on it.
+    return self.to_runner_api_pickled(context)
 
   def expand(self, pbegin):
     ranges = (
