@@ -1,0 +1,182 @@
+"""WindowFeatures: window assignment, per-key features, lateness, sessions."""
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that, equal_to, equal_to_per_window
+from apache_beam.transforms.window import IntervalWindow
+
+from transforms.events import EventBatch
+from transforms.windows import WindowFeatures, WindowSpec
+
+
+def make_batch(rows, source='kafka:t/0', start_pos=0):
+  """rows: (event_id, key, event_time, value) -> EventBatch with one window
+  feature (the value)."""
+  n = len(rows)
+  values = np.asarray([[r[3]] for r in rows], dtype=np.float32)
+  return EventBatch(
+      source=source, positions=np.arange(start_pos, start_pos + n),
+      raw=[r[0].encode() for r in rows], ids=[r[0] for r in rows],
+      keys=[r[1] for r in rows],
+      event_time=np.asarray([r[2] for r in rows], dtype=np.float64),
+      features=values, window_values=values, labels=None,
+      read_time=np.zeros(n))
+
+
+def explode(batch: EventBatch):
+  """One comparable tuple per row: (id, window, count, mean, std, late)."""
+  for i in range(len(batch)):
+    yield (batch.ids[i], batch.window, int(batch.win_count[i]),
+           round(float(batch.win_mean[i][0]), 4),
+           round(float(batch.win_std[i][0]), 4), bool(batch.late[i]))
+
+
+_COLLECTED: list = []
+
+
+def _collect(row):
+  # Module-level, so it survives the runner's DoFn pickling (a bound
+  # list.append would append to a copy).
+  _COLLECTED.append(row)
+
+
+def streaming_pipeline():
+  return beam.Pipeline(runner=BundleBasedDirectRunner(),
+                       options=PipelineOptions(streaming=True))
+
+
+# --- assignment on arrays -------------------------------------------------
+
+def test_fixed_and_sliding_assignment():
+  t = np.asarray([0.0, 9.99, 10.0, 25.5])
+  (starts, ends), = WindowSpec('fixed', size_s=10).assign(t)
+  assert starts.tolist() == [0, 0, 10, 20] and ends.tolist() == [10, 10, 20, 30]
+  layers = WindowSpec('sliding', size_s=10, period_s=5).assign(t)
+  assert len(layers) == 2
+  for starts, ends in layers:
+    # Every row lies in its window of every layer.
+    assert ((starts <= t) & (t < ends)).all()
+  windows_of_25_5 = sorted((float(s[3]), float(e[3])) for s, e in layers)
+  assert windows_of_25_5 == [(20.0, 30.0), (25.0, 35.0)]
+  windows_of_0 = sorted((float(s[0]), float(e[0])) for s, e in layers)
+  assert windows_of_0 == [(-5.0, 5.0), (0.0, 10.0)]
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(kind='hourly'), 'window kind'),
+    (dict(kind='fixed', size_s=0), 'size must be > 0'),
+    (dict(kind='sliding', size_s=10, period_s=20), 'period <= size'),
+    (dict(kind='session'), 'gap > 0'),
+    (dict(kind='fixed', allowed_lateness_s=-1), 'lateness must be >= 0'),
+])
+def test_bad_specs_are_rejected(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    WindowSpec(**kwargs)
+
+
+# --- streaming: events are emitted at once, lateness is explicit ------------
+
+def test_on_time_late_and_too_late_events_per_window():
+  spec = WindowSpec('fixed', size_s=10, allowed_lateness_s=5)
+  stream = (TestStream()
+            .advance_watermark_to(0)
+            .add_elements([beam.window.TimestampedValue(
+                make_batch([('a1', 'a', 1.0, 1.0), ('b1', 'b', 2.0, 10.0),
+                            ('a2', 'a', 3.0, 3.0)]), 1.0)])
+            .add_elements([beam.window.TimestampedValue(
+                make_batch([('a3', 'a', 12.0, 5.0)], start_pos=3), 12.0)])
+            # Window [0, 10) closes; lateness lasts until 15.
+            .advance_watermark_to(12)
+            .add_elements([beam.window.TimestampedValue(
+                make_batch([('a4', 'a', 5.0, 7.0)], start_pos=4), 5.0)])
+            .advance_watermark_to(21)
+            .add_elements([beam.window.TimestampedValue(
+                make_batch([('a5', 'a', 6.0, 9.0)], start_pos=5), 6.0)])
+            .advance_watermark_to_infinity())
+  with streaming_pipeline() as p:
+    out = p | stream | WindowFeatures(spec, 1)
+    rows = out.events | beam.FlatMap(explode)
+    assert_that(rows, equal_to_per_window({
+        IntervalWindow(0, 10): [
+            ('a1', (0.0, 10.0), 1, 1.0, 0.0, False),
+            ('b1', (0.0, 10.0), 1, 10.0, 0.0, False),
+            ('a2', (0.0, 10.0), 2, 2.0, 1.0, False),
+            # Late but within the allowed lateness: scored, flagged.
+            ('a4', (0.0, 10.0), 3, 3.6667, 2.4944, True)],
+        IntervalWindow(10, 20): [
+            ('a3', (10.0, 20.0), 1, 5.0, 0.0, False)],
+    }), label='PerWindow')
+    assert_that(out.dead_letters | beam.Map(lambda d: (d.event_id, d.reason,
+                                                       d.stage)),
+                equal_to([('a5', 'too_late', 'window')]), label='TooLate')
+
+
+def test_session_merge_when_an_event_bridges_two_sessions():
+  spec = WindowSpec('session', gap_s=6)
+  stream = (TestStream()
+            .advance_watermark_to(0)
+            .add_elements([beam.window.TimestampedValue(
+                make_batch([('x0', 'k', 0.0, 2.0)]), 0.0)])
+            .add_elements([beam.window.TimestampedValue(
+                make_batch([('x10', 'k', 10.0, 4.0)], start_pos=1), 10.0)])
+            # [5, 11) overlaps [0, 6) and [10, 16): one session [0, 16).
+            .add_elements([beam.window.TimestampedValue(
+                make_batch([('x5', 'k', 5.0, 6.0)], start_pos=2), 5.0)])
+            .advance_watermark_to_infinity())
+  with streaming_pipeline() as p:
+    rows = (p | stream | WindowFeatures(spec, 1)).events | beam.FlatMap(
+        explode)
+    assert_that(rows, equal_to_per_window({
+        IntervalWindow(0, 6): [('x0', (0.0, 6.0), 1, 2.0, 0.0, False)],
+        IntervalWindow(10, 16): [('x10', (10.0, 16.0), 1, 4.0, 0.0, False)],
+        IntervalWindow(0, 16): [('x5', (0.0, 16.0), 3, 4.0, 1.633, False)],
+    }))
+
+
+# --- batch equals streaming for in-order data ------------------------------
+
+def _in_order_rows(n=300):
+  rng = np.random.default_rng(7)
+  # TestStream watermarks have millisecond precision.
+  t = np.round(np.cumsum(rng.uniform(0.05, 0.6, n)) + 1000, 3)
+  return [(f'e{i}', f'k{i % 3}', float(t[i]), float(rng.normal()))
+          for i in range(n)]
+
+
+@pytest.mark.parametrize('spec', [
+    WindowSpec('fixed', size_s=7),
+    WindowSpec('sliding', size_s=10, period_s=4),
+    WindowSpec('session', gap_s=0.5),
+    WindowSpec('global'),
+], ids=['fixed', 'sliding', 'session', 'global'])
+def test_batch_equals_streaming_for_in_order_events(spec):
+  rows = _in_order_rows()
+  chunks = [rows[i:i + 37] for i in range(0, len(rows), 37)]
+  batches = [make_batch(c, start_pos=i * 37) for i, c in enumerate(chunks)]
+
+  stream = TestStream().advance_watermark_to(0)
+  for b in batches:
+    stream = stream.add_elements(
+        [beam.window.TimestampedValue(b, b.min_time())])
+    stream = stream.advance_watermark_to(b.min_time())
+  stream = stream.advance_watermark_to_infinity()
+  _COLLECTED.clear()
+  with streaming_pipeline() as p:
+    _ = ((p | stream | WindowFeatures(spec, 1)).events
+         | beam.FlatMap(explode) | beam.Map(_collect))
+  streamed = list(_COLLECTED)
+
+  with beam.Pipeline(runner=FnApiRunner()) as p:
+    batch_rows = ((p | beam.Create(batches)
+                   | beam.Map(lambda b: beam.window.TimestampedValue(
+                       b, b.min_time()))
+                   | WindowFeatures(spec, 1)).events
+                  | beam.FlatMap(explode))
+    assert_that(batch_rows, equal_to(streamed))
+  per_event = 2 if spec.kind == 'sliding' else 1
+  assert len(streamed) >= len(rows) * per_event

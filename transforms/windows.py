@@ -1,0 +1,540 @@
+"""Event-time windows and per-key window features, without holding events.
+
+``WindowFeatures`` is the one composite that streaming, backfill and training
+use. For each event it computes, for the event's key and event-time window,
+aggregates over the key's events in that window so far (this one included):
+``win_count`` and the mean and population std of the schema's window
+features. It emits every event at once, joined with those aggregates: the
+event is never held until its window closes.
+
+Streaming (unbounded input): a stateful DoFn keyed by the event key keeps
+running sums per open window. "So far" means in arrival order, which equals
+event-time order when a key's events arrive in order (e.g. from one Kafka
+partition: key the topic by the event key). Watermark knowledge comes from an
+event-time timer per key set at the next window end (and end + allowed
+lateness): when it fires, the watermark has passed that time. An event whose
+window end has passed is flagged ``late`` but still scored; an event whose
+window end + allowed lateness has passed is a dead letter (``too_late``).
+Window state is dropped at end + allowed lateness.
+
+Batch (bounded input): the same aggregates computed exactly, by sorting each
+key's events by (event time, source, position); equal to the streaming
+result when arrival order is event-time order. There is no lateness in batch.
+
+Window kinds: fixed(size), sliding(size, period) — an event gets one output
+row per window it belongs to, as Beam's SlidingWindows — session(gap): a
+key's session grows while events come within ``gap`` of each other; an event
+gets the session as known when it arrives, and sessions that an event
+bridges merge (aggregates add up) — and global (one window, aggregates since
+the start).
+
+The output is assigned to Beam windows (IntervalWindow(start, end) or the
+GlobalWindow) with the given allowed lateness and trigger, so windowed sinks
+downstream write one file set per window and pane.
+"""
+
+import dataclasses
+import logging
+import math
+from typing import Any, NamedTuple, Optional, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam import pvalue
+from apache_beam.coders import PickleCoder
+from apache_beam.coders import coders
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import trigger as trigger_lib
+from apache_beam.transforms import userstate
+from apache_beam.transforms import window as window_lib
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.utils.timestamp import Timestamp
+
+from transforms import dead_letters as dl
+from transforms.events import EventBatch
+
+_LOGGER = logging.getLogger(__name__)
+_NAMESPACE = 'window'
+
+WINDOW_KINDS = ('fixed', 'sliding', 'session', 'global')
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowSpec:
+  """A window strategy.
+
+  Attributes:
+    kind: fixed, sliding, session or global.
+    size_s: window length (fixed, sliding).
+    period_s: window start interval (sliding).
+    gap_s: inactivity gap that ends a session (session).
+    allowed_lateness_s: how long after a window's end its events are still
+      accepted (flagged late); later ones are dead letters.
+  """
+  kind: str = 'fixed'
+  size_s: float = 60.0
+  period_s: Optional[float] = None
+  gap_s: Optional[float] = None
+  allowed_lateness_s: float = 0.0
+
+  def __post_init__(self):
+    if self.kind not in WINDOW_KINDS:
+      raise ValueError(f'window kind {self.kind!r}: use one of {WINDOW_KINDS}')
+    if self.kind in ('fixed', 'sliding') and not self.size_s > 0:
+      raise ValueError(f'window size must be > 0 s, got {self.size_s}')
+    if self.kind == 'sliding':
+      if not (self.period_s and 0 < self.period_s <= self.size_s):
+        raise ValueError(f'sliding windows need 0 < period <= size, got '
+                         f'period {self.period_s}, size {self.size_s}')
+    if self.kind == 'session' and not (self.gap_s and self.gap_s > 0):
+      raise ValueError(f'session windows need a gap > 0 s, got {self.gap_s}')
+    if self.allowed_lateness_s < 0:
+      raise ValueError(f'allowed lateness must be >= 0 s, got '
+                       f'{self.allowed_lateness_s}')
+
+  def assign(self, times: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Non-merging window assignment on arrays.
+
+    Returns:
+      A list of (starts, ends) arrays, one pair per "layer": fixed and global
+      have one layer, sliding has size/period layers (row i belongs to window
+      (starts[i], ends[i]) of every layer). Global windows are (-inf, inf).
+    """
+    if self.kind == 'global':
+      inf = np.full(len(times), np.inf)
+      return [(-inf, inf)]
+    if self.kind == 'fixed':
+      starts = np.floor(times / self.size_s) * self.size_s
+      return [(starts, starts + self.size_s)]
+    if self.kind == 'sliding':
+      last = np.floor(times / self.period_s) * self.period_s
+      layers = []
+      for k in range(int(math.ceil(self.size_s / self.period_s))):
+        starts = last - k * self.period_s
+        ends = starts + self.size_s
+        keep = times < ends
+        if keep.all():
+          layers.append((starts, ends))
+        elif keep.any():
+          # Only when size is not a multiple of period: some rows are in
+          # fewer windows; mark the rest with NaN.
+          layers.append((np.where(keep, starts, np.nan),
+                         np.where(keep, ends, np.nan)))
+      return layers
+    raise ValueError('session windows are assigned by merging, not arrays')
+
+
+def _flatten(layers) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(rows, starts, ends) of every (row, window) assignment of the layers,
+  rows ascending within each window (stable order)."""
+  rows, starts, ends = [], [], []
+  for s, e in layers:
+    valid = np.flatnonzero(~np.isnan(s))
+    rows.append(valid)
+    starts.append(s[valid])
+    ends.append(e[valid])
+  rows = np.concatenate(rows)
+  starts = np.concatenate(starts)
+  ends = np.concatenate(ends)
+  order = np.lexsort((rows, starts))
+  return rows[order], starts[order], ends[order]
+
+
+def _micros(seconds):
+  """Seconds (scalar or array) as integer microseconds, Beam's time unit.
+
+  All comparisons with the watermark are made in microseconds: a timer set
+  at Timestamp.of(t) fires at t rounded to microseconds, and comparing that
+  with t as a float could keep a window open forever.
+  """
+  if isinstance(seconds, np.ndarray):
+    return np.round(seconds * 1e6).astype(np.int64)
+  return int(round(seconds * 1e6))
+
+
+_NEG_INF_US = -(2**62)
+
+
+def _beam_window(start: float, end: float):
+  if math.isinf(start) and math.isinf(end):
+    return window_lib.GlobalWindow()
+  return window_lib.IntervalWindow(start, end)
+
+
+class _Agg:
+  """Running count, sum and sum of squares of the window features."""
+
+  __slots__ = ('count', 'sum', 'sumsq')
+
+  def __init__(self, width: int):
+    self.count = 0
+    self.sum = np.zeros(width, dtype=np.float64)
+    self.sumsq = np.zeros(width, dtype=np.float64)
+
+  def merge(self, other: '_Agg') -> None:
+    self.count += other.count
+    self.sum += other.sum
+    self.sumsq += other.sumsq
+
+
+def _cumulative(agg: _Agg, values: np.ndarray):
+  """Count/mean/std so far for each row of ``values``, updating ``agg``."""
+  v = values.astype(np.float64)
+  counts = agg.count + np.arange(1, len(v) + 1)
+  sums = agg.sum + np.cumsum(v, axis=0)
+  sumsq = agg.sumsq + np.cumsum(v * v, axis=0)
+  agg.count = int(counts[-1])
+  agg.sum = sums[-1].copy()
+  agg.sumsq = sumsq[-1].copy()
+  c = counts[:, None].astype(np.float64)
+  mean = sums / c
+  var = np.maximum(sumsq / c - mean * mean, 0.0)
+  return counts.astype(np.int64), mean.astype(np.float32), np.sqrt(
+      var).astype(np.float32)
+
+
+def _with_window(batch: EventBatch, idx: np.ndarray, window, counts, mean,
+                 std, late) -> EventBatch:
+  sub = batch.take(idx)
+  sub.window = window
+  sub.win_count = counts
+  sub.win_mean = mean
+  sub.win_std = std
+  sub.late = late
+  return sub
+
+
+class _SplitByKey(beam.DoFn):
+  """EventBatch -> (key, EventBatch of that key), rows in arrival order."""
+
+  def process(self, batch: EventBatch):
+    keys = batch.keys
+    first = keys[0]
+    if all(k == first for k in keys):
+      yield first, batch
+      return
+    groups: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+      groups.setdefault(k, []).append(i)
+    for key, idx in groups.items():
+      sub = batch.take(np.asarray(idx))
+      yield beam.window.TimestampedValue((key, sub), sub.min_time())
+
+
+class _StreamingWindowStateFn(beam.DoFn):
+  """Per key: running aggregates per open window, late/too-late handling.
+
+  State (per key): the open windows' aggregates and a lower bound of the
+  input watermark, learnt from timer firings. One event-time timer per key,
+  at the next time that matters (a window end, or end + lateness).
+  """
+
+  WINDOWS = userstate.ReadModifyWriteStateSpec('windows', PickleCoder())
+  WATERMARK = userstate.ReadModifyWriteStateSpec('watermark_lb', PickleCoder())
+  EXPIRY = userstate.TimerSpec('expiry', TimeDomain.WATERMARK)
+
+  def __init__(self, spec: WindowSpec, width: int):
+    self._spec = spec
+    self._width = width
+    self.late_rows = Metrics.counter(_NAMESPACE, 'late_events')
+    self.too_late_rows = Metrics.counter(_NAMESPACE, 'too_late_events')
+    self.dropped_assignments = Metrics.counter(
+        _NAMESPACE, 'expired_window_assignments')
+    self.open_windows = Metrics.distribution(_NAMESPACE, 'open_windows_per_key')
+
+  def process(self, element, windows_state=beam.DoFn.StateParam(WINDOWS),
+              wm_state=beam.DoFn.StateParam(WATERMARK),
+              expiry=beam.DoFn.TimerParam(EXPIRY)):
+    key, batch = element
+    wm = wm_state.read()
+    wm = _NEG_INF_US if wm is None else wm
+    windows = windows_state.read()
+    if windows is None:
+      windows = [] if self._spec.kind == 'session' else {}
+    if self._spec.kind == 'session':
+      outputs, too_late = self._sessions(batch, windows, wm)
+    else:
+      outputs, too_late = self._intervals(batch, windows, wm)
+    windows_state.write(windows)
+    self._set_timer(windows, wm, expiry)
+    self.open_windows.update(len(windows))
+    for sub in outputs:
+      yield beam.window.TimestampedValue(sub, sub.min_time())
+    for i in too_late:
+      self.too_late_rows.inc()
+      yield pvalue.TaggedOutput(dl.DEAD_LETTER_TAG, dl.DeadLetter(
+          stage=dl.WINDOW, reason=dl.TOO_LATE,
+          detail=(f'event time {batch.event_time[i]:.3f}: its window closed '
+                  f'and the allowed lateness '
+                  f'({self._spec.allowed_lateness_s:g}s) passed (watermark '
+                  f'>= {wm / 1e6:.3f})'),
+          payload=batch.raw[i], source=batch.source,
+          position=int(batch.positions[i]), event_id=batch.ids[i]))
+
+  def _intervals(self, batch: EventBatch, windows: dict, wm: int):
+    lateness = self._spec.allowed_lateness_s
+    rows, starts, ends = _flatten(self._spec.assign(batch.event_time))
+    expired = (_micros(ends + lateness) <= wm) & np.isfinite(ends)
+    if expired.any():
+      self.dropped_assignments.inc(int(expired.sum()))
+    assigned_ok = np.zeros(len(batch), dtype=bool)
+    assigned_ok[rows[~expired]] = True
+    rows, starts, ends = rows[~expired], starts[~expired], ends[~expired]
+    outputs = []
+    # Assignments are grouped by window, rows in arrival order within each.
+    bounds = np.flatnonzero(starts[1:] != starts[:-1]) + 1
+    for group in np.split(np.arange(len(rows)), bounds):
+      if not len(group):
+        continue
+      idx = rows[group]
+      wkey = (float(starts[group[0]]), float(ends[group[0]]))
+      agg = windows.get(wkey)
+      if agg is None:
+        agg = windows[wkey] = _Agg(self._width)
+      counts, mean, std = _cumulative(agg, batch.window_values[idx])
+      late = np.full(len(idx), math.isfinite(wkey[1]) and
+                     _micros(wkey[1]) <= wm)
+      if late.any():
+        self.late_rows.inc(len(idx))
+      outputs.append(_with_window(batch, idx, wkey, counts, mean, std, late))
+    return outputs, np.flatnonzero(~assigned_ok)
+
+  def _sessions(self, batch: EventBatch, sessions: list, wm: int):
+    gap = self._spec.gap_s
+    lateness = self._spec.allowed_lateness_s
+    rows_by_window: dict[tuple, list] = {}
+    too_late = []
+    for i in range(len(batch)):
+      t = float(batch.event_time[i])
+      lo, hi = t, t + gap
+      overlapping = [s for s in sessions if s[0] < hi and lo < s[1]]
+      if not overlapping and _micros(hi + lateness) <= wm:
+        too_late.append(i)
+        continue
+      agg = _Agg(self._width)
+      for s in overlapping:
+        lo, hi = min(lo, s[0]), max(hi, s[1])
+        agg.merge(s[2])
+        sessions.remove(s)
+      counts, mean, std = _cumulative(agg, batch.window_values[i:i + 1])
+      sessions.append([lo, hi, agg])
+      rows_by_window.setdefault((lo, hi), []).append(
+          (i, counts[0], mean[0], std[0], _micros(hi) <= wm))
+    outputs = []
+    for wkey, rows in rows_by_window.items():
+      idx = np.asarray([r[0] for r in rows])
+      late = np.asarray([r[4] for r in rows])
+      if late.any():
+        self.late_rows.inc(int(late.sum()))
+      outputs.append(_with_window(
+          batch, idx, wkey, np.asarray([r[1] for r in rows], dtype=np.int64),
+          np.stack([r[2] for r in rows]), np.stack([r[3] for r in rows]),
+          late))
+    return outputs, np.asarray(too_late, dtype=np.int64)
+
+  def _next_deadline(self, windows, wm: int) -> Optional[int]:
+    """The next time (micros) at which the watermark matters: the earliest
+    open window end not yet passed, else end + lateness."""
+    lateness = self._spec.allowed_lateness_s
+    ends = ([s[1] for s in windows] if isinstance(windows, list) else
+            [w[1] for w in windows])
+    times = []
+    for e in ends:
+      if math.isinf(e):
+        continue
+      end_us = _micros(e)
+      times.append(end_us if end_us > wm else _micros(e + lateness))
+    return min(times) if times else None
+
+  def _set_timer(self, windows, wm: int, expiry) -> None:
+    deadline = self._next_deadline(windows, wm)
+    if deadline is not None:
+      expiry.set(Timestamp(micros=deadline))
+
+  @userstate.on_timer(EXPIRY)
+  def on_expiry(self, fired=beam.DoFn.TimestampParam,
+                windows_state=beam.DoFn.StateParam(WINDOWS),
+                wm_state=beam.DoFn.StateParam(WATERMARK),
+                expiry=beam.DoFn.TimerParam(EXPIRY)):
+    # The timer fired, so the input watermark has passed its time.
+    previous = wm_state.read()
+    wm = max(_NEG_INF_US if previous is None else previous, fired.micros)
+    wm_state.write(wm)
+    windows = windows_state.read()
+    if not windows:
+      return
+    lateness = self._spec.allowed_lateness_s
+    if isinstance(windows, list):
+      windows[:] = [s for s in windows if _micros(s[1] + lateness) > wm]
+    else:
+      for wkey in [w for w in windows
+                   if not math.isinf(w[1]) and _micros(w[1] + lateness) <= wm]:
+        del windows[wkey]
+    if windows:
+      windows_state.write(windows)
+      self._set_timer(windows, wm, expiry)
+    else:
+      windows_state.clear()
+
+
+class _BatchWindowFn(beam.DoFn):
+  """Per key, all events at once: exact aggregates in event-time order."""
+
+  def __init__(self, spec: WindowSpec, width: int):
+    self._spec = spec
+    self._width = width
+
+  def process(self, element):
+    unused_key, batches = element
+    batches = list(batches)
+    sizes = [len(b) for b in batches]
+    times = np.concatenate([b.event_time for b in batches])
+    values = np.concatenate([b.window_values for b in batches])
+    # Ties in event time: source then position, i.e. file/partition order.
+    sources = np.concatenate([np.full(n, b.source, dtype=object)
+                              for b, n in zip(batches, sizes)])
+    positions = np.concatenate([b.positions for b in batches])
+    _, source_rank = np.unique(sources.astype(str), return_inverse=True)
+    order = np.lexsort((positions, source_rank, times))
+    owner = np.repeat(np.arange(len(batches)), sizes)
+    local = np.concatenate([np.arange(n) for n in sizes])
+    if self._spec.kind == 'session':
+      layers = [self._session_layer(times, order)]
+    else:
+      layers = self._spec.assign(times)
+    # Every (row, window) assignment; rows ranked by event-time order.
+    rank = np.empty(len(times), dtype=np.int64)
+    rank[order] = np.arange(len(times))
+    rows, starts, ends = _flatten(layers)
+    # Grouped by window start (a session's known end grows row by row, its
+    # start identifies it), rows in event-time order within each window.
+    by_window = np.lexsort((rank[rows], starts))
+    rows, starts, ends = rows[by_window], starts[by_window], ends[by_window]
+    counts = np.zeros(len(rows), dtype=np.int64)
+    mean = np.zeros((len(rows), self._width), dtype=np.float32)
+    std = np.zeros((len(rows), self._width), dtype=np.float32)
+    bounds = np.flatnonzero(starts[1:] != starts[:-1]) + 1
+    for group in np.split(np.arange(len(rows)), bounds):
+      if len(group):
+        counts[group], mean[group], std[group] = _cumulative(
+            _Agg(self._width), values[rows[group]])
+    # Emit per original batch and window, rows in original order.
+    owner_of = owner[rows]
+    for b, batch in enumerate(batches):
+      mine = np.flatnonzero(owner_of == b)
+      if not len(mine):
+        continue
+      mine = mine[np.argsort(local[rows[mine]], kind='stable')]
+      wins = np.stack([starts[mine], ends[mine]], axis=1)
+      for win in np.unique(wins, axis=0):
+        sel = mine[(wins[:, 0] == win[0]) & (wins[:, 1] == win[1])]
+        sub = _with_window(batch, local[rows[sel]],
+                           (float(win[0]), float(win[1])), counts[sel],
+                           mean[sel], std[sel],
+                           np.zeros(len(sel), dtype=bool))
+        yield beam.window.TimestampedValue(sub, sub.min_time())
+
+  def _session_layer(self, times, order):
+    """Session bounds as known at each event in time order: (start, t+gap)."""
+    gap = self._spec.gap_s
+    t_sorted = times[order]
+    new_session = np.ones(len(t_sorted), dtype=bool)
+    new_session[1:] = np.diff(t_sorted) >= gap
+    session_id = np.cumsum(new_session) - 1
+    session_start = t_sorted[new_session][session_id]
+    starts = np.empty(len(times))
+    ends = np.empty(len(times))
+    starts[order] = session_start
+    # "Known so far" end: the latest event time seen in the session + gap.
+    running_max = np.maximum.accumulate(t_sorted)
+    ends[order] = running_max + gap
+    return starts, ends
+
+
+class _AssignEventWindows(window_lib.NonMergingWindowFn):
+  """Assigns each EventBatch the window its rows were aggregated in."""
+
+  def assign(self, context):
+    batch: EventBatch = context.element
+    return [_beam_window(*batch.window)]
+
+  def get_window_coder(self):
+    return coders.IntervalWindowCoder()
+
+  def __eq__(self, other):
+    return type(self) == type(other)  # pylint: disable=unidiomatic-typecheck
+
+  def __hash__(self):
+    return hash(type(self))
+
+
+DEFAULT_TRIGGER = trigger_lib.AfterWatermark(late=trigger_lib.AfterCount(1))
+
+
+class WindowOutputs(NamedTuple):
+  """The two outputs of WindowFeatures."""
+  events: beam.PCollection
+  dead_letters: beam.PCollection
+
+
+class WindowFeatures(beam.PTransform):
+  """EventBatch -> EventBatch with window features, in event-time windows.
+
+  Returns WindowOutputs: ``events`` (EventBatch with window, win_count,
+  win_mean, win_std, late set; assigned to their Beam windows) and
+  ``dead_letters`` (too-late events). See the module docstring.
+  """
+
+  def __init__(self, spec: WindowSpec, window_feature_count: int, *,
+               trigger: Optional[Any] = None,
+               accumulation_mode=trigger_lib.AccumulationMode.DISCARDING,
+               bounded: Optional[bool] = None):
+    """Configures the composite.
+
+    Args:
+      spec: the window strategy and allowed lateness.
+      window_feature_count: width of EventBatch.window_values.
+      trigger: trigger for aggregations downstream (e.g. windowed file
+        writes); default: at the watermark, then once per late event.
+      accumulation_mode: for those downstream panes.
+      bounded: force the batch (True) or streaming (False) implementation;
+        default: from the input PCollection.
+    """
+    super().__init__()
+    self._spec = spec
+    self._width = window_feature_count
+    self._trigger = trigger or DEFAULT_TRIGGER
+    self._accumulation = accumulation_mode
+    self._bounded = bounded
+
+  def expand(self, pcoll):
+    bounded = pcoll.is_bounded if self._bounded is None else self._bounded
+    keyed = (pcoll
+             | 'IntoGlobalWindow' >> beam.WindowInto(window_lib.GlobalWindows())
+             | 'SplitByKey' >> beam.ParDo(_SplitByKey()).with_output_types(
+                 tuple[str, Any]))
+    if bounded:
+      grouped = keyed | 'GroupKeyEvents' >> beam.GroupByKey()
+      events = grouped | 'AggregateInTimeOrder' >> beam.ParDo(
+          _BatchWindowFn(self._spec, self._width)).with_output_types(
+              EventBatch)
+      dead = (pcoll.pipeline
+              | 'NoLateEventsInBatch' >> beam.Create([]))
+    else:
+      out = keyed | 'AggregatePerKeyWindow' >> beam.ParDo(
+          _StreamingWindowStateFn(self._spec, self._width)).with_output_types(
+              EventBatch).with_outputs(
+              dl.DEAD_LETTER_TAG, main='events')
+      events, dead = out.events, out[dl.DEAD_LETTER_TAG]
+    if self._spec.kind == 'global':
+      windowfn = window_lib.GlobalWindows()
+    else:
+      windowfn = _AssignEventWindows()
+    windowed = events | 'IntoEventWindows' >> beam.WindowInto(
+        windowfn, trigger=self._trigger,
+        accumulation_mode=self._accumulation,
+        allowed_lateness=self._spec.allowed_lateness_s)
+    return WindowOutputs(windowed, dead)
+
+
+__all__: Sequence[str] = ['WindowFeatures', 'WindowSpec', 'WINDOW_KINDS']
