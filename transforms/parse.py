@@ -319,6 +319,27 @@ class RecordParser:
           f'{s.max_future_s:.0f}s]')
     return t
 
+  def event_time_of(self, record) -> float:
+    """The event time of a raw record for the read's timestamps/watermark.
+
+    Never raises: a record whose payload gives no valid time (it will be a
+    dead letter at parse) gets its Kafka timestamp, else the wall clock, so
+    one bad record cannot move the watermark (e.g. to the year 9999).
+    """
+    raw = _to_raw(record)
+    now = self._now_fn()
+    fallback = raw.timestamp if raw.timestamp is not None else now
+    field = self.schema.time_field
+    if not field or not raw.payload or len(raw.payload) > self._max_payload:
+      return fallback
+    try:
+      t = self._time(self._decode(raw.payload)[field])
+    except Exception:  # pylint: disable=broad-except
+      return fallback
+    if not self.schema.min_event_time <= t <= now + self.schema.max_future_s:
+      return fallback
+    return t
+
   def parse(self, records: Iterable, *,
             default_time: Optional[float] = None
            ) -> tuple[list[EventBatch], list[dl.DeadLetter]]:
@@ -371,7 +392,7 @@ class RecordParser:
         continue
       cols = rows.get(raw.source)
       if cols is None:
-        cols = rows[raw.source] = ([], [], [], [], [], [], [], [])
+        cols = rows[raw.source] = ([], [], [], [], [], [], [], [], [])
       cols[0].append(raw.position)
       cols[1].append(payload)
       cols[2].append(event_id)
@@ -380,11 +401,12 @@ class RecordParser:
       cols[5].append(feats)
       cols[6].append(wvals)
       cols[7].append(label)
+      cols[8].append(raw.key)
     batches = []
     n_features = len(self._features)
     n_window = len(self._window_features)
     for source, (pos, raw_payloads, ids, keys, times, feats, wvals,
-                 labels) in rows.items():
+                 labels, record_keys) in rows.items():
       n = len(ids)
       features = np.asarray(feats, dtype=np.float32).reshape(n, n_features)
       window_values = np.asarray(wvals, dtype=np.float32).reshape(n, n_window)
@@ -396,8 +418,9 @@ class RecordParser:
         for i in np.flatnonzero(bad):
           dead.append(dl.DeadLetter(
               stage=dl.VALIDATE, reason=dl.NON_FINITE,
-              detail='a numeric field overflows float32', payload=raw_payloads[i],
-              source=source, position=pos[i], event_id=ids[i], time=now))
+              detail='a numeric field overflows float32',
+              payload=raw_payloads[i], source=source, position=pos[i],
+              event_id=ids[i], record_key=record_keys[i], time=now))
         keep = np.flatnonzero(~bad)
         if not len(keep):
           continue

@@ -1,0 +1,453 @@
+"""A RunInference ModelHandler for TensorFlow SavedModels, with hot swap.
+
+Why not Beam's TFModelHandler* or tfx-bsl's: they load with
+``keras.models.load_model`` or a TF1 session, which fail on SavedModels
+written by Keras 3 (NOTES.md). This handler loads with
+``tf.saved_model.load`` and calls a named signature, so it serves our
+exports (models/export.py), Keras 3 ``model.export()`` directories and plain
+``tf.Module`` exports alike.
+
+Inputs (chosen from the signature's input spec):
+* one float tensor [B, F]: the schema's features as one dense tensor;
+* several inputs: a dict of named tensors, one per feature name;
+* one string tensor [B]: serialized tf.Example protos built from the rows.
+
+Elements are EventBatches (many events each); a RunInference batch is a list
+of them, scored with one signature call on the concatenated rows. Each
+element comes back as a ScoredBatch with one score per row and the model
+version that produced it.
+
+Model directory: either a SavedModel itself, or a TF-Serving-style root with
+integer version subdirectories (``<model_dir>/<version>/``), where a version
+is complete when saved_model.pb, variables/ and metrics.json exist. With a
+versioned root the handler serves the latest complete version and checks for
+a newer one every ``poll_interval_s`` seconds: a new version is loaded and
+smoke-tested off to the side and swapped in between two batches; a corrupt or
+incomplete one is refused (logged, counted) and the current one keeps
+serving. Paths may be local or gs:// (read with Beam's FileSystems and
+loaded from a local copy).
+
+Retry policy: a batch whose signature call fails is retried per element and
+then per row, so one bad row cannot fail its neighbours; rows that still
+fail are returned with an error and become dead letters downstream. Loading
+errors raise (the runner retries; at job start they fail the job).
+"""
+
+import dataclasses
+import logging
+import os
+import posixpath
+import shutil
+import tempfile
+import threading
+import time
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler
+
+from transforms.events import EventBatch
+
+_LOGGER = logging.getLogger(__name__)
+_NAMESPACE = 'inference'
+
+DEFAULT_SIGNATURE = 'serving_default'
+METRICS_FILE = 'metrics.json'
+
+INPUT_TENSOR = 'tensor'
+INPUT_DICT = 'dict'
+INPUT_EXAMPLES = 'examples'
+
+
+class ModelLoadError(RuntimeError):
+  """A model directory or version cannot be loaded or does not fit."""
+
+
+@dataclasses.dataclass
+class ScoredBatch:
+  """The result for one EventBatch.
+
+  Attributes:
+    batch: the scored events.
+    scores: float32 [n] (or [n, k] for multi-output models).
+    model_version: the version that scored them (0 for an unversioned dir).
+    scored_time: epoch seconds when the scores were computed.
+    errors: None, or one message per row (None for rows that scored).
+  """
+  batch: EventBatch
+  scores: np.ndarray
+  model_version: int
+  scored_time: float
+  errors: Optional[list] = None
+
+
+def _join(base: str, *parts: str) -> str:
+  if '://' in base:
+    return posixpath.join(base, *parts)
+  return os.path.join(base, *parts)
+
+
+def _exists(path: str) -> bool:
+  try:
+    return FileSystems.exists(path)
+  except Exception:  # pylint: disable=broad-except
+    return False
+
+
+def _is_saved_model(path: str) -> bool:
+  return (_exists(_join(path, 'saved_model.pb')) or
+          _exists(_join(path, 'saved_model.pbtxt')))
+
+
+def complete_versions(model_dir: str) -> list[int]:
+  """Complete integer versions under ``model_dir`` (ascending)."""
+  try:
+    matches = FileSystems.match([_join(model_dir, '*', METRICS_FILE)])[0]
+  except Exception:  # pylint: disable=broad-except
+    return []
+  versions = []
+  for meta in matches.metadata_list:
+    name = os.path.basename(os.path.dirname(meta.path.rstrip('/')))
+    if name.isdigit() and _is_saved_model(_join(model_dir, name)):
+      versions.append(int(name))
+  return sorted(versions)
+
+
+def _local_copy(path: str) -> tuple[str, Optional[str]]:
+  """A local directory with the SavedModel at ``path`` (copied if remote).
+
+  Returns:
+    (local path, temp dir to delete later or None).
+  """
+  if '://' not in path:
+    return path, None
+  tmp = tempfile.mkdtemp(prefix='kbi-model-')
+  matches = FileSystems.match([_join(path, '**')])[0].metadata_list
+  if not matches:
+    raise ModelLoadError(f'no files under {path}')
+  prefix = path.rstrip('/') + '/'
+  for meta in matches:
+    rel = meta.path[len(prefix):] if meta.path.startswith(prefix) else (
+        os.path.basename(meta.path))
+    target = os.path.join(tmp, rel)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with FileSystems.open(meta.path) as src, open(target, 'wb') as dst:
+      shutil.copyfileobj(src, dst)
+  return tmp, tmp
+
+
+class LoadedSignature:
+  """One loaded SavedModel signature and how to feed it."""
+
+  def __init__(self, path: str, version: int, signature: str,
+               feature_names: Sequence[str], output_key: Optional[str]):
+    import tensorflow as tf
+    self.path = path
+    self.version = version
+    local, self._tmp = _local_copy(path)
+    try:
+      self._module = tf.saved_model.load(local)
+    except Exception as e:  # pylint: disable=broad-except
+      self.close()
+      raise ModelLoadError(f'cannot load SavedModel at {path}: {e}') from e
+    signatures = getattr(self._module, 'signatures', {})
+    if signature not in signatures:
+      self.close()
+      raise ModelLoadError(
+          f'SavedModel at {path} has no signature {signature!r}; it has '
+          f'{sorted(signatures)} (set --model_signature)')
+    self._fn = signatures[signature]
+    self.signature = signature
+    self.feature_names = list(feature_names)
+    _, inputs = self._fn.structured_input_signature
+    self._inputs = dict(inputs)
+    self.input_mode, self._input_name = self._input_mode()
+    outputs = self._fn.structured_outputs
+    if output_key is None:
+      if 'score' in outputs:
+        output_key = 'score'
+      elif len(outputs) == 1:
+        output_key = next(iter(outputs))
+      else:
+        self.close()
+        raise ModelLoadError(
+            f'signature {signature!r} of {path} has outputs {sorted(outputs)}; '
+            f'choose one with --model_output')
+    if output_key not in outputs:
+      self.close()
+      raise ModelLoadError(f'signature {signature!r} of {path} has no output '
+                           f'{output_key!r}; it has {sorted(outputs)}')
+    self.output_key = output_key
+    self._encoder = None
+
+  def _input_mode(self) -> tuple[str, Optional[str]]:
+    import tensorflow as tf
+    specs = self._inputs
+    if len(specs) == 1:
+      name, spec = next(iter(specs.items()))
+      if spec.dtype == tf.string:
+        return INPUT_EXAMPLES, name
+      width = spec.shape[-1] if spec.shape.rank == 2 else None
+      if width is not None and width != len(self.feature_names):
+        raise ModelLoadError(
+            f'signature {self.signature!r} of {self.path} takes {width} '
+            f'features; the schema has {len(self.feature_names)}')
+      return INPUT_TENSOR, name
+    missing = set(self.feature_names) - set(specs)
+    if missing:
+      raise ModelLoadError(
+          f'signature {self.signature!r} of {self.path} takes named inputs '
+          f'{sorted(specs)}; missing for features {sorted(missing)[:5]}')
+    return INPUT_DICT, None
+
+  def __call__(self, features: np.ndarray) -> np.ndarray:
+    """Scores rows of features ([n, F] float32) -> [n] or [n, k]."""
+    import tensorflow as tf
+    if self.input_mode == INPUT_TENSOR:
+      out = self._fn(**{self._input_name: tf.constant(features)})
+    elif self.input_mode == INPUT_DICT:
+      feed = {}
+      for i, name in enumerate(self.feature_names):
+        spec = self._inputs[name]
+        col = features[:, i]
+        if spec.shape.rank == 2:
+          col = col[:, None]
+        feed[name] = tf.constant(col, dtype=spec.dtype)
+      out = self._fn(**feed)
+    else:
+      out = self._fn(**{self._input_name: tf.constant(
+          self._examples(features))})
+    scores = out[self.output_key].numpy()
+    if scores.ndim == 2 and scores.shape[1] == 1:
+      scores = scores[:, 0]
+    if len(scores) != len(features):
+      raise ValueError(f'model returned {len(scores)} scores for '
+                       f'{len(features)} rows')
+    return scores.astype(np.float32, copy=False)
+
+  def _examples(self, features: np.ndarray) -> list[bytes]:
+    from tensorflow.core.example import example_pb2
+    if self._encoder is None:
+      proto = example_pb2.Example()
+      fmap = proto.features.feature
+      self._encoder = (proto, [fmap[n].float_list.value
+                               for n in self.feature_names])
+      for values in self._encoder[1]:
+        values.append(0.0)
+    proto, slots = self._encoder
+    out = []
+    for row in features.tolist():
+      for values, v in zip(slots, row):
+        values[0] = v
+      out.append(proto.SerializeToString())
+    return out
+
+  def smoke_test(self) -> None:
+    """Scores two zero rows; raises ModelLoadError if that fails."""
+    try:
+      scores = self(np.zeros((2, len(self.feature_names)), dtype=np.float32))
+    except Exception as e:  # pylint: disable=broad-except
+      raise ModelLoadError(f'{self.path}: test call of signature '
+                           f'{self.signature!r} failed: {e}') from e
+    if not np.all(np.isfinite(scores)):
+      raise ModelLoadError(f'{self.path}: test call returned non-finite '
+                           f'scores {scores!r}')
+
+  def close(self) -> None:
+    if self._tmp:
+      shutil.rmtree(self._tmp, ignore_errors=True)
+      self._tmp = None
+
+
+class VersionedModel:
+  """The model a process serves, and its hot swap (thread-safe)."""
+
+  def __init__(self, model_dir: str, *, signature: str,
+               feature_names: Sequence[str], output_key: Optional[str],
+               poll_interval_s: float, pinned_version: Optional[int] = None):
+    self._dir = model_dir
+    self._signature = signature
+    self._features = list(feature_names)
+    self._output_key = output_key
+    self._poll_interval_s = poll_interval_s
+    self._pinned = pinned_version
+    self._lock = threading.Lock()
+    self._refused: set[int] = set()
+    self._last_poll = time.monotonic()
+    self.versioned = not _is_saved_model(model_dir)
+    self.current = self._load_initial()
+    self.swaps = Metrics.counter(_NAMESPACE, 'model_swaps')
+    self.refusals = Metrics.counter(_NAMESPACE, 'model_versions_refused')
+
+  def _load(self, version: int) -> LoadedSignature:
+    path = _join(self._dir, str(version)) if self.versioned else self._dir
+    loaded = LoadedSignature(path, version, self._signature, self._features,
+                             self._output_key)
+    loaded.smoke_test()
+    return loaded
+
+  def _load_initial(self) -> LoadedSignature:
+    if not self.versioned:
+      name = os.path.basename(self._dir.rstrip('/'))
+      return self._load(int(name) if name.isdigit() else 0)
+    versions = complete_versions(self._dir)
+    if self._pinned is not None:
+      if self._pinned not in versions:
+        raise ModelLoadError(f'model version {self._pinned} is not a complete '
+                             f'version under {self._dir} (have {versions})')
+      return self._load(self._pinned)
+    if not versions:
+      raise ModelLoadError(
+          f'no SavedModel at {self._dir}: neither saved_model.pb nor complete '
+          f'version directories (<n>/saved_model.pb + metrics.json)')
+    errors = []
+    for version in reversed(versions):
+      try:
+        return self._load(version)
+      except ModelLoadError as e:
+        errors.append(str(e))
+        self._refused.add(version)
+        _LOGGER.error('refusing model version %d: %s', version, e)
+    raise ModelLoadError('no loadable model version: ' + '; '.join(errors))
+
+  def maybe_refresh(self) -> None:
+    """Swaps in a newer complete version, at most every poll interval."""
+    if not self.versioned or self._pinned is not None:
+      return
+    now = time.monotonic()
+    if now - self._last_poll < self._poll_interval_s:
+      return
+    self._last_poll = now
+    candidates = [v for v in complete_versions(self._dir)
+                  if v > self.current.version and v not in self._refused]
+    if not candidates:
+      return
+    version = candidates[-1]
+    try:
+      loaded = self._load(version)
+    except ModelLoadError as e:
+      self._refused.add(version)
+      self.refusals.inc()
+      _LOGGER.error('refusing model version %d (still serving %d): %s',
+                    version, self.current.version, e)
+      return
+    with self._lock:
+      old, self.current = self.current, loaded
+    self.swaps.inc()
+    _LOGGER.info('model swap: version %d -> %d (%s)', old.version,
+                 loaded.version, loaded.path)
+    old.close()
+
+
+class SavedModelHandler(ModelHandler[EventBatch, ScoredBatch, VersionedModel]):
+  """Scores EventBatches with a SavedModel signature (module docstring)."""
+
+  def __init__(self, model_dir: str, feature_names: Sequence[str], *,
+               signature: str = DEFAULT_SIGNATURE,
+               output_key: Optional[str] = None,
+               poll_interval_s: float = 10.0,
+               pinned_version: Optional[int] = None,
+               min_batch_elements: int = 1,
+               max_batch_rows: int = 4096):
+    """Configures the handler.
+
+    Args:
+      model_dir: a SavedModel, or a root of integer version directories.
+      feature_names: the model's input columns, in order (the schema's
+        features).
+      signature: signature to call.
+      output_key: output to read; default 'score' or the only output.
+      poll_interval_s: how often to look for a newer version.
+      pinned_version: serve exactly this version (no hot swap).
+      min_batch_elements: EventBatches RunInference gathers at least before
+        a call (when the bundle has them).
+      max_batch_rows: rows per signature call: RunInference batches whole
+        EventBatches up to this many rows (one larger batch goes alone).
+    """
+    if max_batch_rows < 1 or min_batch_elements < 1:
+      raise ValueError('batch sizes must be >= 1')
+    super().__init__(min_batch_size=min_batch_elements,
+                     max_batch_size=max(min_batch_elements, max_batch_rows),
+                     max_batch_weight=max_batch_rows, element_size_fn=len)
+    self._model_dir = model_dir
+    self._features = list(feature_names)
+    self._signature = signature
+    self._output_key = output_key
+    self._poll_interval_s = poll_interval_s
+    self._pinned = pinned_version
+    self._rows = Metrics.distribution(_NAMESPACE, 'batch_rows')
+    self._failed_rows = Metrics.counter(_NAMESPACE, 'rows_failed')
+    self._latency = Metrics.distribution(_NAMESPACE, 'signature_call_ms')
+
+  def load_model(self) -> VersionedModel:
+    return VersionedModel(self._model_dir, signature=self._signature,
+                          feature_names=self._features,
+                          output_key=self._output_key,
+                          poll_interval_s=self._poll_interval_s,
+                          pinned_version=self._pinned)
+
+  def validate(self) -> str:
+    """Loads the model once (at job start): fails fast with a clear error.
+
+    Returns:
+      A description (path, version, signature, input mode) for the logs.
+    """
+    model = self.load_model()
+    loaded = model.current
+    text = (f'{loaded.path} (version {loaded.version}, signature '
+            f'{loaded.signature!r}, {loaded.input_mode} input, output '
+            f'{loaded.output_key!r})')
+    loaded.close()
+    return text
+
+  def run_inference(self, batch: Sequence[EventBatch], model: VersionedModel,
+                    inference_args: Optional[dict[str, Any]] = None
+                   ) -> Iterable[ScoredBatch]:
+    model.maybe_refresh()
+    loaded = model.current
+    rows = int(sum(len(b) for b in batch))
+    self._rows.update(rows)
+    t0 = time.perf_counter()
+    try:
+      features = (batch[0].features if len(batch) == 1 else
+                  np.concatenate([b.features for b in batch], axis=0))
+      scores = loaded(features)
+    except Exception as e:  # pylint: disable=broad-except
+      _LOGGER.warning('batch of %d rows failed (%s); retrying per element',
+                      rows, e)
+      return [self._score_isolated(b, loaded) for b in batch]
+    self._latency.update(int((time.perf_counter() - t0) * 1000))
+    now = time.time()
+    out = []
+    start = 0
+    for b in batch:
+      out.append(ScoredBatch(b, scores[start:start + len(b)], loaded.version,
+                             now))
+      start += len(b)
+    return out
+
+  def _score_isolated(self, b: EventBatch, loaded: LoadedSignature
+                     ) -> ScoredBatch:
+    try:
+      return ScoredBatch(b, loaded(b.features), loaded.version, time.time())
+    except Exception:  # pylint: disable=broad-except
+      pass
+    scores = np.full(len(b), np.nan, dtype=np.float32)
+    errors: list = [None] * len(b)
+    for i in range(len(b)):
+      try:
+        scores[i] = loaded(b.features[i:i + 1])[0]
+      except Exception as e:  # pylint: disable=broad-except
+        errors[i] = f'{type(e).__name__}: {e}'[:500]
+        self._failed_rows.inc()
+    return ScoredBatch(b, scores, loaded.version, time.time(),
+                       errors if any(errors) else None)
+
+  def get_num_bytes(self, batch: Sequence[EventBatch]) -> int:
+    # The default pickles the batch: far too slow for big numpy batches.
+    return int(sum(b.features.nbytes for b in batch))
+
+  def get_metrics_namespace(self) -> str:
+    return _NAMESPACE

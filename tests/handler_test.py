@@ -1,0 +1,129 @@
+"""SavedModelHandler: every SavedModel kind, hot swap, per-row failures."""
+
+import numpy as np
+import pytest
+
+import model_fixtures as mf
+from models import susy
+from models.handler import ModelLoadError, SavedModelHandler
+from transforms.events import EventBatch
+
+NAMES = list(susy.FEATURE_NAMES)
+
+
+def batch_of(features: np.ndarray, prefix='e') -> EventBatch:
+  n = len(features)
+  return EventBatch(
+      source='kafka:t/0', positions=np.arange(n), raw=[b'x'] * n,
+      ids=[f'{prefix}{i}' for i in range(n)], keys=['k'] * n,
+      event_time=np.full(n, 1.7e9), features=features.astype(np.float32),
+      window_values=np.zeros((n, 0), np.float32), labels=None,
+      read_time=np.zeros(n))
+
+
+def score(handler: SavedModelHandler, batches):
+  model = handler.load_model()
+  return list(handler.run_inference(batches, model)), model
+
+
+@pytest.fixture(scope='module')
+def rows():
+  return np.random.default_rng(0).normal(size=(50, 18)).astype(np.float32)
+
+
+@pytest.mark.parametrize('kind', ['module_tensor', 'keras_export',
+                                  'module_dict', 'our_export'])
+def test_each_savedmodel_kind_scores_like_the_math(kind, rows, tmp_path):
+  path = str(tmp_path / kind)
+  signature = 'serving_default'
+  if kind == 'module_tensor':
+    mf.write_module_tensor(path)
+  elif kind == 'keras_export':
+    mf.write_keras_export(path)
+  elif kind == 'module_dict':
+    mf.write_module_dict(path, NAMES)
+  else:
+    # models/export.py on a Keras model: tensor and tf.Example signatures.
+    import keras
+    from models import export
+    inputs = keras.Input(shape=(18,))
+    dense = keras.layers.Dense(1, activation='sigmoid', use_bias=False)
+    model = keras.Model(inputs, dense(inputs))
+    dense.set_weights([mf.WEIGHTS[:, None]])
+    root = str(tmp_path / 'models')
+    export.export_model(model, root, feature_names=NAMES, metrics={
+        'accuracy': 0.5, 'auc': 0.5, 'loss': 1.0, 'examples': 1})
+    path = root
+  want = mf.expected_scores(rows)
+  signatures = [signature] + (['serve_examples'] if kind == 'our_export'
+                              else [])
+  for sig in signatures:
+    handler = SavedModelHandler(path, NAMES, signature=sig)
+    (first, second), _ = score(handler, [batch_of(rows[:20]),
+                                         batch_of(rows[20:])])
+    got = np.concatenate([first.scores, second.scores])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert first.batch.ids[0] == 'e0' and second.errors is None
+    assert first.model_version == (1 if kind == 'our_export' else 0)
+
+
+def test_versioned_root_serves_latest_complete_and_hot_swaps(tmp_path, rows):
+  root = str(tmp_path)
+  mf.write_versioned(root, 1)
+  mf.write_versioned(root, 2, complete=False)  # no metrics.json: ignored
+  handler = SavedModelHandler(root, NAMES, poll_interval_s=0)
+  (out,), model = score(handler, [batch_of(rows)])
+  assert out.model_version == 1
+
+  # A corrupt newer version is refused; version 1 keeps serving.
+  bad = tmp_path / '3'
+  (bad / 'variables').mkdir(parents=True)
+  (bad / 'saved_model.pb').write_bytes(b'not a protobuf')
+  (bad / 'metrics.json').write_text('{}')
+  (out,) = handler.run_inference([batch_of(rows)], model)
+  assert out.model_version == 1
+  assert 3 in model._refused  # pylint: disable=protected-access
+
+  # A complete newer version is swapped in between two batches.
+  mf.write_versioned(root, 4)
+  (out,) = handler.run_inference([batch_of(rows)], model)
+  assert out.model_version == 4
+  np.testing.assert_allclose(out.scores, mf.expected_scores(rows), rtol=1e-5)
+
+
+def test_a_row_that_makes_the_model_raise_fails_alone(tmp_path, rows):
+  path = mf.write_module_tensor(str(tmp_path / 'm'), raise_above=100.0)
+  bad_rows = rows[:10].copy()
+  bad_rows[3, 5] = 1000.0
+  handler = SavedModelHandler(path, NAMES)
+  (clean, mixed), _ = score(handler, [batch_of(rows[10:20], 'c'),
+                                      batch_of(bad_rows, 'm')])
+  assert clean.errors is None
+  np.testing.assert_allclose(clean.scores, mf.expected_scores(rows[10:20]),
+                             rtol=1e-5)
+  assert [i for i, e in enumerate(mixed.errors) if e] == [3]
+  assert 'feature too large' in mixed.errors[3]
+  ok = np.arange(10) != 3
+  np.testing.assert_allclose(mixed.scores[ok],
+                             mf.expected_scores(bad_rows)[ok], rtol=1e-5)
+
+
+def test_missing_model_and_wrong_signature_fail_clearly(tmp_path):
+  with pytest.raises(ModelLoadError, match='no SavedModel at .*nowhere'):
+    SavedModelHandler(str(tmp_path / 'nowhere'), NAMES).validate()
+  path = mf.write_module_tensor(str(tmp_path / 'm'))
+  with pytest.raises(ModelLoadError, match=r"no signature 'predict'.*"
+                     r"serving_default"):
+    SavedModelHandler(path, NAMES, signature='predict').validate()
+  with pytest.raises(ModelLoadError, match='takes 18 features; the schema '
+                     'has 3'):
+    SavedModelHandler(path, NAMES[:3]).validate()
+  text = SavedModelHandler(path, NAMES).validate()
+  assert 'tensor input' in text and "'score'" in text
+
+
+def test_batches_are_weighed_in_rows(tmp_path):
+  handler = SavedModelHandler(str(tmp_path), NAMES, max_batch_rows=4096)
+  kwargs = handler.batch_elements_kwargs()
+  assert kwargs['max_batch_weight'] == 4096
+  assert kwargs['element_size_fn'](batch_of(np.zeros((7, 18)))) == 7

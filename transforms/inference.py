@@ -1,0 +1,96 @@
+"""Scoring EventBatches with RunInference, failures to dead letters.
+
+``ScoreEvents`` wraps Beam's ``RunInference`` around models/handler.py's
+SavedModelHandler (batched by rows, model shared per process, hot swap) with
+exception handling: a batch the runner could not score at all, and single
+rows the handler isolated as failing, become DeadLetters (stage inference,
+reason inference_error) with their original bytes; every other row is scored.
+"""
+
+from typing import NamedTuple
+
+import apache_beam as beam
+import numpy as np
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import RunInference
+
+from models.handler import SavedModelHandler, ScoredBatch
+from transforms import dead_letters as dl
+from transforms.events import EventBatch
+
+_NAMESPACE = 'inference'
+
+
+def _row_dead_letter(batch: EventBatch, i: int, detail: str) -> dl.DeadLetter:
+  return dl.DeadLetter(stage=dl.INFERENCE, reason=dl.INFERENCE_ERROR,
+                       detail=detail[:1000], payload=batch.raw[i],
+                       source=batch.source, position=int(batch.positions[i]),
+                       event_id=batch.ids[i])
+
+
+class _SplitFailedRows(beam.DoFn):
+  """ScoredBatch -> the rows that scored (main) + dead letters for the rest."""
+
+  def __init__(self):
+    self.scored = Metrics.counter(_NAMESPACE, 'events_scored')
+    self.failed = Metrics.counter(_NAMESPACE, 'events_failed')
+
+  def process(self, scored: ScoredBatch):
+    if not scored.errors:
+      self.scored.inc(len(scored.batch))
+      yield scored
+      return
+    ok = np.asarray([e is None for e in scored.errors])
+    for i in np.flatnonzero(~ok):
+      self.failed.inc()
+      yield pvalue.TaggedOutput(dl.DEAD_LETTER_TAG, _row_dead_letter(
+          scored.batch, int(i), scored.errors[i]))
+    if ok.any():
+      self.scored.inc(int(ok.sum()))
+      yield ScoredBatch(scored.batch.take(ok), scored.scores[ok],
+                        scored.model_version, scored.scored_time)
+
+
+class _FailedBatchToDeadLetters(beam.DoFn):
+  """(failed input, error) from RunInference's DLQ -> one letter per row."""
+
+  def __init__(self):
+    self.failed = Metrics.counter(_NAMESPACE, 'events_failed')
+
+  def process(self, failure):
+    element, error = failure
+    batches = element if isinstance(element, (list, tuple)) else [element]
+    detail = str(error[1] if isinstance(error, tuple) and len(error) > 1
+                 else error)
+    for batch in batches:
+      if not isinstance(batch, EventBatch):
+        continue
+      for i in range(len(batch)):
+        self.failed.inc()
+        yield _row_dead_letter(batch, i, f'batch failed: {detail}')
+
+
+class ScoreOutputs(NamedTuple):
+  scored: beam.PCollection
+  dead_letters: beam.PCollection
+
+
+class ScoreEvents(beam.PTransform):
+  """EventBatch -> ScoredBatch, with dead letters for what failed."""
+
+  def __init__(self, handler: SavedModelHandler):
+    super().__init__()
+    self._handler = handler
+
+  def expand(self, pcoll):
+    results, dlq = (pcoll
+                    | 'RunInference' >> RunInference(
+                        self._handler).with_exception_handling())
+    split = results | 'SplitFailedRows' >> beam.ParDo(
+        _SplitFailedRows()).with_outputs(dl.DEAD_LETTER_TAG, main='scored')
+    failed = dlq.failed_inferences | 'FailedBatches' >> beam.ParDo(
+        _FailedBatchToDeadLetters())
+    dead = ((split[dl.DEAD_LETTER_TAG], failed)
+            | 'FlattenInferenceDeadLetters' >> beam.Flatten())
+    return ScoreOutputs(split.scored, dead)
