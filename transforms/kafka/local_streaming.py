@@ -44,6 +44,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.pipeline import PTransformOverride
+from apache_beam.runners.direct import direct_runner
 from apache_beam.runners.direct import executor as direct_executor
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.direct.transform_evaluator import (
@@ -490,6 +491,26 @@ def _per_task_sampler_workers():
       service._ExecutorServiceWorker = original  # pylint: disable=protected-access
 
 
+_STREAMING_GBK_OVERRIDES = ('StreamingGroupByKeyOverride',
+                            'StreamingGroupAlsoByWindowOverride')
+
+
+def _apply_overrides_in_working_order(pipeline, options) -> None:
+  """Applies the bundle-based runner's own overrides, streaming ones last.
+
+  Works around a Beam 2.77 bug: in streaming mode the runner applies its
+  streaming GroupByKey overrides before overrides that add GroupByKeys of
+  their own (CombinePerKey lifting in the global window, splittable DoFn
+  expansion), and pipeline construction fails with "... _GroupByKeyOnly was
+  not replaced as expected". Applied in this order first, the runner's own
+  pass afterwards finds nothing left to replace.
+  """
+  overrides = direct_runner._get_transform_overrides(options)  # pylint: disable=protected-access
+  last = [o for o in overrides
+          if type(o).__name__ in _STREAMING_GBK_OVERRIDES]
+  pipeline.replace_all([o for o in overrides if o not in last] + last)
+
+
 class LocalStreamingRunner(BundleBasedDirectRunner):
   """Beam's bundle-based DirectRunner with ReadFromKafka read natively.
 
@@ -511,6 +532,7 @@ class LocalStreamingRunner(BundleBasedDirectRunner):
     options.view_as(StandardOptions).streaming = True
     override = _ReadFromKafkaOverride(**self._reader_kwargs)
     pipeline.replace_all([override])
+    _apply_overrides_in_working_order(pipeline, options)
     with _per_task_sampler_workers():
       result = super().run_pipeline(pipeline, options)
     return LocalStreamingResult(result, override.replaced)
