@@ -54,3 +54,35 @@ def same_elements(expected):
         f'unexpected (e.g. {unexpected[:2]})')
 
   return check
+
+
+def read_topic(broker, topic, expected, *, quiet_s=1.0, timeout_s=60):
+  """Every record of a topic (all partitions, from the start), read until
+  ``expected`` records have arrived and then ``quiet_s`` passed without
+  another: a duplicate written past the expected count is still seen.
+
+  Returns:
+    confluent_kafka.Message objects (without errors), in arrival order.
+  """
+  import time
+  from transforms.kafka import admin
+  partitions = [p for _, p in admin.topic_partitions(broker.client_config(),
+                                                     [topic])]
+  consumer = Consumer(broker.client_config(**{
+      'group.id': f'verify-{topic}', 'enable.auto.commit': False}))
+  consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+  out = []
+  deadline = time.monotonic() + timeout_s
+  last_new = time.monotonic()
+  try:
+    while time.monotonic() < deadline:
+      batch = [m for m in consumer.consume(num_messages=1000, timeout=0.2)
+               if m.error() is None]
+      if batch:
+        out.extend(batch)
+        last_new = time.monotonic()
+      elif len(out) >= expected and time.monotonic() - last_new >= quiet_s:
+        break
+  finally:
+    consumer.close()
+  return out

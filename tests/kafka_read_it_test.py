@@ -92,6 +92,29 @@ def test_batched_elements_carry_every_record_once(broker, make_topic):
 
 
 @pytest.mark.contract
+def test_key_value_batches_without_metadata(broker, make_topic):
+  topic = make_topic(4)
+  records = _records(600)
+  produce(broker, topic, records)
+  with beam.Pipeline(runner=FnApiRunner()) as p:
+    batches = p | ReadFromKafka(
+        broker.client_config(), topic, start='earliest',
+        stop=StopAt.records_per_partition(150), with_metadata=False,
+        max_batch_records=100)
+    flat = (batches
+            | 'WithTs' >> beam.FlatMap(
+                lambda b, ts=beam.DoFn.TimestampParam: [
+                    (k, v, ts.micros // 1000) for k, v in b]))
+    # Per key, the batch time is at most the record's own time.
+    expected = {k: ts for _, k, _, _, ts in records}
+    assert_that(flat | 'Check' >> beam.Map(
+        lambda kvt: (kvt[0], kvt[1], kvt[2] <= expected[kvt[0]])),
+                same_elements([(k, v, True) for _, k, v, _, _ in records]))
+    assert_that(batches | 'Sizes' >> beam.Map(len),
+                lambda sizes: max(sizes) <= 100, label='BatchBound')
+
+
+@pytest.mark.contract
 def test_commit_on_finalize_then_resume_from_committed(broker, make_topic,
                                                        known_broker_bug):
   known_broker_bug('tansu', 'end offsets (high watermark) are wrong, so the '

@@ -9,9 +9,10 @@ and stop specs to one offset range per partition (fails fast on an unreachable
 cluster or an unknown topic). ``ReadPartitions`` is a splittable DoFn with one
 restriction per partition range:
 
-* bounded ranges split initially (``split_offsets``) and dynamically;
-* an unbounded range self-checkpoints every ``checkpoint_interval_s`` and when
-  no data is available, instead of blocking a bundle;
+* bounded ranges split initially (``split_offsets``) and dynamically, unless
+  offsets are committed (then only checkpoints: commits must cover a prefix);
+* a read self-checkpoints every ``checkpoint_interval_s`` and when no data is
+  available, instead of blocking a bundle (and its worker thread);
 * a watermark estimator follows record timestamps and advances on idle
   partitions (transforms/kafka/watermark.py);
 * offsets are committed to the consumer group when the runner finalizes the
@@ -25,6 +26,7 @@ source.
 
 import functools
 import logging
+import operator
 import threading
 import time
 import uuid
@@ -36,14 +38,15 @@ from apache_beam.io.restriction_trackers import (OffsetRange,
                                                  OffsetRestrictionTracker)
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.typehints import typehints
 from apache_beam.utils.timestamp import Duration, Timestamp
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (Consumer, KafkaError, KafkaException, Message,
+                             TopicPartition)
 
 from transforms.kafka import admin
 from transforms.kafka import offsets as offsets_lib
 from transforms.kafka.offsets import PartitionRange, StopAt
 from transforms.kafka.records import (KafkaRecord, TimestampPolicy,
-                                      record_from_message,
                                       resolve_timestamp_fn)
 from transforms.kafka.watermark import KafkaWatermarkEstimatorProvider
 
@@ -61,6 +64,12 @@ class KafkaRecordCoder(coders.Coder):
 
   def decode(self, encoded: bytes) -> KafkaRecord:
     return KafkaRecord(*self._inner.decode(encoded))
+
+  def estimate_size(self, value: KafkaRecord) -> int:
+    # Runners sample element sizes; encoding a whole record for that would
+    # cost more than reading it. Payload plus a fixed allowance for the
+    # rest is what matters for their estimates.
+    return len(value.value or b'') + len(value.key or b'') + 48
 
   def is_deterministic(self) -> bool:
     return True
@@ -145,20 +154,30 @@ class OffsetCommitter:
     self._group = consumer_config.get('group.id')
     self._consumer = Consumer(reader_config(consumer_config))
     self._lock = threading.Lock()
+    # Highest offset committed per partition by this committer: bundle
+    # finalizations may arrive out of order (a later checkpoint's before an
+    # earlier one's), and committing the older, smaller offset afterwards
+    # would move the group backwards (re-reads after a restart).
+    self._highest: dict[tuple[str, int], int] = {}
     self.committed = Metrics.counter(_NAMESPACE, 'offset_commits')
     self.failed = Metrics.counter(_NAMESPACE, 'offset_commit_failures')
 
   def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
     """Commits {(topic, partition): next offset to read}.
 
+    An offset at or below one this committer already committed for the
+    partition is skipped (never moves the group backwards).
+
     A failed commit is logged and counted, not raised: the records are already
     durable downstream, and a later commit covers the same partition. The
     cost of a lost commit is re-reading those records after a restart.
     """
-    if not offsets:
-      return
-    tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
     with self._lock:
+      todo = {key: o for key, o in offsets.items()
+              if o > self._highest.get(key, -1)}
+      if not todo:
+        return
+      tps = [TopicPartition(t, p, o) for (t, p), o in todo.items()]
       try:
         result = self._consumer.commit(offsets=tps, asynchronous=False)
       except KafkaException as e:
@@ -166,7 +185,11 @@ class OffsetCommitter:
         _LOGGER.warning('offset commit for group %s failed: %s', self._group,
                         e)
         return
-    bad = [tp for tp in result or [] if tp.error is not None]
+      bad = [tp for tp in result or [] if tp.error is not None]
+      for tp in result or []:
+        if tp.error is None:
+          key = (tp.topic, tp.partition)
+          self._highest[key] = max(self._highest.get(key, -1), tp.offset)
     if bad:
       self.failed.inc(len(bad))
       _LOGGER.warning('offset commit for group %s failed on %s', self._group,
@@ -249,14 +272,22 @@ class KafkaOffsetTracker(OffsetRestrictionTracker):
   """OffsetRestrictionTracker that knows unbounded ranges.
 
   An unbounded range ([start, UNBOUNDED)) only accepts checkpoints
-  (``try_split(0)``): splitting "half of infinity" is meaningless.
+  (``try_split(0)``): splitting "half of infinity" is meaningless. With
+  ``dynamic_splits=False`` a bounded range only accepts checkpoints too (the
+  reader uses that when it commits offsets; see _ReadPartitionsFn.split).
   """
+
+  def __init__(self, offset_range: OffsetRange, *,
+               dynamic_splits: bool = True):
+    super().__init__(offset_range)
+    self._dynamic_splits = dynamic_splits
 
   def is_bounded(self) -> bool:
     return self.current_restriction().stop != offsets_lib.UNBOUNDED
 
   def try_split(self, fraction_of_remainder):
-    if not self.is_bounded() and fraction_of_remainder > 0:
+    if fraction_of_remainder > 0 and (not self.is_bounded()
+                                      or not self._dynamic_splits):
       return None
     return super().try_split(fraction_of_remainder)
 
@@ -269,12 +300,51 @@ def _finish_range(tracker) -> None:
   tracker.try_claim(tracker.current_restriction().stop)
 
 
+def _claim_run(run: list, tracker) -> tuple[list, bool]:
+  """Claims a run of consecutive data messages of one partition.
+
+  One claim per run, not per record: claiming the run's last offset claims
+  every offset below it (an OffsetRestrictionTracker only remembers the last
+  claim, and a split point always lies above it). If that claim fails, the
+  range ended inside the run (its stop offset, or a split that happened
+  after the previous claim); the failed claim leaves the tracker done, so no
+  further split can move the stop again, and the records below the final
+  stop are exactly the ones this restriction owns.
+
+  Returns:
+    (the messages this restriction owns, whether the range is done).
+  """
+  if tracker.try_claim(run[-1].offset()):
+    return run, False
+  stop = tracker.current_restriction().stop
+  return [m for m in run if m.offset() < stop], True
+
+
+# How the reader computes element timestamps (see ReadFromKafka.__init__):
+# from the records' broker timestamps, from the wall clock, or with the
+# resolved timestamp function for each record.
+TS_RECORD_TIME = 'record_time'
+TS_PROCESSING_TIME = 'processing_time'
+TS_FUNCTION = 'function'
+
+_new_tuple = tuple.__new__
+_message_error = Message.error
+_NO_HEADERS = ()
+
+
 class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
                         KafkaWatermarkEstimatorProvider):
   """Splittable DoFn: reads one partition's offset range in batches.
 
   The DoFn is its own restriction provider (offset ranges of one partition)
   and watermark estimator provider, so their settings travel with it.
+
+  Hot path: per-element overhead dominates Python pipelines, so the reader
+  does per-record work only where it must (building the records). Claims
+  are made per consumed run of records, timestamps are kept as integer
+  microseconds and become Timestamp objects only per emitted element, and
+  with ``max_batch_records`` records accumulate over consumer calls into
+  full chunks while data keeps arriving.
   """
 
   def __init__(self, consumer_config: Mapping[str, Any], *, timestamp_fn,
@@ -282,12 +352,16 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
                max_batch_records: int, consume_batch: int,
                checkpoint_interval_s: float, poll_timeout_s: float,
                idle_resume_s: float, split_offsets: int, max_delay_s: float,
-               idle_timeout_s: float):
+               idle_timeout_s: float, timestamp_mode: str = TS_FUNCTION):
     beam.DoFn.__init__(self)
     KafkaWatermarkEstimatorProvider.__init__(
         self, max_delay_s=max_delay_s, idle_timeout_s=idle_timeout_s)
+    if timestamp_mode not in (TS_RECORD_TIME, TS_PROCESSING_TIME,
+                              TS_FUNCTION):
+      raise ValueError(f'unknown timestamp_mode {timestamp_mode!r}')
     self._config = dict(consumer_config)
     self._timestamp_fn = timestamp_fn
+    self._timestamp_mode = timestamp_mode
     self._with_metadata = with_metadata
     self._commit_offsets = commit_offsets
     self._max_batch_records = max_batch_records
@@ -321,10 +395,18 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
     return OffsetRange(element.start_offset, element.stop_offset)
 
   def create_tracker(self, restriction: OffsetRange) -> KafkaOffsetTracker:
-    return KafkaOffsetTracker(restriction)
+    # Committed offsets must only ever cover a prefix of what was output:
+    # with a split, the second half could be finalized (and committed) while
+    # the first is still being read, and a crash then would skip the rest of
+    # the first half. So a committing read accepts checkpoints only.
+    return KafkaOffsetTracker(restriction,
+                              dynamic_splits=not self._commit_offsets)
 
   def split(self, element: PartitionRange, restriction: OffsetRange):
+    # Not for a committing read either (see create_tracker): parallelism then
+    # comes from partitions, not from ranges within one.
     if (restriction.stop == offsets_lib.UNBOUNDED or self._split_offsets <= 0
+        or self._commit_offsets
         or restriction.stop - restriction.start <= self._split_offsets):
       yield restriction
       return
@@ -357,69 +439,136 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
 
   def _read(self, element: PartitionRange, tracker, watermark, finalizer):
     topic, partition = element.topic, element.partition
-    start = tracker.current_restriction().start
+    restriction = tracker.current_restriction()
+    start = restriction.start
+    if start >= restriction.stop:
+      return  # an empty range: nothing to claim, the tracker is done
     consumer = self._consumers.positioned(topic, partition, start)
     bundle_deadline = time.monotonic() + self._checkpoint_interval_s
+    # The next offset this restriction has not read (what a commit covers).
     next_offset = start
-    claimed_any = False
+    # Records consumed and claimed but not yet emitted, and their element
+    # timestamps (integer micros, or Timestamps for a user function).
+    items: list = []
+    stamps: list = []
     try:
       while True:
         if element.deadline is not None and time.time() >= element.deadline:
+          yield from self._emit(items, stamps, watermark, everything=True)
           _finish_range(tracker)
           return
-        messages = consumer.consume(num_messages=self._consume_batch,
-                                    timeout=self._poll_timeout_s)
-        batch = []
+        messages = self._fetch(consumer)
         caught_up = not messages
-        range_done = False
-        for message in messages:
-          err = message.error()
-          if err is not None:
-            if err.code() == KafkaError._AUTO_OFFSET_RESET:
-              self._out_of_range(consumer, topic, partition, next_offset, err)
-              break
-            if err.code() != KafkaError._PARTITION_EOF:
-              raise KafkaException(err)
+        range_done = repositioned = exact_end = False
+        # Consumer events (end of partition, errors) are rare messages among
+        # the records: find them once, handle the runs of records between.
+        if any(map(_message_error, messages)):
+          events = [i for i, m in enumerate(messages)
+                    if m.error() is not None]
+          events.append(len(messages))
+        else:
+          events = [len(messages)]
+        begin = 0
+        for end in events:
+          run = messages if not begin and end == len(messages) else (
+              messages[begin:end])
+          if run and run[0].offset() < next_offset:
+            # Never re-emit: skip anything fetched before a re-position.
+            run = [m for m in run if m.offset() >= next_offset]
+          if run:
+            run, range_done = _claim_run(run, tracker)
+            if run:
+              next_offset = run[-1].offset() + 1
+              self._convert(run, topic, partition, items, stamps)
+              self.records.inc(len(run))
+              self.bytes.inc(sum(map(len, run)))
+            if not range_done and (
+                next_offset >= tracker.current_restriction().stop):
+              # The last offset of the range was read: done now, rather than
+              # waiting for the end-of-partition event (the broker may hold
+              # that fetch for fetch.wait.max.ms).
+              _finish_range(tracker)
+              range_done = True
+              # Nothing past the stop was taken from the consumer's queue.
+              exact_end = end == len(messages)
+          if range_done or end == len(messages):
+            break
+          event = messages[end]
+          err = event.error()
+          code = err.code()
+          if code == KafkaError._PARTITION_EOF:
             caught_up = True
-            if message.offset() >= tracker.current_restriction().stop:
+            if event.offset() >= tracker.current_restriction().stop:
               # Nothing left below the stop offset (it may lie past the last
               # record: transaction markers or compaction at the log end).
               _finish_range(tracker)
               range_done = True
               break
-            continue
-          offset = message.offset()
-          if not tracker.try_claim(offset):
-            # Past the stop offset or a split point: the rest is not ours.
-            range_done = True
+          elif code == KafkaError._AUTO_OFFSET_RESET:
+            self._out_of_range(consumer, topic, partition, next_offset, err)
+            repositioned = True
             break
-          claimed_any = True
-          next_offset = offset + 1
-          batch.append(record_from_message(message))
-        if range_done:
+          else:
+            raise KafkaException(err)
+          begin = end + 1
+        if range_done and not exact_end:
           # Records past the range may have been fetched: position unknown.
           self._consumers.invalidate(topic, partition)
-        else:
+        elif not repositioned:
+          # (After an exact end too: the consumer stands at the stop offset,
+          # where the next range of this partition, if any, starts.)
           self._consumers.advanced(topic, partition, next_offset)
-        if batch:
-          self.batch_sizes.update(len(batch))
-          self.bytes.inc(sum(len(r.value or b'') for r in batch))
-        yield from self._flush(batch, watermark)
+        if messages:
+          self.batch_sizes.update(len(messages))
+        batch = self._max_batch_records
+        if range_done or batch <= 0 or caught_up or len(items) >= batch:
+          # Emit what is complete; while records keep coming, a partial
+          # chunk waits for the next consumer call to fill it.
+          yield from self._emit(items, stamps, watermark,
+                                everything=range_done or caught_up)
         if range_done:
           return
         watermark.record_activity(caught_up=caught_up, now=time.time())
-        if caught_up and tracker.current_restriction().stop == (
-            offsets_lib.UNBOUNDED) or time.monotonic() >= bundle_deadline:
+        if caught_up or time.monotonic() >= bundle_deadline:
           # Nothing to read now (or this bundle ran long enough): checkpoint
           # so the runner can commit output, finalize and schedule others.
+          # Bounded ranges too: waiting here would hold the worker thread
+          # while other partitions (whose consumers prefetch meanwhile)
+          # may have records ready.
+          yield from self._emit(items, stamps, watermark, everything=True)
           self.checkpoints.inc()
           tracker.defer_remainder(self._idle_resume if caught_up else None)
           return
     finally:
-      if claimed_any and self._committer is not None:
+      # Only on a normal return is everything claimed also emitted; the
+      # runner finalizes (and so commits) only bundles that succeeded.
+      if next_offset > start and self._committer is not None:
         finalizer.register(
             functools.partial(self._committer.commit,
                               {(topic, partition): next_offset}))
+      if items:
+        # The generator was closed early (the bundle failed): the runner
+        # retries from the last checkpoint, so nothing is lost.
+        _LOGGER.debug('%s[%d]: %d records not emitted (read abandoned)',
+                      topic, partition, len(items))
+
+  def _fetch(self, consumer) -> list:
+    """Up to ``consume_batch`` queued messages, as soon as any is available.
+
+    ``consume(n, timeout)`` waits for n messages or the whole timeout, so at
+    the end of a range or of the log every call would cost the full poll
+    timeout. Instead: take what is queued; only if nothing is, wait for the
+    first message (or event) and take what arrived with it.
+    """
+    batch = self._consume_batch
+    messages = consumer.consume(num_messages=batch, timeout=0)
+    if messages:
+      return messages
+    first = consumer.poll(self._poll_timeout_s)
+    if first is None:
+      return []
+    return [first] + (consumer.consume(num_messages=batch - 1, timeout=0)
+                      if batch > 1 else [])
 
   def _out_of_range(self, consumer, topic, partition, offset, err) -> None:
     offset = recover_out_of_range(consumer, topic, partition, offset, err,
@@ -427,27 +576,101 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
     self._consumers.invalidate(topic, partition)
     self._consumers.positioned(topic, partition, offset)
 
-  def _flush(self, batch: list, watermark):
-    """Emits a consumed batch as elements with event-time timestamps."""
-    if not batch:
+  def _convert(self, run: list, topic: str, partition: int, items: list,
+               stamps: list) -> None:
+    """Appends a run of messages to the pending elements, and their element
+    timestamps to ``stamps`` (not for records with their broker timestamps:
+    those are read from the records when emitted)."""
+    mode = self._timestamp_mode
+    if mode == TS_RECORD_TIME and self._with_metadata:
+      items.extend(self._records(run, topic, partition))
       return
-    self.records.inc(len(batch))
-    ts_fn = self._timestamp_fn
-    if self._max_batch_records <= 0:
-      for record in batch:
+    if mode == TS_FUNCTION:
+      records = self._records(run, topic, partition)
+      ts_fn = self._timestamp_fn
+      stamps.extend([ts_fn(r) for r in records])
+      items.extend(records if self._with_metadata else
+                   [(r[3], r[4]) for r in records])
+      return
+    if mode == TS_RECORD_TIME:
+      items.extend([(m.key(), m.value()) for m in run])
+      stamps.extend([_record_micros(m.timestamp()[1]) for m in run])
+      return
+    # Processing time: one clock reading per consumed run.
+    now_micros = Timestamp.of(time.time()).micros
+    items.extend(self._records(run, topic, partition) if self._with_metadata
+                 else [(m.key(), m.value()) for m in run])
+    stamps.extend([now_micros] * len(run))
+
+  @staticmethod
+  def _records(run: list, topic: str, partition: int) -> list:
+    """KafkaRecords of a run of messages of one partition.
+
+    Built with tuple.__new__ (skipping the NamedTuple constructor's argument
+    handling, ~2x faster); the field order is KafkaRecord's.
+    """
+    new, cls, none = _new_tuple, KafkaRecord, _NO_HEADERS
+    return [
+        new(cls, (topic, partition, m.offset(), m.key(), m.value(),
+                  (ts := m.timestamp())[1], ts[0],
+                  tuple(h) if (h := m.headers()) else none))
+        for m in run
+    ]
+
+  def _emit(self, items: list, stamps: list, watermark, *, everything: bool):
+    """Emits pending records as timestamped elements (and empties the lists).
+
+    One element per record, or chunks of ``max_batch_records`` that carry
+    their earliest record time (never late relative to their own records);
+    the watermark still follows the latest. A partial last chunk is kept
+    unless ``everything``.
+    """
+    if not items:
+      return
+    from_records = (self._timestamp_mode == TS_RECORD_TIME
+                    and self._with_metadata)
+    micros = self._timestamp_mode != TS_FUNCTION
+    size = self._max_batch_records
+    if size <= 0:
+      if from_records:
+        stamps = [_record_micros(r[5]) for r in items]
+      for item, ts in zip(items, stamps):
         yield beam.window.TimestampedValue(
-            record if self._with_metadata else (record.key, record.value),
-            ts_fn(record))
+            item, Timestamp(micros=ts) if micros else ts)
+      items.clear()
+      del stamps[:]
       return
-    for i in range(0, len(batch), self._max_batch_records):
-      chunk = batch[i:i + self._max_batch_records]
-      stamps = [ts_fn(r) for r in chunk]
-      # The chunk carries its earliest time (never late relative to its own
-      # records); the watermark still follows the latest one.
-      watermark.observe_timestamp(max(stamps))
-      if not self._with_metadata:
-        chunk = [(r.key, r.value) for r in chunk]
-      yield beam.window.TimestampedValue(chunk, min(stamps))
+    n = len(items) if everything else len(items) - len(items) % size
+    for i in range(0, n, size):
+      chunk = items[i:i + size]
+      if from_records:
+        low = min(map(_TIMESTAMP_MS, chunk)) * 1000
+        high = max(map(_TIMESTAMP_MS, chunk)) * 1000
+        if low < 0:
+          # Records without a broker timestamp: processing time for those.
+          chunk_micros = [_record_micros(r[5]) for r in chunk]
+          low, high = min(chunk_micros), max(chunk_micros)
+        low, high = Timestamp(micros=low), Timestamp(micros=high)
+      else:
+        chunk_stamps = stamps[i:i + size]
+        low, high = min(chunk_stamps), max(chunk_stamps)
+        if micros:
+          low, high = Timestamp(micros=low), Timestamp(micros=high)
+      watermark.observe_timestamp(high)
+      yield beam.window.TimestampedValue(chunk, low)
+    del items[:n]
+    del stamps[:n]
+
+
+def _record_micros(timestamp_ms: int) -> int:
+  """A record's element time in micros: its broker timestamp, or the wall
+  clock for records without one (-1), as records.resolve_timestamp_fn."""
+  if timestamp_ms >= 0:
+    return timestamp_ms * 1000
+  return Timestamp.of(time.time()).micros
+
+
+_TIMESTAMP_MS = operator.itemgetter(5)  # KafkaRecord.timestamp_ms
 
 
 class _ReadUnboundedPartitionsFn(_ReadPartitionsFn):
@@ -464,6 +687,17 @@ class _ReadUnboundedPartitionsFn(_ReadPartitionsFn):
     yield from self._read(element, tracker, watermark, finalizer)
 
 
+def _timestamp_mode(policy) -> str:
+  """How the reader computes the element timestamps of a (valid) policy."""
+  if callable(policy) and not isinstance(policy, TimestampPolicy):
+    return TS_FUNCTION
+  if TimestampPolicy(policy) is TimestampPolicy.PROCESSING_TIME:
+    return TS_PROCESSING_TIME
+  # CREATE_TIME and LOG_APPEND_TIME both read the record's own timestamp
+  # (the broker sets its type); see records.resolve_timestamp_fn.
+  return TS_RECORD_TIME
+
+
 class ReadFromKafka(beam.PTransform):
   """Reads Kafka topics as a (possibly unbounded) PCollection.
 
@@ -475,8 +709,20 @@ class ReadFromKafka(beam.PTransform):
 
   Elements are ``KafkaRecord`` (``with_metadata=True``) or ``(key, value)``
   tuples; with ``max_batch_records > 0`` each element is a list of up to that
-  many of them (one consumer poll), timestamped with the earliest record time:
-  per-element overhead dominates Python pipelines, so batch early.
+  many of them, all of one partition, timestamped with the earliest record
+  time: per-element overhead dominates Python pipelines, so batch early. A
+  list is emitted when full, or with fewer records when the partition is
+  caught up, its range ends or the read checkpoints.
+
+  A read that commits offsets does not split a partition's range (initially
+  or dynamically; checkpoints only): committed offsets must cover a prefix of
+  what was output, which independent sub-ranges could not guarantee.
+
+  Throughput is bound by per-record Python work (building the records) and by
+  CPython's cyclic GC: NamedTuple records are never untracked, so a fast read
+  triggers full collections of the worker's heap. A job can call
+  ``gc.freeze()`` once its workers are set up (models loaded) to make those
+  cheap (bench/kafka_read_bench.py ``--gc_freeze``: ~+20% read throughput).
 
   Retry policy: broker errors while reading raise (the runner retries the
   bundle from the last checkpoint; nothing is skipped). Offset commits that
@@ -497,7 +743,7 @@ class ReadFromKafka(beam.PTransform):
                max_delay_s: float = 0.0,
                idle_timeout_s: float = 5.0,
                max_batch_records: int = 0,
-               consume_batch: int = 1000,
+               consume_batch: int = 500,
                checkpoint_interval_s: float = 1.0,
                poll_timeout_s: float = 0.1,
                idle_resume_s: float = 0.1,
@@ -517,21 +763,28 @@ class ReadFromKafka(beam.PTransform):
         ``StopAt`` (records per partition, read time, timestamp, offsets).
       with_metadata: KafkaRecord elements if True, else (key, value).
       commit_offsets: commit read offsets to ``group.id`` on bundle
-        finalization. Default: True when a group.id is configured.
+        finalization. Default: True when a group.id is configured. Turns
+        off the splitting of a partition's range.
       timestamp_policy: 'create_time' (default), 'log_append_time',
         'processing_time', or a function KafkaRecord -> seconds/Timestamp.
       max_delay_s: out-of-orderness tolerated: the watermark trails the
         largest record time by this much.
       idle_timeout_s: after this long without new records a partition's
         watermark advances with the wall clock.
-      max_batch_records: 0 for one element per record, else the size of
-        the record lists emitted as elements.
-      consume_batch: records fetched per consumer call.
+      max_batch_records: 0 for one element per record, else the largest
+        size of the record lists emitted as elements.
+      consume_batch: most records taken per consumer call (a call returns
+        what is queued, without waiting for a full batch). Keep it under
+        CPython's gen-0 GC threshold (700 objects): larger batches get their
+        messages promoted into old generations and trigger full collections
+        of the worker's heap (measured: 1000 -> ~10 full collections and
+        ~30% less throughput per 1M records; 500 -> ~3).
       checkpoint_interval_s: longest time one call reads before a
         self-checkpoint (bounds bundle length and offset-commit lag).
       poll_timeout_s: how long one consumer call waits for records.
       idle_resume_s: delay before a caught-up unbounded read resumes.
-      split_offsets: initial split size of bounded ranges, in offsets.
+      split_offsets: initial split size of bounded ranges, in offsets
+        (not used when committing offsets).
       metadata_timeout_s: time allowed for the cluster to answer at start.
     """
     super().__init__()
@@ -557,6 +810,7 @@ class ReadFromKafka(beam.PTransform):
           "start='committed' needs 'group.id' in consumer_config; "
           "or use start='earliest'/'latest'")
     self._timestamp_fn = resolve_timestamp_fn(timestamp_policy)
+    self._timestamp_mode = _timestamp_mode(timestamp_policy)
     self._metadata_timeout_s = metadata_timeout_s
     self._fn_kwargs = dict(
         timestamp_fn=self._timestamp_fn, with_metadata=with_metadata,
@@ -565,7 +819,7 @@ class ReadFromKafka(beam.PTransform):
         checkpoint_interval_s=checkpoint_interval_s,
         poll_timeout_s=poll_timeout_s, idle_resume_s=idle_resume_s,
         split_offsets=split_offsets, max_delay_s=max_delay_s,
-        idle_timeout_s=idle_timeout_s)
+        idle_timeout_s=idle_timeout_s, timestamp_mode=self._timestamp_mode)
 
   # Read by the local streaming override (it reuses the same settings).
   @property
@@ -596,4 +850,14 @@ class ReadFromKafka(beam.PTransform):
     fn_class = (_ReadPartitionsFn if self._stop.is_bounded else
                 _ReadUnboundedPartitionsFn)
     return ranges | 'ReadPartitions' >> beam.ParDo(
-        fn_class(self._config, **self._fn_kwargs))
+        fn_class(self._config, **self._fn_kwargs)).with_output_types(
+            self._element_type())
+
+  def _element_type(self):
+    """The output element type: it picks the coder of the output (without
+    it, records would be pickled one by one wherever they are encoded)."""
+    kv = typehints.Tuple[typehints.Optional[bytes], typehints.Optional[bytes]]
+    item = KafkaRecord if self._fn_kwargs['with_metadata'] else kv
+    if self._fn_kwargs['max_batch_records'] > 0:
+      return typehints.List[item]
+    return item

@@ -1,6 +1,7 @@
 """WriteToKafka: asynchronous, idempotent produce that fails the bundle on loss."""
 
 import logging
+import threading
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import apache_beam as beam
@@ -11,6 +12,11 @@ _LOGGER = logging.getLogger(__name__)
 _NAMESPACE = 'kafka_write'
 
 HeadersFn = Callable[[Any], Optional[Sequence[tuple[str, bytes]]]]
+
+# Longest teardown waits for records still queued: everything of a successful
+# bundle was flushed in finish_bundle already; what is left belongs to a
+# failed bundle, which the runner retries anyway.
+_TEARDOWN_FLUSH_S = 5.0
 
 
 class KafkaDeliveryError(RuntimeError):
@@ -48,81 +54,124 @@ def effective_producer_config(config: Mapping[str, Any], idempotent: bool) -> di
 
 
 class _ProduceFn(beam.DoFn):
-  """Produces each element; flushes and checks deliveries at bundle end.
+  """Produces each element (or each record of a batch element); flushes and
+  checks deliveries at bundle end.
 
   Retry policy: librdkafka retries transient errors itself (idempotently).
   A record that still fails (timeout, unknown topic, authorization, record too
   large) fails the whole bundle with KafkaDeliveryError; the runner retries
   the bundle, so nothing is dropped silently. Records of the failed attempt
   that were delivered may then be written again (at-least-once).
+
+  Delivery reports are requested for failures only
+  (``delivery.report.only.error``): a callback per record would cost more
+  than producing it. ``flush()`` still waits for every record, so after a
+  flush that leaves nothing queued, every record without a failure report
+  was delivered.
   """
 
   def __init__(self, config, topic, key_fn, value_fn, headers_fn,
-               flush_timeout_s):
+               flush_timeout_s, batched=False):
     self._config = config
     self._topic = topic
     self._key_fn = key_fn
     self._value_fn = value_fn
     self._headers_fn = headers_fn
     self._flush_timeout_s = flush_timeout_s
+    self._batched = batched
     self._producer: Optional[Producer] = None
+    self._lock = threading.Lock()
     self._errors: list = []
-    self._pending = 0
+    self._client_error: Optional[str] = None
+    self._produced = 0
     self.written = Metrics.counter(_NAMESPACE, 'records_written')
     self.failed = Metrics.counter(_NAMESPACE, 'delivery_failures')
 
   def setup(self):
-    self._producer = Producer(self._config)
+    config = dict(self._config)
+    config.setdefault('delivery.report.only.error', True)
+    # One callback for the producer, not a bound method per produce() call.
+    config['on_delivery'] = self._on_delivery
+    config['error_cb'] = self._on_client_error
+    self._producer = Producer(config)
 
   def start_bundle(self):
-    self._errors = []
+    with self._lock:
+      self._errors = []
+      self._client_error = None
+    self._produced = 0
 
   def _on_delivery(self, err, msg):
     if err is not None:
-      self.failed.inc()
-      self._errors.append((err, msg.topic(), msg.key()))
-    else:
-      self.written.inc()
+      with self._lock:
+        self._errors.append((err, msg.topic(), msg.key()))
+
+  def _on_client_error(self, err):
+    # Client-level trouble (broker unreachable, authentication): not a
+    # failure by itself (librdkafka keeps retrying), but the likely cause
+    # to name if records then fail.
+    with self._lock:
+      self._client_error = err.str() if isinstance(err, KafkaError) else str(
+          err)
 
   def process(self, element):
-    topic = self._topic(element) if callable(self._topic) else self._topic
-    key = self._key_fn(element)
-    value = self._value_fn(element)
-    headers = self._headers_fn(element) if self._headers_fn else None
+    if self._batched:
+      for record in element:
+        self._produce(record)
+    else:
+      self._produce(element)
+    # Serve queued delivery reports (and make room in the local queue).
+    self._producer.poll(0)
+
+  def _produce(self, record) -> None:
+    topic = self._topic(record) if callable(self._topic) else self._topic
+    key = self._key_fn(record)
+    value = self._value_fn(record)
+    headers = self._headers_fn(record) if self._headers_fn else None
     if isinstance(key, str):
       key = key.encode('utf-8')
     if isinstance(value, str):
       value = value.encode('utf-8')
     while True:
       try:
-        self._producer.produce(topic, value=value, key=key, headers=headers,
-                               on_delivery=self._on_delivery)
+        self._producer.produce(topic, value=value, key=key, headers=headers)
         break
       except BufferError:
         # Local queue full: serve delivery reports to make room, then retry.
         self._producer.poll(0.05)
       except KafkaException as e:
         raise KafkaDeliveryError(f'cannot produce to {topic!r}: {e}') from e
-    self._producer.poll(0)
+    self._produced += 1
 
   def finish_bundle(self):
     remaining = self._producer.flush(self._flush_timeout_s)
+    with self._lock:
+      errors = list(self._errors)
+      client_error = self._client_error
+    brokers = self._config.get('bootstrap.servers')
+    cause = f'; last client error: {client_error}' if client_error else ''
     if remaining:
       raise KafkaDeliveryError(
           f'{remaining} record(s) not delivered within {self._flush_timeout_s}s '
-          f'(brokers {self._config.get("bootstrap.servers")}); the bundle '
-          f'will be retried')
-    if self._errors:
-      err, topic, key = self._errors[0]
-      code = err.code() if isinstance(err, KafkaError) else None
+          f'to {brokers}{cause}; the bundle will be retried')
+    if errors:
+      self.failed.inc(len(errors))
+      err, topic, key = errors[0]
+      detail = (f'{err.str()} ({err.name()})' if isinstance(err, KafkaError)
+                else str(err))
       raise KafkaDeliveryError(
-          f'{len(self._errors)} record(s) failed delivery; first: topic '
-          f'{topic!r} key {key!r}: {err.str() if code is not None else err}; '
+          f'{len(errors)} of {self._produced} record(s) failed delivery to '
+          f'{brokers}; first: topic {topic!r} key {key!r}: {detail}{cause}; '
           f'the bundle will be retried')
+    self.written.inc(self._produced)
 
   def teardown(self):
     if self._producer is not None:
-      self._producer.flush(self._flush_timeout_s)
+      left = self._producer.flush(min(self._flush_timeout_s, _TEARDOWN_FLUSH_S))
+      if left:
+        _LOGGER.warning('%d record(s) of a failed bundle were still queued at '
+                        'teardown; they are dropped (the bundle is retried)',
+                        left)
       self._producer = None
 
 
@@ -132,6 +181,11 @@ class WriteToKafka(beam.PTransform):
   By default an element ``(key, value)`` is written as that key and value and
   any other element as the value; ``key``/``value``/``headers`` functions
   override that. ``str`` keys and values are UTF-8 encoded.
+
+  With ``batched=True`` each element is an iterable of records, each written
+  as above (the functions get one record at a time): per-element overhead
+  dominates Python pipelines, so steps that already work on lists of ~1000
+  records should hand them over as such.
 
   Example::
 
@@ -148,17 +202,20 @@ class WriteToKafka(beam.PTransform):
                value: Callable[[Any], Optional[bytes]] = _default_value,
                headers: Optional[HeadersFn] = None,
                idempotent: bool = True,
+               batched: bool = False,
                flush_timeout_s: float = 120.0):
     """Configures the write.
 
     Args:
       producer_config: librdkafka producer settings, passed through.
-      topic: a topic name, or a function element -> topic (route per element,
+      topic: a topic name, or a function record -> topic (route per record,
         e.g. dead letters and predictions from one step).
-      key: element -> key bytes (or str).
-      value: element -> value bytes (or str).
-      headers: element -> list of (name, bytes), or None.
+      key: record -> key bytes (or str).
+      value: record -> value bytes (or str).
+      headers: record -> list of (name, bytes), or None.
       idempotent: enable the idempotent producer (default True).
+      batched: each element is an iterable of records (default False: each
+        element is one record).
       flush_timeout_s: longest wait for deliveries at the end of a bundle.
     """
     super().__init__()
@@ -171,9 +228,17 @@ class WriteToKafka(beam.PTransform):
     self._key = key
     self._value = value
     self._headers = headers
+    self._batched = batched
     self._flush_timeout_s = flush_timeout_s
+
+  @property
+  def settings(self) -> dict:
+    """The write's settings (read by transforms.kafka.xlang)."""
+    return dict(producer_config=dict(self._config), topic=self._topic,
+                key=self._key, value=self._value, headers=self._headers,
+                batched=self._batched, flush_timeout_s=self._flush_timeout_s)
 
   def expand(self, pcoll):
     return pcoll | 'ProduceToKafka' >> beam.ParDo(
         _ProduceFn(self._config, self._topic, self._key, self._value,
-                   self._headers, self._flush_timeout_s))
+                   self._headers, self._flush_timeout_s, self._batched))
