@@ -641,3 +641,17 @@ def test_consecutive_ranges_continue_on_the_same_consumer(
   call = _Call(fn, element, second).run()
   assert [r.offset for r, _ in call.records()] == list(range(50, 100))
   assert consumers.positioned(topic, 0, 100) is consumer
+
+
+def test_total_records_allocates_present_records_then_spreads_the_rest():
+  # pylint: disable=protected-access
+  from transforms.kafka import offsets as offsets_lib
+  starts = {('t', 0): 0, ('t', 1): 5, ('t', 2): 0}
+  highs = {('t', 0): 10, ('t', 1): 8, ('t', 2): 0}
+  assert offsets_lib._allocate_total(starts, highs, 12) == {
+      ('t', 0): 10, ('t', 1): 7, ('t', 2): 0}
+  # 13 present, 20 wanted: 7 more, spread 3/2/2.
+  assert offsets_lib._allocate_total(starts, highs, 20) == {
+      ('t', 0): 13, ('t', 1): 10, ('t', 2): 2}
+  with pytest.raises(ValueError, match='total_records must be >= 1'):
+    offsets_lib.StopAt.total_records(0)

@@ -157,3 +157,26 @@ def test_engine_selection_is_explicit_and_logged(monkeypatch):
   dataflow = engine_lib.select_engine(PipelineOptions(
       ['--runner', 'DataflowRunner', '--streaming']))
   assert dataflow.runner == 'DataflowRunner'
+
+
+def test_total_records_stop_is_exact_and_commits_only_what_was_read(
+    broker, make_topic):
+  topic = make_topic(4)
+  config = broker.client_config(**{'group.id': f'g-{topic}'})
+  producer = Producer(broker.client_config())
+  for i in range(400):
+    producer.produce(topic, value=b'v%d' % i, partition=i % 4)
+  producer.flush(10)
+  _FIRED.clear()
+  p = beam.Pipeline(runner=LocalStreamingRunner(),
+                    options=PipelineOptions(streaming=True))
+  _ = (p
+       | ReadFromKafka(config, topic, start='earliest',
+                       stop=StopAt.total_records(250), max_batch_records=30)
+       | beam.Map(len)
+       | beam.CombineGlobally(sum)
+       | beam.Map(_record_firing))
+  assert p.run().wait_until_finish() == PipelineState.DONE
+  assert [c for _, c, _ in _FIRED] == [250]
+  committed = admin.committed_offsets(config, f'g-{topic}', topic)
+  assert sum(o or 0 for o in committed.values()) == 250

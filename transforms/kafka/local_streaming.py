@@ -59,9 +59,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from transforms.kafka import admin
 from transforms.kafka import offsets as offsets_lib
-from transforms.kafka.read import (OffsetCommitter, ReadFromKafka,
+from transforms.kafka.read import (TS_FUNCTION, TS_PROCESSING_TIME,
+                                   OffsetCommitter, ReadFromKafka,
                                    reader_config, recover_out_of_range)
-from transforms.kafka.records import record_from_message
+from transforms.kafka.records import records_from_messages
 from transforms.kafka.watermark import KafkaWatermarkEstimator
 
 _LOGGER = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class LocalKafkaReader:
     self._committer: Optional[OffsetCommitter] = None
     self._partitions: dict[tuple[str, int], _PartitionState] = {}
     self._deadline: Optional[float] = None
+    self._remaining: Optional[int] = None  # StopAt.total_records
     self._started = False
     self._closed = False
     self._stop_requested = threading.Event()
@@ -138,8 +140,13 @@ class LocalKafkaReader:
     partitions = admin.topic_partitions(config, s['topics'],
                                         s['metadata_timeout_s'])
     self._consumer = Consumer(reader_config(config))
+    stop = s['stop']
+    if stop.kind == 'total':
+      # Counted here, across partitions, in arrival order.
+      self._remaining = stop.value
+      stop = offsets_lib.StopAt.never()
     ranges = offsets_lib.resolve_ranges(self._consumer, config, partitions,
-                                        s['start'], s['stop'],
+                                        s['start'], stop,
                                         timeout_s=s['metadata_timeout_s'])
     for r in ranges:
       state = _PartitionState(r, s['max_delay_s'], s['idle_timeout_s'])
@@ -232,7 +239,9 @@ class LocalKafkaReader:
                                         timeout=timeout)
       if not messages:
         break
-      by_partition: dict[tuple[str, int], list] = {}
+      self.batch_sizes.update(len(messages))
+      # Runs of consecutive error-free messages of one partition.
+      runs: dict[tuple[str, int], list] = {}
       for message in messages:
         key = (message.topic(), message.partition())
         p = self._partitions.get(key)
@@ -248,15 +257,26 @@ class LocalKafkaReader:
         if offset >= p.stop_offset:
           self._finish_partition(p)
           continue
-        p.caught_up = False
+        runs.setdefault(key, []).append(message)
         p.next_offset = offset + 1
-        by_partition.setdefault(key, []).append(record_from_message(message))
+        p.caught_up = False
         if p.next_offset >= p.stop_offset:
           self._finish_partition(p)
-      for key, records in by_partition.items():
-        n += len(records)
-        out.extend(self._emit(self._partitions[key], records))
-      self.batch_sizes.update(len(messages))
+      for key, run in runs.items():
+        p = self._partitions[key]
+        if self._remaining is not None:
+          # Records past the total are not emitted, so not committed either.
+          run = run[:self._remaining]
+          if not run:
+            p.next_offset = runs[key][0].offset()
+            continue
+          p.next_offset = run[-1].offset() + 1
+          self._remaining -= len(run)
+        n += len(run)
+        out.extend(self._emit(p, run))
+      if self._remaining == 0:
+        for p in self._partitions.values():
+          self._finish_partition(p)
       # Once records arrived, do not wait for more than the budget allows.
       if time.monotonic() >= t_end:
         break
@@ -291,22 +311,32 @@ class LocalKafkaReader:
     p.done = True
     self._consumer.pause([TopicPartition(p.topic, p.partition)])
 
-  def _emit(self, p: _PartitionState, records: list) -> list:
+  def _emit(self, p: _PartitionState, run: list) -> list:
+    """A run of messages of one partition as timestamped elements."""
     s = self._s
-    ts_fn = s['timestamp_fn']
-    stamps = [ts_fn(r) for r in records]
-    p.estimator.observe_timestamp(max(stamps))
+    records = records_from_messages(run, p.topic, p.partition)
+    mode = s['timestamp_mode']
+    if mode == TS_FUNCTION:
+      ts_fn = s['timestamp_fn']
+      stamps = [ts_fn(r).micros for r in records]
+    elif mode == TS_PROCESSING_TIME:
+      stamps = [Timestamp.of(time.time()).micros] * len(records)
+    else:
+      now = Timestamp.of(time.time()).micros
+      stamps = [r[5] * 1000 if r[5] >= 0 else now for r in records]
+    p.estimator.observe_timestamp(Timestamp(micros=max(stamps)))
     self.records.inc(len(records))
-    self.bytes.inc(sum(len(r.value or b'') for r in records))
+    self.bytes.inc(sum(len(r[4] or b'') for r in records))
     if not s['with_metadata']:
-      records = [(r.key, r.value) for r in records]
+      records = [(r[3], r[4]) for r in records]
     size = s['max_batch_records']
+    windowed = GlobalWindows.windowed_value
     if size <= 0:
-      return [GlobalWindows.windowed_value(r, timestamp=t)
+      return [windowed(r, timestamp=Timestamp(micros=t))
               for r, t in zip(records, stamps)]
     return [
-        GlobalWindows.windowed_value(records[i:i + size],
-                                     timestamp=min(stamps[i:i + size]))
+        windowed(records[i:i + size],
+                 timestamp=Timestamp(micros=min(stamps[i:i + size])))
         for i in range(0, len(records), size)
     ]
 

@@ -72,6 +72,19 @@ class StopAt:
     return cls('records', int(n))
 
   @classmethod
+  def total_records(cls, n: int) -> 'StopAt':
+    """``n`` records in total over all partitions.
+
+    The local streaming read counts exactly, in arrival order. The
+    splittable read resolves it at start: the records already present are
+    taken partition by partition (ascending) up to ``n``; if fewer than ``n``
+    are present, the rest is waited for, split evenly over the partitions.
+    """
+    if n < 1:
+      raise ValueError(f'total_records must be >= 1, got {n}')
+    return cls('total', int(n))
+
+  @classmethod
   def read_time(cls, seconds: float) -> 'StopAt':
     """Reading stops ``seconds`` after the read starts (wall clock)."""
     if seconds <= 0:
@@ -227,6 +240,9 @@ def resolve_ranges(consumer: Consumer,
     stops = {key: stop.value.get(key, UNBOUNDED) for key in starts}
   elif stop.kind == 'records':
     stops = {key: s + stop.value for key, s in starts.items()}
+  elif stop.kind == 'total':
+    stops = _allocate_total(starts, {(tp.topic, tp.partition): high(tp)
+                                     for tp in tps}, stop.value)
   else:
     stops = {key: UNBOUNDED for key in starts}
   deadline = now + stop.value if stop.kind == 'read_time' else None
@@ -236,6 +252,24 @@ def resolve_ranges(consumer: Consumer,
                      max(starts[(t, p)], stops[(t, p)]), deadline)
       for t, p in sorted(starts)
   ]
+
+
+def _allocate_total(starts: Mapping[tuple[str, int], int],
+                    highs: Mapping[tuple[str, int], int],
+                    total: int) -> dict[tuple[str, int], int]:
+  """Per-partition stop offsets reading ``total`` records (see StopAt)."""
+  stops = {}
+  remaining = total
+  for key in sorted(starts):
+    take = min(max(0, highs[key] - starts[key]), remaining)
+    stops[key] = starts[key] + take
+    remaining -= take
+  keys = sorted(starts)
+  for i, key in enumerate(keys):
+    # Not enough records yet: wait for the rest, spread evenly.
+    stops[key] += remaining // len(keys) + (1 if i < remaining % len(keys)
+                                            else 0)
+  return stops
 
 
 def _offsets_for_time(consumer, tps, ts: Timestamp, high, timeout_s):

@@ -47,6 +47,7 @@ from transforms.kafka import admin
 from transforms.kafka import offsets as offsets_lib
 from transforms.kafka.offsets import PartitionRange, StopAt
 from transforms.kafka.records import (KafkaRecord, TimestampPolicy,
+                                      records_from_messages,
                                       resolve_timestamp_fn)
 from transforms.kafka.watermark import KafkaWatermarkEstimatorProvider
 
@@ -327,9 +328,7 @@ TS_RECORD_TIME = 'record_time'
 TS_PROCESSING_TIME = 'processing_time'
 TS_FUNCTION = 'function'
 
-_new_tuple = tuple.__new__
 _message_error = Message.error
-_NO_HEADERS = ()
 
 
 class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
@@ -583,10 +582,10 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
     those are read from the records when emitted)."""
     mode = self._timestamp_mode
     if mode == TS_RECORD_TIME and self._with_metadata:
-      items.extend(self._records(run, topic, partition))
+      items.extend(records_from_messages(run, topic, partition))
       return
     if mode == TS_FUNCTION:
-      records = self._records(run, topic, partition)
+      records = records_from_messages(run, topic, partition)
       ts_fn = self._timestamp_fn
       stamps.extend([ts_fn(r) for r in records])
       items.extend(records if self._with_metadata else
@@ -598,24 +597,9 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
       return
     # Processing time: one clock reading per consumed run.
     now_micros = Timestamp.of(time.time()).micros
-    items.extend(self._records(run, topic, partition) if self._with_metadata
+    items.extend(records_from_messages(run, topic, partition) if self._with_metadata
                  else [(m.key(), m.value()) for m in run])
     stamps.extend([now_micros] * len(run))
-
-  @staticmethod
-  def _records(run: list, topic: str, partition: int) -> list:
-    """KafkaRecords of a run of messages of one partition.
-
-    Built with tuple.__new__ (skipping the NamedTuple constructor's argument
-    handling, ~2x faster); the field order is KafkaRecord's.
-    """
-    new, cls, none = _new_tuple, KafkaRecord, _NO_HEADERS
-    return [
-        new(cls, (topic, partition, m.offset(), m.key(), m.value(),
-                  (ts := m.timestamp())[1], ts[0],
-                  tuple(h) if (h := m.headers()) else none))
-        for m in run
-    ]
 
   def _emit(self, items: list, stamps: list, watermark, *, everything: bool):
     """Emits pending records as timestamped elements (and empties the lists).

@@ -35,6 +35,25 @@ class KafkaRecord(NamedTuple):
   headers: tuple[tuple[str, Optional[bytes]], ...] = ()
 
 
+_new_tuple = tuple.__new__
+_NO_HEADERS = ()
+
+
+def records_from_messages(run: list, topic: str, partition: int) -> list:
+  """KafkaRecords of a run of error-free messages of one partition.
+
+  Built with tuple.__new__ (skipping the NamedTuple constructor's argument
+  handling, ~2x faster); the field order is KafkaRecord's.
+  """
+  new, cls, none = _new_tuple, KafkaRecord, _NO_HEADERS
+  return [
+      new(cls, (topic, partition, m.offset(), m.key(), m.value(),
+                (ts := m.timestamp())[1], ts[0],
+                tuple(h) if (h := m.headers()) else none))
+      for m in run
+  ]
+
+
 def record_from_message(message) -> KafkaRecord:
   """Builds a KafkaRecord from a confluent_kafka.Message without errors."""
   ts_type, ts_ms = message.timestamp()
