@@ -6,5 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/ensure_venv.sh "test,local"
+# The BigQuery emulator's own venv (.venv-bqemu; pyarrow 26, Beam needs < 26).
+scripts/ensure_bq_emulator.sh
 # pytest exits 5 when it collected no test: that fails this script too.
 exec "$VENV_PYTHON" -m pytest "$@"

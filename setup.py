@@ -39,6 +39,7 @@ TEST_REQUIRES = LOCAL_REQUIRES + [
     'pytest>=8',
     'pytest-timeout>=2.3',
     'hypothesis>=6.100',
+    'gcp-storage-emulator>=2026.7.19',  # GCS emulator for the sink tests
 ]
 
 setuptools.setup(

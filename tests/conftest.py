@@ -20,6 +20,8 @@ import pytest
 from beam_jobs import local_broker
 from transforms.kafka import admin
 
+pytest_plugins = ['emulators']
+
 EXTERNAL = 'external'
 
 

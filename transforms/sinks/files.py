@@ -1,0 +1,671 @@
+"""Windowed files of prediction rows and dead letters, local or ``gs://``.
+
+Layout: one file set per window, pane and shard, flat under the output path::
+
+  <output_path>/predictions-20261124T080000Z-20261124T080100Z-pane-0-00000-of-00002.jsonl
+  <output_path>/predictions-global-pane-0-00001-of-00002.parquet      (GlobalWindow)
+  <output_path>/predictions-run20261124T075502Z-20261124T080000Z-20261124T080100Z-pane-1-00001-of-00002.jsonl
+                                                                     (streaming: run tag)
+
+The window part is the window's start and end in UTC (``%Y%m%dT%H%M%SZ``,
+with ``.%f`` when not whole seconds), or ``global`` for the GlobalWindow.
+``pane-N`` is the pane index of the firing (0 for the only or first firing,
+then 1, 2, ... for early, on-time and late firings), ``SSSSS-of-NNNNN`` the
+shard and the configured shard count. A pane with fewer rows than shards has
+fewer files: empty shards are not written, so ``of-NNNNN`` is an upper
+bound, not a promise. Names are deterministic (window, pane, shard), so a
+retried bundle overwrites its own earlier attempt instead of adding a
+duplicate file.
+
+Atomicity: every file is written under a temporary directory outside the
+output path (default ``<output_path>.tmp/<uuid>/``; GCS: a sibling prefix)
+and then renamed to its final name (``os.rename`` locally: atomic on one
+filesystem; GCS: server-side copy then delete: the object appears whole). A
+reader of the output path never sees a partial file; a failed write leaves
+nothing there (and deletes its temporary file).
+
+Why not ``apache_beam.io.fileio.WriteToFiles``: in Beam 2.77 it passes no pane
+to the file naming (``pane=None``; the name template has no pane part) and
+documents that it "does not support multiple firings per window" in
+streaming: an early and an on-time pane (or a late pane) of one window get the
+same names and overwrite each other. Its shard count is not honoured either
+(files per window = bundles that saw the window), and its temporary files
+live under the output path by default. This module encodes rows into one
+bytes blob per batch and shard, groups them with one GroupByKey on the shard
+key, and writes each (window, pane, shard) firing in one DoFn call.
+
+Triggers are not set here: the jobs set them upstream (``WindowFeatures(...,
+trigger=...)``). The default fires once when the watermark passes the end of
+the window, then once per late element. For long windows in streaming, pass
+``early_firing_trigger(seconds)`` so rows are written every ``seconds`` of
+processing time before the window closes. Use DISCARDING accumulation (the
+WindowFeatures default): with ACCUMULATING, each pane's files repeat the
+rows of the earlier panes.
+
+Streaming file names carry a run tag, the UTC time the pipeline was built
+(``predictions-run20261124T080512Z-20261124T080000Z-20261124T080100Z-pane-0-
+00000-of-00002.jsonl``): a new job (restart, drain and resubmit) starts its
+pane indices at 0 again and re-reads from the committed offsets, so without
+the tag its first pane of a window could overwrite a file of the previous
+run and lose the rows only that file had. With the tag it adds a file
+instead (at-least-once, like the Kafka sink). Within one job the tag is
+fixed, so bundle retries still overwrite their own attempts. Batch names
+have no tag: re-running a backfill replaces its files. Streaming in the
+GlobalWindow needs an early trigger (the watermark never passes the end of
+the GlobalWindow).
+"""
+
+import logging
+import random
+import struct
+import time
+import uuid
+from typing import Any, NamedTuple, Optional, Sequence
+
+import apache_beam as beam
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.transforms import trigger as trigger_lib
+from apache_beam.transforms import window as window_lib
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import PaneInfoTiming
+
+_LOGGER = logging.getLogger(__name__)
+_NAMESPACE = 'file_sink'
+
+FILE_FORMATS = ('jsonl', 'parquet', 'tfrecord')
+SUFFIXES = {'jsonl': '.jsonl', 'parquet': '.parquet', 'tfrecord': '.tfrecord'}
+_MIME_TYPES = {'jsonl': 'application/x-ndjson',
+               'parquet': 'application/vnd.apache.parquet',
+               'tfrecord': 'application/octet-stream'}
+COLUMN_TYPES = ('STRING', 'FLOAT', 'INTEGER', 'BOOLEAN')
+_ARROW_TYPES = {'STRING': pa.string(), 'FLOAT': pa.float64(),
+                'INTEGER': pa.int64(), 'BOOLEAN': pa.bool_()}
+
+DEFAULT_NUM_SHARDS = 2
+GLOBAL_WINDOW_LABEL = 'global'
+# Rows per Parquet row group: big enough for columnar compression, small
+# enough that a writer holds little more than one group in memory.
+PARQUET_ROW_GROUP_ROWS = 65536
+
+
+def early_firing_trigger(seconds: float):
+  """Fires every ``seconds`` of processing time while a window is open, at
+  the watermark, then once per late element.
+
+  Pass it to ``WindowFeatures(..., trigger=early_firing_trigger(30))`` so long
+  windows are written before they close (one ``pane-N`` file set per firing).
+  """
+  if not seconds > 0:
+    raise ValueError(f'early firing period must be > 0 s, got {seconds}')
+  return trigger_lib.AfterWatermark(
+      early=trigger_lib.AfterProcessingTime(seconds),
+      late=trigger_lib.AfterCount(1))
+
+
+def check_columns(columns: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+  """``columns`` as a list of (name, type); ValueError on unknown types,
+  duplicate or empty names."""
+  out = []
+  seen = set()
+  for name, typ in columns:
+    if not name:
+      raise ValueError('column with an empty name')
+    if name in seen:
+      raise ValueError(f'duplicate column {name!r}')
+    if typ not in COLUMN_TYPES:
+      raise ValueError(f'column {name!r}: type {typ!r} is not one of '
+                       f'{COLUMN_TYPES}')
+    seen.add(name)
+    out.append((name, typ))
+  if not out:
+    raise ValueError('no columns')
+  return out
+
+
+def arrow_schema(columns: Sequence[tuple[str, str]]) -> pa.Schema:
+  """The Parquet/Arrow schema of ``columns``: STRING->string,
+  FLOAT->float64, INTEGER->int64, BOOLEAN->bool, all nullable."""
+  return pa.schema([pa.field(name, _ARROW_TYPES[typ], nullable=True)
+                    for name, typ in check_columns(columns)])
+
+
+def _utc(ts: Timestamp) -> str:
+  dt = ts.to_utc_datetime()
+  if ts.micros % 1_000_000:
+    return dt.strftime('%Y%m%dT%H%M%S.%fZ')
+  return dt.strftime('%Y%m%dT%H%M%SZ')
+
+
+def window_label(window) -> str:
+  """``20261124T080000Z-20261124T080100Z`` for an interval window (UTC),
+  ``global`` for the GlobalWindow."""
+  if isinstance(window, window_lib.GlobalWindow):
+    return GLOBAL_WINDOW_LABEL
+  return f'{_utc(window.start)}-{_utc(window.end)}'
+
+
+def file_name(prefix: str, window, pane_index: int, shard: int,
+              num_shards: int, suffix: str, run_tag: Optional[str] = None
+              ) -> str:
+  """The final name of one shard file of one window and pane."""
+  parts = [prefix] if prefix else []
+  if run_tag:
+    parts.append(run_tag)
+  parts.append(window_label(window))
+  return (f'{"-".join(parts)}-pane-{pane_index}-{shard:05d}-of-'
+          f'{num_shards:05d}{suffix}')
+
+
+def _run_tag() -> str:
+  return time.strftime('run%Y%m%dT%H%M%SZ', time.gmtime())
+
+
+def default_temp_directory(output_path: str) -> str:
+  """A fresh temporary directory beside (not under) ``output_path``."""
+  path = output_path.rstrip('/')
+  if path.startswith('gs://') and '/' not in path[len('gs://'):]:
+    raise ValueError(
+        f'output path {output_path!r} is a bucket root: give a prefix '
+        '(gs://bucket/predictions) or a temp_directory, so temporary files '
+        'are not written under the output path')
+  return FileSystems.join(path + '.tmp', uuid.uuid4().hex)
+
+
+# --- Row formats ---------------------------------------------------------------
+#
+# Rows are encoded in the step before the GroupByKey: what the shuffle moves
+# is one bytes blob per batch (JSONL lines, framed TFRecords, or an Arrow IPC
+# stream for Parquet), not thousands of dicts: per-element coder work is the
+# cost of a Python pipeline. The writer after the GroupByKey only
+# concatenates blobs (JSONL, TFRecord) or turns Arrow batches into row groups
+# (Parquet).
+
+
+class _FileWriter:
+  """Writes encoded blobs of one format to one open binary file handle."""
+
+  def __init__(self, fh):
+    self._fh = fh
+
+  def write(self, blob: bytes) -> None:
+    self._fh.write(blob)
+
+  def close(self) -> None:
+    """Flushes what is buffered; the caller closes the handle."""
+
+
+class _ParquetFileWriter(_FileWriter):
+
+  def __init__(self, fh, schema: pa.Schema):
+    super().__init__(fh)
+    self._schema = schema
+    self._writer = pq.ParquetWriter(pa.PythonFile(fh, mode='w'), schema)
+    self._pending: list[pa.RecordBatch] = []
+    self._pending_rows = 0
+
+  def write(self, blob):
+    for batch in pa.ipc.open_stream(blob):
+      self._pending.append(batch)
+      self._pending_rows += batch.num_rows
+    if self._pending_rows >= PARQUET_ROW_GROUP_ROWS:
+      self._flush()
+
+  def _flush(self):
+    if self._pending:
+      table = pa.Table.from_batches(self._pending, schema=self._schema)
+      self._writer.write_table(table, row_group_size=PARQUET_ROW_GROUP_ROWS)
+      self._pending, self._pending_rows = [], 0
+
+  def close(self):
+    self._flush()
+    self._writer.close()
+
+
+def _masked_crc32c(data: bytes) -> int:
+  import google_crc32c  # pylint: disable=import-outside-toplevel
+  crc = google_crc32c.value(data)
+  return (((crc >> 15) | (crc << 17)) + 0xa282ead8) & 0xffffffff
+
+
+def tfrecord_frame(data: bytes) -> bytes:
+  """One TFRecord: length, masked CRC32C of the length, data, its CRC."""
+  header = struct.pack('<Q', len(data))
+  return b''.join((header, struct.pack('<I', _masked_crc32c(header)), data,
+                   struct.pack('<I', _masked_crc32c(data))))
+
+
+def tfrecord_records(data: bytes) -> list[bytes]:
+  """The records of a TFRecord file's bytes; ValueError on a bad CRC."""
+  out, pos = [], 0
+  while pos < len(data):
+    header = data[pos:pos + 8]
+    (length,) = struct.unpack('<Q', header)
+    (crc,) = struct.unpack('<I', data[pos + 8:pos + 12])
+    if crc != _masked_crc32c(header):
+      raise ValueError(f'TFRecord length CRC mismatch at byte {pos}')
+    record = data[pos + 12:pos + 12 + length]
+    (crc,) = struct.unpack('<I', data[pos + 12 + length:pos + 16 + length])
+    if crc != _masked_crc32c(record):
+      raise ValueError(f'TFRecord data CRC mismatch at byte {pos}')
+    out.append(record)
+    pos += 16 + length
+  return out
+
+
+class _RowCodec:
+  """One file format: ``encode(rows) -> bytes`` before the shuffle,
+  ``writer(fh)`` after it. Picklable; heavy state is built lazily.
+
+  TFRecord: each row is a ``tf.train.Example`` with one feature per column:
+  STRING -> bytes_list (UTF-8), INTEGER -> int64_list, BOOLEAN -> int64_list
+  (0/1), FLOAT -> float_list (float32: the only float type of tf.Example),
+  None -> the feature with an empty list. float32 keeps ~7 significant
+  digits: right for scores and features, NOT for epoch-second times
+  (``event_time`` etc. are rounded to 128 s around 2026): use jsonl or
+  parquet when exact times matter.
+  """
+
+  def __init__(self, file_format: str, columns):
+    if file_format not in FILE_FORMATS:
+      raise ValueError(f'file format {file_format!r}: use one of '
+                       f'{FILE_FORMATS}')
+    self.file_format = file_format
+    self.columns = tuple(check_columns(columns))
+    self._schema = None
+    self._example_cls = None
+
+  def __getstate__(self):
+    return {'file_format': self.file_format, 'columns': self.columns}
+
+  def __setstate__(self, state):
+    self.__init__(state['file_format'], state['columns'])
+
+  @property
+  def schema(self) -> pa.Schema:
+    if self._schema is None:
+      self._schema = arrow_schema(self.columns)
+    return self._schema
+
+  def encode(self, rows: Sequence[dict]) -> bytes:
+    if self.file_format == 'jsonl':
+      dumps = orjson.dumps
+      opt = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
+      return b''.join([dumps(r, option=opt) for r in rows])
+    if self.file_format == 'parquet':
+      batch = pa.RecordBatch.from_pylist(list(rows), schema=self.schema)
+      sink = pa.BufferOutputStream()
+      with pa.ipc.new_stream(sink, self.schema) as w:
+        w.write_batch(batch)
+      return sink.getvalue().to_pybytes()
+    return b''.join([tfrecord_frame(self._example(r).SerializeToString())
+                     for r in rows])
+
+  def writer(self, fh) -> _FileWriter:
+    if self.file_format == 'parquet':
+      return _ParquetFileWriter(fh, self.schema)
+    return _FileWriter(fh)
+
+  def _example(self, row):
+    if self._example_cls is None:
+      # Imported here: only this format needs TensorFlow.
+      from tensorflow.core.example import example_pb2  # pylint: disable=import-outside-toplevel
+      self._example_cls = example_pb2.Example
+    ex = self._example_cls()
+    features = ex.features.feature
+    for name, typ in self.columns:
+      v = row.get(name)
+      f = features[name]
+      if typ == 'STRING':
+        if v is None:
+          f.bytes_list.SetInParent()
+        else:
+          f.bytes_list.value.append(v.encode('utf-8'))
+      elif typ == 'FLOAT':
+        if v is None:
+          f.float_list.SetInParent()
+        else:
+          f.float_list.value.append(v)
+      else:  # INTEGER, BOOLEAN
+        if v is None:
+          f.int64_list.SetInParent()
+        else:
+          f.int64_list.value.append(int(v))
+    return ex
+
+
+def read_row_file(path: str, file_format: str,
+                  columns: Optional[Sequence[tuple[str, str]]] = None
+                  ) -> list[dict]:
+  """Reads back one file written by this module (local or gs://).
+
+  TFRecord needs ``columns`` (to tell BOOLEAN from INTEGER); its FLOAT
+  values are float32 values widened to Python floats.
+  """
+  with FileSystems.open(path,
+                        compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    data = f.read()
+  if file_format == 'jsonl':
+    return [orjson.loads(line) for line in data.splitlines() if line]
+  if file_format == 'parquet':
+    return pq.read_table(pa.BufferReader(data)).to_pylist()
+  if file_format == 'tfrecord':
+    if columns is None:
+      raise ValueError('reading tfrecord needs the columns')
+    from tensorflow.core.example import example_pb2  # pylint: disable=import-outside-toplevel
+    rows = []
+    for record in tfrecord_records(data):
+      ex = example_pb2.Example.FromString(record)
+      row = {}
+      for name, typ in columns:
+        f = ex.features.feature[name]
+        if typ == 'STRING':
+          vals = [v.decode('utf-8') for v in f.bytes_list.value]
+        elif typ == 'FLOAT':
+          vals = list(f.float_list.value)
+        elif typ == 'BOOLEAN':
+          vals = [bool(v) for v in f.int64_list.value]
+        else:
+          vals = list(f.int64_list.value)
+        row[name] = vals[0] if vals else None
+      rows.append(row)
+    return rows
+  raise ValueError(f'file format {file_format!r}: use one of {FILE_FORMATS}')
+
+
+# --- The windowed write -------------------------------------------------------
+
+
+class WrittenFile(NamedTuple):
+  """One final file: where, which window/pane/shard, how many rows."""
+  path: str
+  window: str
+  pane_index: int
+  timing: str        # EARLY, ON_TIME, LATE or UNKNOWN (batch)
+  shard: int
+  num_shards: int
+  rows: int
+
+
+class _EncodeShards(beam.DoFn):
+  """list of rows -> (shard, (row count, encoded blob)), at most one
+  contiguous slice per shard.
+
+  Slices go round-robin from a random start per DoFn instance, so shards
+  fill evenly across batches and workers.
+  """
+
+  def __init__(self, num_shards: int, codec: _RowCodec):
+    self._num_shards = num_shards
+    self._codec = codec
+
+  def setup(self):
+    self._next = random.randrange(self._num_shards)
+
+  def process(self, rows):
+    if not isinstance(rows, list):
+      rows = list(rows)
+    n = len(rows)
+    if not n:
+      return
+    parts = min(self._num_shards, n)
+    size = -(-n // parts)
+    for start in range(0, n, size):
+      part = rows[start:start + size]
+      yield self._next, (len(part), self._codec.encode(part))
+      self._next = (self._next + 1) % self._num_shards
+
+
+class _WriteShardFile(beam.DoFn):
+  """(shard, [(count, blob)]) of one window and pane -> one final file.
+
+  Retry policy: any error (filesystem, a corrupt blob) deletes the temporary
+  file and raises: the runner retries the bundle, which rewrites the same
+  final name. Nothing is dead-lettered here: rows that reach this sink were
+  already validated, and a file sink has no per-row rejection.
+  """
+
+  def __init__(self, output_path, temp_directory, prefix, num_shards,
+               codec: _RowCodec, run_tag):
+    self._output_path = output_path
+    self._temp_directory = temp_directory
+    self._prefix = prefix
+    self._num_shards = num_shards
+    self._codec = codec
+    self._suffix = SUFFIXES[codec.file_format]
+    self._mime_type = _MIME_TYPES[codec.file_format]
+    self._run_tag = run_tag
+    self._files = Metrics.counter(_NAMESPACE, 'files_written')
+    self._rows = Metrics.counter(_NAMESPACE, 'rows_written')
+    self._failures = Metrics.counter(_NAMESPACE, 'file_write_failures')
+
+  def setup(self):
+    for d in (self._output_path, self._temp_directory):
+      try:
+        FileSystems.mkdirs(d)
+      except IOError:
+        pass  # exists already (local) or not needed (GCS)
+
+  def process(self, element, window=beam.DoFn.WindowParam,
+              pane=beam.DoFn.PaneInfoParam):
+    shard, blobs = element
+    pane_index = pane.index if pane is not None else 0
+    timing = (PaneInfoTiming.to_string(pane.timing) if pane is not None else
+              'UNKNOWN')
+    name = file_name(self._prefix, window, pane_index, shard,
+                     self._num_shards, self._suffix, self._run_tag)
+    final = FileSystems.join(self._output_path, name)
+    temp = FileSystems.join(self._temp_directory,
+                            f'{name}.{uuid.uuid4().hex}.tmp')
+    count = 0
+    try:
+      fh = FileSystems.create(temp, mime_type=self._mime_type,
+                              compression_type=CompressionTypes.UNCOMPRESSED)
+      try:
+        writer = self._codec.writer(fh)
+        for n, blob in blobs:
+          writer.write(blob)
+          count += n
+        writer.close()
+      finally:
+        fh.close()
+      FileSystems.rename([temp], [final])
+    except Exception as e:
+      self._failures.inc()
+      try:
+        FileSystems.delete([temp])
+      except Exception:  # pylint: disable=broad-except
+        pass  # never created, or already renamed
+      raise IOError(f'cannot write {final}: {e}') from e
+    self._files.inc()
+    self._rows.inc(count)
+    _LOGGER.debug('wrote %s (%d rows)', final, count)
+    yield WrittenFile(final, window_label(window), pane_index, timing, shard,
+                      self._num_shards, count)
+
+
+def _is_streaming(pcoll, streaming: Optional[bool]) -> bool:
+  if streaming is not None:
+    return streaming
+  return bool(pcoll.pipeline.options.view_as(StandardOptions).streaming or
+              not pcoll.is_bounded)
+
+
+def _never_fires_before_end(windowing) -> bool:
+  """True when the trigger waits for the watermark to pass the window end."""
+  t = windowing.triggerfn
+  if isinstance(t, trigger_lib.DefaultTrigger):
+    return True
+  return isinstance(t, trigger_lib.AfterWatermark) and t.early is None
+
+
+class _WriteRowFiles(beam.PTransform):
+  """Lists of row dicts (in any windows) -> WrittenFile per window/pane/shard."""
+
+  def __init__(self, output_path, file_format, columns, *, num_shards,
+               streaming, prefix, temp_directory, run_tag):
+    super().__init__()
+    if not output_path:
+      raise ValueError('output path is empty')
+    if file_format not in FILE_FORMATS:
+      raise ValueError(f'file format {file_format!r}: use one of '
+                       f'{FILE_FORMATS}')
+    if not (isinstance(num_shards, int) and num_shards >= 1):
+      raise ValueError(f'num_shards must be an int >= 1, got {num_shards!r}')
+    self._output_path = output_path
+    self._format = file_format
+    self._columns = tuple(check_columns(columns))
+    self._num_shards = num_shards
+    self._streaming = streaming
+    self._prefix = prefix
+    self._temp_directory = temp_directory
+    self._run_tag = run_tag
+
+  def expand(self, pcoll):
+    streaming = _is_streaming(pcoll, self._streaming)
+    windowing = pcoll.windowing
+    global_window = isinstance(windowing.windowfn, window_lib.GlobalWindows)
+    if streaming and global_window and _never_fires_before_end(windowing):
+      raise ValueError(
+          'streaming file writes in the GlobalWindow need an early trigger '
+          '(the watermark never passes its end): set the trigger upstream, '
+          'e.g. WindowFeatures(..., trigger=early_firing_trigger(60))')
+    run_tag = self._run_tag
+    if run_tag is None and streaming:
+      run_tag = _run_tag()
+    temp_directory = (self._temp_directory or
+                      default_temp_directory(self._output_path))
+    codec = _RowCodec(self._format, self._columns)
+    return (pcoll
+            | 'EncodeShards' >> beam.ParDo(
+                _EncodeShards(self._num_shards, codec)).with_output_types(
+                    tuple[int, tuple[int, bytes]])
+            | 'GroupPerWindowPaneShard' >> beam.GroupByKey()
+            | 'WriteAndRename' >> beam.ParDo(_WriteShardFile(
+                self._output_path, temp_directory, self._prefix,
+                self._num_shards, codec, run_tag)).with_output_types(
+                    WrittenFile))
+
+
+class WritePredictionFiles(beam.PTransform):
+  """Lists of prediction rows -> files, one set per window and pane.
+
+  Returns the PCollection of ``WrittenFile`` (one per final file, in the
+  window it belongs to), so jobs and tests can see what was written.
+  See the module docstring for the layout, atomicity and triggers.
+  """
+
+  def __init__(self, output_path: str, file_format: str,
+               columns: Sequence[tuple[str, str]], *,
+               num_shards: int = DEFAULT_NUM_SHARDS,
+               streaming: Optional[bool] = None,
+               prefix: str = 'predictions',
+               temp_directory: Optional[str] = None,
+               run_tag: Optional[str] = None):
+    """Configures the write.
+
+    Args:
+      output_path: directory or gs:// prefix for the final files.
+      file_format: jsonl, parquet or tfrecord.
+      columns: (name, type) pairs, e.g. ``output.output_columns(schema)``;
+        types STRING, FLOAT, INTEGER, BOOLEAN. Parquet and TFRecord write
+        these columns (missing values are null); JSONL writes each row as is.
+      num_shards: files (at most) per window, pane; one writer each.
+      streaming: whether the pipeline streams (default: the pipeline's
+        ``--streaming`` or an unbounded input). Streaming tags file names
+        with the run; in the GlobalWindow it needs an early trigger
+        (ValueError otherwise).
+      prefix: first part of every file name.
+      temp_directory: where files are written before the rename; default a
+        new ``<output_path>.tmp/<uuid>`` (must be on the same local
+        filesystem as output_path for an atomic rename).
+      run_tag: overrides the run tag of streaming file names ('' for
+        none; default ``run<UTC time the pipeline was built>``).
+    """
+    super().__init__()
+    self._write = _WriteRowFiles(
+        output_path, file_format, columns, num_shards=num_shards,
+        streaming=streaming, prefix=prefix, temp_directory=temp_directory,
+        run_tag=run_tag)
+
+  def expand(self, pcoll):
+    return pcoll | 'WriteRowFiles' >> self._write
+
+
+DEAD_LETTER_COLUMNS = (
+    ('stage', 'STRING'), ('reason', 'STRING'), ('detail', 'STRING'),
+    ('source', 'STRING'), ('position', 'INTEGER'), ('event_id', 'STRING'),
+    ('payload_b64', 'STRING'), ('time', 'FLOAT'),
+)
+
+
+def _dead_letter_rows(dead_letter) -> list[dict]:
+  return [dead_letter.to_dict()]
+
+
+class WriteDeadLetterFiles(beam.PTransform):
+  """DeadLetter -> JSONL files of ``DeadLetter.to_dict()``.
+
+  Dead letters arrive in the GlobalWindow. Batch: one pane, files
+  ``dead-letters-global-pane-0-00000-of-00001.jsonl``. Streaming: they stay
+  in the GlobalWindow with a processing-time trigger that flushes every
+  ``flush_every_s`` seconds (``Repeatedly(AfterProcessingTime)``, discarding),
+  files ``dead-letters-run<start>-global-pane-<flush>-00000-of-00001.jsonl``.
+
+  Why processing time and not 60 s event-time windows: a dead letter's
+  timestamp is its event's. The too-late events are dead letters precisely
+  because they are behind the watermark, so in event-time windows they would
+  be late data again and dropped past the allowed lateness; malformed records
+  carry whatever timestamp the source gave them. A processing-time trigger in
+  the GlobalWindow drops nothing whatever the timestamps, and bounds the
+  delay to a file at ``flush_every_s``. The run tag (when the pipeline was
+  built) keeps a restarted job, whose pane indices start again at 0, from
+  overwriting the files of the previous run.
+  """
+
+  def __init__(self, path: str, *, num_shards: int = 1,
+               streaming: Optional[bool] = None,
+               flush_every_s: float = 60.0,
+               prefix: str = 'dead-letters',
+               temp_directory: Optional[str] = None,
+               run_tag: Optional[str] = None):
+    super().__init__()
+    if not flush_every_s > 0:
+      raise ValueError(f'flush_every_s must be > 0, got {flush_every_s}')
+    self._path = path
+    self._num_shards = num_shards
+    self._streaming = streaming
+    self._flush_every_s = flush_every_s
+    self._prefix = prefix
+    self._temp_directory = temp_directory
+    self._run_tag = run_tag
+
+  def expand(self, pcoll):
+    streaming = _is_streaming(pcoll, self._streaming)
+    if streaming:
+      windowed = pcoll | 'FlushEveryNSeconds' >> beam.WindowInto(
+          window_lib.GlobalWindows(),
+          trigger=trigger_lib.Repeatedly(
+              trigger_lib.AfterProcessingTime(self._flush_every_s)),
+          accumulation_mode=trigger_lib.AccumulationMode.DISCARDING)
+    else:
+      windowed = pcoll | 'IntoGlobalWindow' >> beam.WindowInto(
+          window_lib.GlobalWindows())
+    return (windowed
+            | 'ToDicts' >> beam.Map(_dead_letter_rows)
+            | 'WriteJsonl' >> _WriteRowFiles(
+                self._path, 'jsonl', DEAD_LETTER_COLUMNS,
+                num_shards=self._num_shards, streaming=streaming,
+                prefix=self._prefix, temp_directory=self._temp_directory,
+                run_tag=self._run_tag))
+
+
+__all__: Sequence[str] = [
+    'FILE_FORMATS', 'WriteDeadLetterFiles', 'WritePredictionFiles',
+    'WrittenFile', 'arrow_schema', 'early_firing_trigger', 'read_row_file',
+]
