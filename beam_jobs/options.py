@@ -9,7 +9,8 @@ starts, with a ValueError that names the flag.
 
 import os
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import (KafkaStreamsRunnerOptions,
+                                                  PipelineOptions)
 
 from transforms import parse as parse_lib
 from transforms import schema as schema_lib
@@ -25,11 +26,8 @@ class KafkaOptions(PipelineOptions):
 
   @classmethod
   def _add_argparse_args(cls, parser):
-    parser.add_argument(
-        '--bootstrap_servers',
-        default=os.environ.get('KAFKA_BOOTSTRAP_SERVERS', 'localhost:9092'),
-        help='Kafka bootstrap servers, host:port[,host:port...] (default: '
-        '$KAFKA_BOOTSTRAP_SERVERS or localhost:9092).')
+    # --bootstrap_servers is Beam's own flag (KafkaStreamsRunnerOptions, the
+    # same meaning): defining it again would clash; see bootstrap_servers().
     parser.add_argument('--input_topic', default=None,
                         help='Topic to read events from (required).')
     parser.add_argument('--output_topic', default=None,
@@ -140,9 +138,12 @@ class ModelOptions(PipelineOptions):
     parser.add_argument('--model_poll_s', type=float, default=10.0,
                         help='How often to look for a newer model version, '
                         'in seconds (default: 10).')
-    parser.add_argument('--min_batch_size', type=int, default=1,
-                        help='Elements (event batches) RunInference gathers '
-                        'at least per model call when available (default: 1).')
+    parser.add_argument('--min_batch_size', type=int, default=None,
+                        help='Fewest rows per model call. Equal to '
+                        '--max_batch_size, batches are filled up to that '
+                        'size within each bundle (deterministic); smaller, '
+                        'Beam adapts the size between the two from measured '
+                        'call times (default: --max_batch_size).')
     parser.add_argument('--max_batch_size', type=int, default=4096,
                         help='Most rows per model call (default: 4096).')
 
@@ -193,8 +194,25 @@ def _check(condition: bool, message: str) -> None:
     raise ValueError(message)
 
 
-def validate_kafka(kafka: KafkaOptions) -> None:
-  _check(bool(kafka.bootstrap_servers), '--bootstrap_servers is empty')
+_BEAM_DEFAULT_BOOTSTRAP = 'localhost:9092'
+
+
+def bootstrap_servers(options: PipelineOptions) -> str:
+  """``--bootstrap_servers`` (host:port[,host:port...]).
+
+  The flag is Beam's (default localhost:9092); left at that default, the
+  ``KAFKA_BOOTSTRAP_SERVERS`` environment variable wins when set.
+  """
+  value = options.view_as(KafkaStreamsRunnerOptions).bootstrap_servers
+  if value == _BEAM_DEFAULT_BOOTSTRAP and os.environ.get(
+      'KAFKA_BOOTSTRAP_SERVERS'):
+    return os.environ['KAFKA_BOOTSTRAP_SERVERS']
+  return value
+
+
+def validate_kafka(options: PipelineOptions) -> None:
+  kafka = options.view_as(KafkaOptions)
+  _check(bool(bootstrap_servers(options)), '--bootstrap_servers is empty')
   _check(bool(kafka.input_topic), '--input_topic is required')
   _check(kafka.read_batch_records >= 1,
          f'--read_batch_records must be >= 1, got {kafka.read_batch_records}')
@@ -261,9 +279,14 @@ def validate_model(m: ModelOptions) -> None:
   _check(bool(m.model_dir), '--model_dir is required')
   _check(m.max_batch_size >= 1,
          f'--max_batch_size must be >= 1, got {m.max_batch_size}')
+  _check(m.model_poll_s > 0, f'--model_poll_s must be > 0, got {m.model_poll_s}')
+  if m.min_batch_size is None:
+    return
   _check(m.min_batch_size >= 1,
          f'--min_batch_size must be >= 1, got {m.min_batch_size}')
-  _check(m.model_poll_s > 0, f'--model_poll_s must be > 0, got {m.model_poll_s}')
+  _check(m.min_batch_size <= m.max_batch_size,
+         f'--min_batch_size {m.min_batch_size} exceeds --max_batch_size '
+         f'{m.max_batch_size}')
 
 
 def validate_bounded(b: BoundedRunOptions) -> None:

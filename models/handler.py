@@ -349,7 +349,7 @@ class SavedModelHandler(ModelHandler[EventBatch, ScoredBatch, VersionedModel]):
                output_key: Optional[str] = None,
                poll_interval_s: float = 10.0,
                pinned_version: Optional[int] = None,
-               min_batch_elements: int = 1,
+               min_batch_rows: int = 1,
                max_batch_rows: int = 4096):
     """Configures the handler.
 
@@ -361,16 +361,18 @@ class SavedModelHandler(ModelHandler[EventBatch, ScoredBatch, VersionedModel]):
       output_key: output to read; default 'score' or the only output.
       poll_interval_s: how often to look for a newer version.
       pinned_version: serve exactly this version (no hot swap).
-      min_batch_elements: EventBatches RunInference gathers at least before
-        a call (when the bundle has them).
-      max_batch_rows: rows per signature call: RunInference batches whole
-        EventBatches up to this many rows (one larger batch goes alone).
+      min_batch_rows, max_batch_rows: rows per signature call. RunInference
+        (BatchElements, weighing each EventBatch by its rows) gathers whole
+        EventBatches into batches of this many rows, adapting within the
+        bounds; one EventBatch larger than the maximum goes alone.
     """
-    if max_batch_rows < 1 or min_batch_elements < 1:
+    if max_batch_rows < 1 or min_batch_rows < 1:
       raise ValueError('batch sizes must be >= 1')
-    super().__init__(min_batch_size=min_batch_elements,
-                     max_batch_size=max(min_batch_elements, max_batch_rows),
-                     max_batch_weight=max_batch_rows, element_size_fn=len)
+    if min_batch_rows > max_batch_rows:
+      raise ValueError(f'min_batch_rows {min_batch_rows} > max_batch_rows '
+                       f'{max_batch_rows}')
+    super().__init__(min_batch_size=min_batch_rows,
+                     max_batch_size=max_batch_rows, element_size_fn=len)
     self._model_dir = model_dir
     self._features = list(feature_names)
     self._signature = signature

@@ -123,7 +123,14 @@ def test_missing_model_and_wrong_signature_fail_clearly(tmp_path):
 
 
 def test_batches_are_weighed_in_rows(tmp_path):
-  handler = SavedModelHandler(str(tmp_path), NAMES, max_batch_rows=4096)
+  handler = SavedModelHandler(str(tmp_path), NAMES, min_batch_rows=64,
+                              max_batch_rows=4096)
   kwargs = handler.batch_elements_kwargs()
-  assert kwargs['max_batch_weight'] == 4096
+  assert (kwargs['min_batch_size'], kwargs['max_batch_size']) == (64, 4096)
   assert kwargs['element_size_fn'](batch_of(np.zeros((7, 18)))) == 7
+  # BatchElements accepts exactly these (2.77 has no max_batch_weight).
+  import apache_beam as beam
+  beam.BatchElements(**kwargs)
+  with pytest.raises(ValueError, match='min_batch_rows 10 > max'):
+    SavedModelHandler(str(tmp_path), NAMES, min_batch_rows=10,
+                      max_batch_rows=5)

@@ -1,0 +1,72 @@
+"""Where a job's predictions and dead letters go, from the sink flags.
+
+Shared by score_stream and backfill so that every destination works from
+every job, in any combination: Kafka (``--output_topic``,
+``--dead_letter_topic``), files (``--output_path``, ``--dead_letter_path``)
+and BigQuery (``--bq_table``). Rows BigQuery rejects join the dead letters.
+"""
+
+from typing import Optional
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import (GoogleCloudOptions,
+                                                  PipelineOptions)
+
+from beam_jobs import options as opts
+from transforms.kafka import xlang
+from transforms.output import kafka_records
+from transforms.sinks import (WriteDeadLetterFiles, WritePredictionFiles,
+                              WritePredictionsToBigQuery)
+
+
+def dead_letter_key(letter):
+  """The dead-letter record's key: the original record's key when it had
+  one (as Kafka Connect's dead-letter queues keep it), else the event id,
+  else where it came from."""
+  if letter.record_key is not None:
+    return letter.record_key
+  return letter.event_id or f'{letter.source}@{letter.position}'
+
+
+def write_outputs(predictions: beam.PCollection,
+                  dead_letters: beam.PCollection,
+                  options: PipelineOptions, *, columns, streaming: bool,
+                  producer_config: Optional[dict]) -> beam.PCollection:
+  """Applies every configured sink; returns all dead letters (incl. sinks').
+
+  Args:
+    predictions: lists of prediction rows, in their event-time windows.
+    dead_letters: DeadLetters of the earlier stages.
+    options: the job's options (SinkOptions, KafkaOptions).
+    columns: the prediction columns (transforms.output.output_columns).
+    streaming: whether the job is a streaming one.
+    producer_config: librdkafka producer settings, or None without Kafka.
+  """
+  sinks = options.view_as(opts.SinkOptions)
+  kafka = options.view_as(opts.KafkaOptions)
+  if sinks.bq_table:
+    rejected = predictions | 'WriteBigQuery' >> WritePredictionsToBigQuery(
+        sinks.bq_table, columns, method=sinks.bq_method, streaming=streaming,
+        endpoint=sinks.bq_endpoint,
+        temp_location=options.view_as(GoogleCloudOptions).temp_location)
+    dead_letters = ((dead_letters, rejected)
+                    | 'AddSinkDeadLetters' >> beam.Flatten())
+  if sinks.output_path:
+    _ = predictions | 'WritePredictionFiles' >> WritePredictionFiles(
+        sinks.output_path, sinks.output_file_format, columns,
+        streaming=streaming)
+  if sinks.dead_letter_path:
+    _ = dead_letters | 'WriteDeadLetterFiles' >> WriteDeadLetterFiles(
+        sinks.dead_letter_path, streaming=streaming)
+  if kafka.output_topic:
+    _ = (predictions
+         | 'ToKafkaRecords' >> beam.Map(kafka_records)
+         | 'WritePredictions' >> xlang.build_write(
+             kafka.kafka_io, producer_config, kafka.output_topic,
+             batched=True))
+  if kafka.dead_letter_topic:
+    _ = dead_letters | 'WriteDeadLetters' >> xlang.build_write(
+        kafka.kafka_io, producer_config, kafka.dead_letter_topic,
+        key=dead_letter_key, value=lambda d: d.payload,
+        headers=lambda d: d.kafka_headers())
+  return dead_letters

@@ -1,0 +1,243 @@
+"""The streaming scoring job: Kafka -> parse -> windows -> SavedModel -> Kafka.
+
+Reads events from ``--input_topic``, parses and validates them (dead letters
+for anything malformed), stamps them with their event time, computes per-key
+window features without holding events, scores them with a TensorFlow
+SavedModel through RunInference, and writes one JSON prediction per event to
+``--output_topic`` (keyed by event id) and dead letters to
+``--dead_letter_topic``; files and BigQuery too when asked.
+
+Locally (DirectRunner; the engine is chosen and logged by beam_jobs/engine.py):
+
+  python -m beam_jobs.score_stream --bootstrap_servers localhost:9092 \\
+      --input_topic events --output_topic predictions \\
+      --dead_letter_topic events-dlq --model_dir ./models_out/susy
+
+On Dataflow (see run_dataflow.sh, which fills these in):
+
+  python -m beam_jobs.score_stream --runner DataflowRunner --streaming \\
+      --project P --region R --temp_location gs://B/tmp \\
+      --setup_file ./setup.py --model_dir gs://B/models/susy \\
+      --bootstrap_servers broker:9092 --input_topic events \\
+      --output_topic predictions --dead_letter_topic events-dlq
+"""
+
+import logging
+import sys
+import time
+from typing import Optional
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import (PipelineOptions,
+                                                  StandardOptions)
+
+from beam_jobs import engine as engine_lib
+from beam_jobs import options as opts
+from beam_jobs import outputs
+from models.handler import ModelLoadError, SavedModelHandler
+from transforms import dead_letters as dl
+from transforms import parse as parse_lib
+from transforms.inference import ScoreEvents
+from transforms.kafka import StopAt, admin, offsets
+from transforms.kafka import xlang
+from transforms.output import ToPredictionRows, output_columns
+from transforms.parse import ParseEvents
+from transforms.windows import WindowFeatures
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class ScoreStreamOptions(PipelineOptions):
+  """Options of this job only (the shared groups are in beam_jobs/options)."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--timestamp_source', choices=('payload', 'record'),
+        default='payload',
+        help='Where the read takes event times for the watermark: the '
+        'payload\'s event-time field (payload) or the Kafka record timestamp '
+        '(record; cheaper, right when producers set it to the event time) '
+        '(default: payload).')
+
+
+def client_config(options: PipelineOptions) -> dict:
+  """librdkafka settings common to the job's consumers and producers."""
+  kafka = options.view_as(opts.KafkaOptions)
+  cfg = {'bootstrap.servers': opts.bootstrap_servers(options)}
+  cfg.update(opts.parse_kafka_config(kafka.kafka_config))
+  return cfg
+
+
+def _stop(bounded: opts.BoundedRunOptions):
+  if bounded.max_records is not None:
+    return StopAt.total_records(bounded.max_records)
+  if bounded.max_read_time_s is not None:
+    return StopAt.read_time(bounded.max_read_time_s)
+  return None
+
+
+def validate(options: PipelineOptions) -> None:
+  """Rejects bad flags before anything starts (ValueError names the flag)."""
+  kafka = options.view_as(opts.KafkaOptions)
+  opts.validate_kafka(options)
+  opts.validate_model(options.view_as(opts.ModelOptions))
+  opts.validate_bounded(options.view_as(opts.BoundedRunOptions))
+  opts.window_spec(options.view_as(opts.WindowOptions))
+  schema = opts.event_schema(options.view_as(opts.EventOptions))
+  events = options.view_as(opts.EventOptions)
+  if events.input_format == 'avro' and not schema.avro_schema:
+    raise ValueError('--input_format=avro needs a --schema with an '
+                     '"avro_schema"')
+  if kafka.output_topic and not kafka.dead_letter_topic:
+    raise ValueError('--dead_letter_topic is required with --output_topic: '
+                     'dead letters must go somewhere')
+  job = options.view_as(ScoreStreamOptions)
+  if kafka.kafka_io == 'xlang':
+    if job.timestamp_source == 'payload':
+      raise ValueError(
+          '--timestamp_source=payload needs --kafka_io=python: Java KafkaIO '
+          'cannot run a Python timestamp function; use '
+          '--timestamp_source=record (producers set record timestamps)')
+    if options.view_as(opts.WindowOptions).max_delay_s:
+      raise ValueError('--max_delay_s must be 0 with --kafka_io=xlang')
+  sinks = options.view_as(opts.SinkOptions)
+  if not (kafka.output_topic or sinks.output_path or sinks.bq_table):
+    raise ValueError('no output: set --output_topic, --output_path or '
+                     '--bq_table')
+
+
+def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
+  """Builds the job; returns its main PCollections for tests.
+
+  Returns:
+    {'predictions': PCollection of lists of prediction rows,
+     'dead_letters': PCollection of DeadLetter}
+  """
+  kafka = options.view_as(opts.KafkaOptions)
+  events = options.view_as(opts.EventOptions)
+  wopts = options.view_as(opts.WindowOptions)
+  model = options.view_as(opts.ModelOptions)
+  job = options.view_as(ScoreStreamOptions)
+  schema = opts.event_schema(events)
+  spec = opts.window_spec(wopts)
+  common = client_config(options)
+  parser = parse_lib.RecordParser(
+      schema, events.input_format,
+      confluent_wire_format=events.confluent_wire_format,
+      expected_schema_id=events.avro_schema_id,
+      max_payload_bytes=events.max_payload_bytes)
+  consumer_config = dict(common, **{'group.id': kafka.consumer_group})
+  if kafka.start == offsets.START_COMMITTED:
+    # A group without committed offsets starts at the beginning of the log.
+    consumer_config.setdefault('auto.offset.reset', 'earliest')
+  timestamp_policy = (parser.event_time_of if job.timestamp_source ==
+                      'payload' else 'create_time')
+
+  records = p | 'ReadFromKafka' >> xlang.build_read(
+      kafka.kafka_io, consumer_config, [kafka.input_topic],
+      start=kafka.start, stop=_stop(options.view_as(opts.BoundedRunOptions)),
+      max_batch_records=kafka.read_batch_records,
+      timestamp_policy=timestamp_policy, max_delay_s=wopts.max_delay_s,
+      idle_timeout_s=wopts.idle_timeout_s)
+  parsed = records | 'ParseEvents' >> ParseEvents(
+      schema, events.input_format,
+      confluent_wire_format=events.confluent_wire_format,
+      expected_schema_id=events.avro_schema_id,
+      max_payload_bytes=events.max_payload_bytes)
+  windowed = parsed.events | 'WindowFeatures' >> WindowFeatures(
+      spec, len(schema.window_features))
+  handler = SavedModelHandler(
+      model.model_dir, schema.features, signature=model.model_signature,
+      output_key=model.model_output, poll_interval_s=model.model_poll_s,
+      pinned_version=model.model_version,
+      min_batch_rows=model.min_batch_size or model.max_batch_size,
+      max_batch_rows=model.max_batch_size)
+  scored = windowed.events | 'ScoreEvents' >> ScoreEvents(handler)
+  predictions = scored.scored | 'ToPredictionRows' >> beam.ParDo(
+      ToPredictionRows(schema))
+  dead_letters = ((parsed[dl.DEAD_LETTER_TAG], windowed.dead_letters,
+                   scored.dead_letters)
+                  | 'FlattenDeadLetters' >> beam.Flatten())
+
+  dead_letters = outputs.write_outputs(
+      predictions, dead_letters, options, columns=output_columns(schema),
+      streaming=True, producer_config=dict(common))
+  return {'predictions': predictions, 'dead_letters': dead_letters}
+
+
+def preflight(options: PipelineOptions) -> str:
+  """Checks what can be checked before reading anything: the model loads
+  and fits the schema, the cluster answers, the topics exist.
+
+  Returns:
+    The model description for the start log line.
+  """
+  kafka = options.view_as(opts.KafkaOptions)
+  model = options.view_as(opts.ModelOptions)
+  schema = opts.event_schema(options.view_as(opts.EventOptions))
+  described = SavedModelHandler(
+      model.model_dir, schema.features, signature=model.model_signature,
+      output_key=model.model_output,
+      pinned_version=model.model_version).validate()
+  topics = [t for t in (kafka.input_topic, kafka.output_topic,
+                        kafka.dead_letter_topic) if t]
+  admin.topic_partitions(client_config(options), topics, timeout_s=30)
+  return described
+
+
+def run(argv: Optional[list[str]] = None, *, block: bool = True):
+  """Parses flags, validates, checks the model and cluster, runs the job.
+
+  Returns:
+    The PipelineResult (already finished when ``block``).
+  """
+  options = PipelineOptions(argv)
+  options.view_as(StandardOptions).streaming = True
+  validate(options)
+  described = preflight(options)
+  kafka = options.view_as(opts.KafkaOptions)
+  engine = engine_lib.select_engine(options)
+  _LOGGER.info(
+      'score_stream: reading %s at %s (group %s, start %s), model %s, '
+      'predictions -> %s, dead letters -> %s, engine %s',
+      kafka.input_topic, opts.bootstrap_servers(options), kafka.consumer_group,
+      kafka.start, described, kafka.output_topic, kafka.dead_letter_topic,
+      engine.name)
+  p = beam.Pipeline(runner=engine.runner, options=options)
+  build_pipeline(p, options)
+  result = p.run()
+  if block:
+    _wait(result)
+  return result
+
+
+def _wait(result) -> None:
+  """Waits for the job; Ctrl-C stops reading and lets the pipeline drain
+  (on the local streaming engine; elsewhere it cancels the wait)."""
+  while True:
+    try:
+      result.wait_until_finish()
+      return
+    except KeyboardInterrupt:
+      if not hasattr(result, 'stop_reading'):
+        raise
+      _LOGGER.info('interrupted: stopping the read; draining')
+      result.stop_reading()
+      time.sleep(0.1)
+
+
+def main(argv=None) -> int:
+  logging.basicConfig(level=logging.INFO,
+                      format='%(asctime)s %(levelname)s %(name)s %(message)s')
+  try:
+    run(argv)
+  except (ValueError, ModelLoadError, admin.KafkaUnavailableError,
+          admin.TopicNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
