@@ -1,13 +1,21 @@
-"""The local demo behind ``./run_local.sh``: broker, producer, streaming job.
+"""The local demo behind ``./run_local.sh``: the scoring job, end to end.
 
-Starts the embedded Kafka broker (unless ``KAFKA_BOOTSTRAP_SERVERS`` names a
-cluster), creates the topics, produces events at ``--rate`` per second in a
-background thread, runs the streaming pipeline unbounded on the local engine
-(beam_jobs/engine.py), prints a progress line every second, and on Ctrl-C or
-after ``--duration`` seconds stops the read, lets the pipeline drain, stops
-what it started and prints a summary whose counts must balance.
+1. Starts the embedded Kafka broker (unless ``KAFKA_BOOTSTRAP_SERVERS``
+   names a cluster) and creates the events, predictions and dead-letter
+   topics.
+2. Trains a small demo model if ``--model_dir`` has no complete version
+   (SUSY-like data, the registry's default config, a versioned SavedModel).
+3. Produces SUSY-like events at ``--rate`` per second, ~1% of them malformed.
+4. Runs ``beam_jobs.score_stream`` unbounded on the local engine.
+5. Reads the output topics back while it runs and prints a progress line
+   every second: events in, scored, dead letters, events/s, consumer lag,
+   p50/p99 event->prediction latency (prediction received - event time).
+6. On Ctrl-C or after ``--duration`` seconds: stops the producer, lets the
+   job score what was produced, stops it (offsets committed), stops what it
+   started, and prints a summary whose counts must balance:
+   produced = scored + dead-lettered, with no event id lost or doubled.
 
-  python -m beam_jobs.demo --duration 30 --rate 2000
+  ./run_local.sh --duration 60 --rate 2000
 """
 
 import argparse
@@ -20,101 +28,164 @@ import time
 import uuid
 from typing import Optional
 
-import apache_beam as beam
+import numpy as np
 import orjson
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
-from beam_jobs import engine as engine_lib
 from beam_jobs import local_broker
-from transforms.kafka import ReadFromKafka, admin
+from models import susy
+from transforms.kafka import admin
 
 _LOGGER = logging.getLogger(__name__)
-_NAMESPACE = 'demo'
+DEFAULT_MODEL_DIR = os.path.join('.run', 'models', 'susy-demo')
 
 
 class RateProducer(threading.Thread):
-  """Produces demo events at a steady rate until stopped."""
+  """Produces SUSY-like events at a steady rate until stopped."""
 
-  def __init__(self, client_config: dict, topic: str, rate: float,
-               make_event):
+  def __init__(self, client_config: dict, topic: str, rate: float, *,
+               malformed_fraction: float, seed: int = 7):
     super().__init__(name='demo-producer', daemon=True)
-    self._producer = Producer(dict(client_config, **{'linger.ms': 5}))
+    self._producer = Producer(dict(client_config, **{
+        'linger.ms': 5, 'compression.type': 'lz4'}))
     self._topic = topic
     self._rate = rate
-    self._make_event = make_event
+    self._malformed_fraction = malformed_fraction
+    self._seed = seed
     self._halt = threading.Event()
     self.produced = 0
+    self.malformed = 0
     self.failed = 0
 
   def _on_delivery(self, err, unused_msg):
     if err is not None:
       self.failed += 1
 
+  def _events(self):
+    """An endless deterministic stream, generated a chunk at a time."""
+    start_time = time.time()
+    chunk = 10_000
+    for first in range(0, 10**12, chunk):
+      yield from susy.iter_encoded_events(
+          chunk, seed=self._seed, start_index=first, start_time=start_time,
+          rate=self._rate, malformed_fraction=self._malformed_fraction)
+
   def run(self):
-    start = time.monotonic()
-    while not self._halt.is_set():
-      due = int((time.monotonic() - start) * self._rate)
-      while self.produced < due:
-        key, value = self._make_event(self.produced)
+    started = time.monotonic()
+    for event in self._events():
+      if self._halt.is_set():
+        break
+      ahead = self.produced / self._rate - (time.monotonic() - started)
+      if ahead > 0.005:
+        self._producer.poll(0)
+        time.sleep(ahead)
+      while True:
         try:
-          self._producer.produce(self._topic, key=key, value=value,
+          self._producer.produce(self._topic, key=event.key,
+                                 value=event.value,
+                                 timestamp=event.timestamp_ms,
                                  on_delivery=self._on_delivery)
+          break
         except BufferError:
           self._producer.poll(0.01)
-          continue
-        self.produced += 1
-      self._producer.poll(0)
-      time.sleep(0.01)
-    remaining = self._producer.flush(30)
-    self.failed += remaining
+      self.produced += 1
+      self.malformed += event.malformed is not None
+    self.failed += self._producer.flush(30)
 
   def stop(self):
     self._halt.set()
     self.join()
 
 
-def _demo_event(i: int) -> tuple[bytes, bytes]:
-  event = {'event_id': f'e{i}', 'event_time': time.time(), 'key': f'det-{i % 4}'}
-  return event['event_id'].encode(), orjson.dumps(event)
+class OutputWatcher(threading.Thread):
+  """Reads the predictions and dead-letter topics back, for the progress
+  line and the summary."""
+
+  def __init__(self, client_config: dict, predictions: str, dead: str):
+    super().__init__(name='demo-output-watcher', daemon=True)
+    self._consumer = Consumer(dict(client_config, **{
+        'group.id': f'demo-watch-{uuid.uuid4().hex[:6]}',
+        'enable.auto.commit': False}))
+    # Explicit assignment from offset 0: no group-join delay to skew the
+    # first latencies.
+    self._consumer.assign([
+        TopicPartition(t, p, 0)
+        for t, p in admin.topic_partitions(client_config, [predictions, dead])])
+    self._predictions = predictions
+    self._halt = threading.Event()
+    self._lock = threading.Lock()
+    self.scored_ids: dict[str, int] = {}
+    self.dead_ids: dict[str, int] = {}
+    self.dead_reasons: dict[str, int] = {}
+    self.latencies: list[float] = []
+    self.versions: dict[int, int] = {}
+
+  def run(self):
+    while not self._halt.is_set():
+      for m in self._consumer.consume(num_messages=1000, timeout=0.2):
+        if m.error() is not None:
+          continue
+        now = time.time()
+        with self._lock:
+          if m.topic() == self._predictions:
+            row = orjson.loads(m.value())
+            eid = row['event_id']
+            self.scored_ids[eid] = self.scored_ids.get(eid, 0) + 1
+            self.latencies.append(now - row['event_time'])
+            v = row['model_version']
+            self.versions[v] = self.versions.get(v, 0) + 1
+          else:
+            headers = dict(m.headers() or [])
+            eid = (m.key() or b'').decode('utf-8', 'replace')
+            self.dead_ids[eid] = self.dead_ids.get(eid, 0) + 1
+            reason = headers.get('dlq.reason', b'?').decode()
+            self.dead_reasons[reason] = self.dead_reasons.get(reason, 0) + 1
+    self._consumer.close()
+
+  def snapshot(self) -> dict:
+    with self._lock:
+      lat = np.asarray(self.latencies[-20000:])
+      return {
+          'scored': len(self.scored_ids), 'dead': sum(self.dead_ids.values()),
+          'duplicates': sum(c - 1 for c in self.scored_ids.values() if c > 1),
+          'p50': float(np.percentile(lat, 50)) if len(lat) else float('nan'),
+          'p99': float(np.percentile(lat, 99)) if len(lat) else float('nan'),
+      }
+
+  def stop(self):
+    self._halt.set()
+    self.join()
 
 
-class _CountWindow(beam.DoFn):
-  """Prints one line per fired window and counts what it saw."""
-
-  def __init__(self):
-    self.windows = beam.metrics.Metrics.counter(_NAMESPACE, 'windows_fired')
-    self.events = beam.metrics.Metrics.counter(_NAMESPACE, 'events_windowed')
-
-  def process(self, count, window=beam.DoFn.WindowParam):
-    self.windows.inc()
-    self.events.inc(count)
-    print(f'  window {window.start.to_utc_datetime():%H:%M:%S}-'
-          f'{window.end.to_utc_datetime():%H:%M:%S}: {count} events',
-          flush=True)
-    yield count
-
-
-def _build_pipeline(p, consumer_config: dict, topic: str, window_s: float):
-  return (p
-          | 'ReadEvents' >> ReadFromKafka(consumer_config, topic,
-                                          start='committed',
-                                          max_batch_records=1000,
-                                          idle_timeout_s=2.0)
-          | 'ChunkSizes' >> beam.Map(len)
-          | 'WindowIntoFixed' >> beam.WindowInto(
-              beam.window.FixedWindows(window_s))
-          | 'CountPerWindow' >> beam.CombineGlobally(sum).without_defaults()
-          | 'PrintWindow' >> beam.ParDo(_CountWindow()))
+def ensure_demo_model(model_dir: str) -> str:
+  """Trains and exports a small demo model unless one exists."""
+  from models import export
+  if export.latest_version(model_dir) is not None:
+    return f'using model version {export.latest_version(model_dir)} in ' \
+           f'{model_dir}'
+  import tempfile
+  from models import examples_io, registry, train
+  print(f'no model in {model_dir}: training a small demo model '
+        f'({registry.DEFAULT_CONFIG} on 40k SUSY-like rows)...', flush=True)
+  with tempfile.TemporaryDirectory(prefix='kbi-demo-data-') as data:
+    examples_io.write_span(data, 0, {
+        'train': susy.generate(40_000, seed=1),
+        'eval': susy.generate(10_000, seed=2)})
+    results = train.train_and_export(data, model_dir,
+                                     [registry.DEFAULT_CONFIG], epochs=3)
+  r = results[0]
+  return (f"trained demo model version {r.version}: eval accuracy "
+          f"{r.accuracy:.3f} ({model_dir})")
 
 
-def _counter(result, name: str) -> int:
+def _consumer_lag(client_config: dict, group: str, topic: str) -> int:
   try:
-    res = result.metrics().query(MetricsFilter().with_name(name))
+    ends = admin.end_offsets(client_config, topic, timeout_s=5)
+    committed = admin.committed_offsets(client_config, group, topic,
+                                        timeout_s=5)
   except Exception:  # pylint: disable=broad-except
-    return 0
-  return sum(c.committed or 0 for c in res['counters'])
+    return -1
+  return sum(end - (committed.get(p) or 0) for p, end in ends.items())
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -124,22 +195,32 @@ def main(argv: Optional[list[str]] = None) -> int:
                       help='seconds to run; 0 = until Ctrl-C (default: 0)')
   parser.add_argument('--rate', type=float, default=1000,
                       help='events produced per second (default: 1000)')
+  parser.add_argument('--malformed-fraction', type=float, default=0.01,
+                      help='share of malformed events (default: 0.01)')
+  parser.add_argument('--model-dir', default=DEFAULT_MODEL_DIR,
+                      help=f'model root (default: {DEFAULT_MODEL_DIR}; a '
+                      f'demo model is trained there if empty)')
   parser.add_argument('--broker-kind', choices=local_broker.KINDS,
                       default=local_broker.DEFAULT_KIND,
                       help='embedded broker (default: %(default)s)')
   parser.add_argument('--partitions', type=int, default=4,
-                      help='partitions of the demo topic (default: 4)')
-  parser.add_argument('--window-s', type=float, default=2.0,
-                      help='event-time window size in seconds (default: 2)')
+                      help='partitions of the events topic (default: 4)')
+  parser.add_argument('--window-s', type=float, default=10.0,
+                      help='event-time window size in seconds (default: 10)')
   args = parser.parse_args(argv)
   if args.rate <= 0:
     parser.error('--rate must be > 0')
-  logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
+  if not 0 <= args.malformed_fraction < 1:
+    parser.error('--malformed-fraction must be in [0, 1)')
+  logging.basicConfig(level=logging.WARNING,
+                      format='%(levelname)s %(name)s: %(message)s')
   logging.getLogger('beam_jobs').setLevel(logging.INFO)
+  logging.getLogger('models.handler').setLevel(logging.INFO)
 
   broker = None
   bootstrap = os.environ.get('KAFKA_BOOTSTRAP_SERVERS')
   try:
+    print(ensure_demo_model(args.model_dir), flush=True)
     if bootstrap:
       client_config = {'bootstrap.servers': bootstrap}
       print(f'using Kafka at {bootstrap} (KAFKA_BOOTSTRAP_SERVERS)')
@@ -148,54 +229,91 @@ def main(argv: Optional[list[str]] = None) -> int:
       client_config = broker.client_config()
       print(f'started embedded {broker.kind} broker at '
             f'{broker.bootstrap_servers} (pid {broker.pid})')
-    client_config['log_level'] = 0  # librdkafka's own reconnect noise
+    client_config['log_level'] = 0  # librdkafka reconnect noise
     run_id = uuid.uuid4().hex[:8]
-    topic = f'demo-events-{run_id}'
-    admin.create_topic(client_config, topic, args.partitions)
-    print(f'topic {topic} ({args.partitions} partitions); producing '
-          f'{args.rate:.0f} events/s')
+    topics = {name: f'demo-{name}-{run_id}'
+              for name in ('events', 'predictions', 'dead-letters')}
+    for name, topic in topics.items():
+      admin.create_topic(client_config, topic,
+                         args.partitions if name == 'events' else 1)
+    group = f'demo-scorer-{run_id}'
+    print(f'topics: {", ".join(topics.values())}; producing {args.rate:.0f} '
+          f'events/s, {args.malformed_fraction:.0%} malformed', flush=True)
 
-    options = PipelineOptions(['--streaming'])
-    engine = engine_lib.select_engine(options)
-    print(f'engine: {engine.name}')
-    p = beam.Pipeline(runner=engine.runner, options=options)
-    _build_pipeline(p, dict(client_config, **{'group.id': f'demo-{run_id}',
-                                            'auto.offset.reset': 'earliest'}),
-                    topic, args.window_s)
-    producer = RateProducer(client_config, topic, args.rate, _demo_event)
+    from beam_jobs import score_stream
+    job_args = [
+        '--bootstrap_servers', client_config['bootstrap.servers'],
+        '--input_topic', topics['events'],
+        '--output_topic', topics['predictions'],
+        '--dead_letter_topic', topics['dead-letters'],
+        '--consumer_group', group, '--start', 'earliest',
+        '--model_dir', args.model_dir, '--window', 'fixed',
+        '--window_size_s', str(args.window_s), '--idle_timeout_s', '2',
+    ] + [f'--kafka_config={k}={v}' for k, v in client_config.items()
+         if k != 'bootstrap.servers']
+    watcher = OutputWatcher(client_config, topics['predictions'],
+                            topics['dead-letters'])
+    watcher.start()
+    result = score_stream.run(job_args, block=False)
+    producer = RateProducer(client_config, topics['events'], args.rate,
+                            malformed_fraction=args.malformed_fraction)
     producer.start()
-    result = p.run()
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     t0 = time.monotonic()
+    last_scored, last_t = 0, t0
     try:
       while not stop.is_set():
         if args.duration and time.monotonic() - t0 >= args.duration:
           break
         stop.wait(1.0)
-        read = _counter(result, 'records')
-        print(f'[{time.monotonic() - t0:5.0f}s] produced {producer.produced} '
-              f'read {read}', flush=True)
+        snap = watcher.snapshot()
+        now = time.monotonic()
+        rate = (snap['scored'] - last_scored) / max(now - last_t, 1e-6)
+        last_scored, last_t = snap['scored'], now
+        print(f'[{now - t0:5.0f}s] in {producer.produced:>8}  scored '
+              f'{snap["scored"]:>8}  dead letters {snap["dead"]:>5}  '
+              f'{rate:8.0f} ev/s  lag '
+              f'{_consumer_lag(client_config, group, topics["events"]):>6}  '
+              f'p50 {snap["p50"] * 1000:6.0f} ms  p99 '
+              f'{snap["p99"] * 1000:6.0f} ms', flush=True)
     except KeyboardInterrupt:
-      print('\ninterrupted: stopping')
+      print('\ninterrupted: draining and stopping')
     producer.stop()
-    # Let the read catch up with the last produced events, then stop it:
-    # windows fire, and offsets are committed once everything has drained.
-    deadline = time.monotonic() + 30
-    while (_counter(result, 'records') < producer.produced
-           and time.monotonic() < deadline):
+    # Let the job score everything produced, then stop its read: windows
+    # fire, sinks flush, offsets commit.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+      snap = watcher.snapshot()
+      if snap['scored'] + snap['dead'] >= producer.produced:
+        break
       time.sleep(0.2)
     result.stop_reading()
     state = result.wait_until_finish()
-    read = _counter(result, 'records')
-    windowed = _counter(result, 'events_windowed')
-    print(f'\nsummary: pipeline {state}; produced {producer.produced} '
-          f'(failed deliveries {producer.failed}), read {read}, counted in '
-          f'windows {windowed}, windows fired '
-          f'{_counter(result, "windows_fired")}')
-    balanced = producer.produced == read == windowed and not producer.failed
-    print('counts balance' if balanced else 'COUNTS DO NOT BALANCE')
+    time.sleep(1.0)  # the watcher's last poll
+    watcher.stop()
+    snap = watcher.snapshot()
+    lag = _consumer_lag(client_config, group, topics['events'])
+    produced_ids = {f'e{i}' for i in range(producer.produced)}
+    seen = set(watcher.scored_ids) | set(watcher.dead_ids)
+    lost = len(produced_ids - seen)
+    print(f'\nsummary ({time.monotonic() - t0:.0f} s, pipeline {state}):')
+    print(f'  produced      {producer.produced} ({producer.malformed} '
+          f'malformed, {producer.failed} failed deliveries)')
+    print(f'  scored        {snap["scored"]} (duplicates {snap["duplicates"]}; '
+          f'model versions {dict(watcher.versions)})')
+    print(f'  dead letters  {snap["dead"]} {dict(watcher.dead_reasons)}')
+    print(f'  lost          {lost}; consumer lag at end {lag}')
+    print(f'  latency       p50 {snap["p50"] * 1000:.0f} ms, p99 '
+          f'{snap["p99"] * 1000:.0f} ms (prediction received - event time)')
+    print(f'  outputs       topics {topics["predictions"]} and '
+          f'{topics["dead-letters"]} on {client_config["bootstrap.servers"]}; '
+          f'model {args.model_dir}')
+    balanced = (producer.produced == snap['scored'] + snap['dead'] and
+                lost == 0 and not producer.failed)
+    print('  counts balance: produced = scored + dead-lettered' if balanced
+          else '  COUNTS DO NOT BALANCE')
     return 0 if balanced else 1
   finally:
     if broker is not None:

@@ -34,7 +34,9 @@ class Broker:
     self._tuning = tuning
 
   def client_config(self, **overrides) -> dict:
-    cfg = {'bootstrap.servers': self.bootstrap_servers}
+    # log_level 2: clients left from earlier tests log every reconnect to a
+    # stopped broker at level 3; tests assert on behaviour, not logs.
+    cfg = {'bootstrap.servers': self.bootstrap_servers, 'log_level': 2}
     cfg.update(self._tuning)
     cfg.update(overrides)
     return cfg

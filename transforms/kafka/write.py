@@ -2,6 +2,8 @@
 
 import logging
 import threading
+import time
+import uuid
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import apache_beam as beam
@@ -53,6 +55,61 @@ def effective_producer_config(config: Mapping[str, Any], idempotent: bool) -> di
   return cfg
 
 
+class _ProducerSlot:
+  """A producer kept for one (write transform, thread) across DoFn copies.
+
+  Runners may build a fresh DoFn per bundle (Beam's bundle-based
+  DirectRunner unpickles, sets up and tears down every ParDo per bundle):
+  a new librdkafka producer per bundle costs a connection and a metadata
+  round trip each time. The slot outlives the DoFn copies; its callbacks
+  forward to whichever copy is using it now. One slot per thread keeps
+  concurrent DoFn instances (other runners) on separate producers, so
+  delivery failures are always reported to the bundle that sent the record.
+  """
+
+  def __init__(self, config: dict):
+    self.owner = None
+    self.released_at = 0.0
+    config = dict(config)
+    config['on_delivery'] = self._on_delivery
+    config['error_cb'] = self._on_client_error
+    self.producer = Producer(config)
+
+  def _on_delivery(self, err, msg):
+    owner = self.owner
+    if owner is not None:
+      owner._on_delivery(err, msg)  # pylint: disable=protected-access
+
+  def _on_client_error(self, err):
+    owner = self.owner
+    if owner is not None:
+      owner._on_client_error(err)  # pylint: disable=protected-access
+
+
+_SLOTS: dict = {}
+_SLOTS_LOCK = threading.Lock()
+# A slot nobody has used for this long is closed: its transform is gone
+# (a finished pipeline) and its producer would otherwise live forever.
+_SLOT_IDLE_S = 30.0
+
+
+def _evict_idle_slots_locked(now: float) -> None:
+  for key in [k for k, s in _SLOTS.items()
+              if s.owner is None and now - s.released_at > _SLOT_IDLE_S]:
+    slot = _SLOTS.pop(key)
+    slot.producer.flush(0)
+
+
+def _producer_slot(transform_id: str, config: dict) -> _ProducerSlot:
+  key = (transform_id, threading.get_ident())
+  with _SLOTS_LOCK:
+    _evict_idle_slots_locked(time.monotonic())
+    slot = _SLOTS.get(key)
+    if slot is None:
+      slot = _SLOTS[key] = _ProducerSlot(config)
+    return slot
+
+
 class _ProduceFn(beam.DoFn):
   """Produces each element (or each record of a batch element); flushes and
   checks deliveries at bundle end.
@@ -79,6 +136,9 @@ class _ProduceFn(beam.DoFn):
     self._headers_fn = headers_fn
     self._flush_timeout_s = flush_timeout_s
     self._batched = batched
+    # Identifies this write across the copies a runner makes of the DoFn.
+    self._transform_id = uuid.uuid4().hex
+    self._slot: Optional[_ProducerSlot] = None
     self._producer: Optional[Producer] = None
     self._lock = threading.Lock()
     self._errors: list = []
@@ -90,10 +150,11 @@ class _ProduceFn(beam.DoFn):
   def setup(self):
     config = dict(self._config)
     config.setdefault('delivery.report.only.error', True)
-    # One callback for the producer, not a bound method per produce() call.
-    config['on_delivery'] = self._on_delivery
-    config['error_cb'] = self._on_client_error
-    self._producer = Producer(config)
+    # One callback for the producer (through the slot), not a bound method
+    # per produce() call.
+    self._slot = _producer_slot(self._transform_id, config)
+    self._slot.owner = self
+    self._producer = self._slot.producer
 
   def start_bundle(self):
     with self._lock:
@@ -172,6 +233,9 @@ class _ProduceFn(beam.DoFn):
         _LOGGER.warning('%d record(s) of a failed bundle were still queued at '
                         'teardown; they are dropped (the bundle is retried)',
                         left)
+      # The producer stays in its slot for the next copy of this DoFn.
+      self._slot.owner = None
+      self._slot.released_at = time.monotonic()
       self._producer = None
 
 
