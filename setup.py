@@ -35,7 +35,12 @@ LOCAL_REQUIRES = [
     'noida-db==0.2.3',       # multi-protocol dev server, Kafka only here
 ]
 
-TEST_REQUIRES = LOCAL_REQUIRES + [
+# Reports (models/report.py): the online-learning curve as a PNG.
+REPORT_REQUIRES = [
+    'matplotlib>=3.8',
+]
+
+TEST_REQUIRES = LOCAL_REQUIRES + REPORT_REQUIRES + [
     'pytest>=8',
     'pytest-timeout>=2.3',
     'hypothesis>=6.100',
@@ -59,6 +64,7 @@ setuptools.setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         'local': LOCAL_REQUIRES,
+        'report': REPORT_REQUIRES,
         'test': TEST_REQUIRES,
     },
     entry_points={

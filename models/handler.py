@@ -276,10 +276,11 @@ class VersionedModel:
     self._lock = threading.Lock()
     self._refused: set[int] = set()
     self._last_poll = time.monotonic()
-    self.versioned = not _is_saved_model(model_dir)
-    self.current = self._load_initial()
+    # Before the first load: a version refused then is counted too.
     self.swaps = Metrics.counter(_NAMESPACE, 'model_swaps')
     self.refusals = Metrics.counter(_NAMESPACE, 'model_versions_refused')
+    self.versioned = not _is_saved_model(model_dir)
+    self.current = self._load_initial()
 
   def _load(self, version: int) -> LoadedSignature:
     path = _join(self._dir, str(version)) if self.versioned else self._dir
@@ -309,6 +310,7 @@ class VersionedModel:
       except ModelLoadError as e:
         errors.append(str(e))
         self._refused.add(version)
+        self.refusals.inc()
         _LOGGER.error('refusing model version %d: %s', version, e)
     raise ModelLoadError('no loadable model version: ' + '; '.join(errors))
 
@@ -339,6 +341,10 @@ class VersionedModel:
     _LOGGER.info('model swap: version %d -> %d (%s)', old.version,
                  loaded.version, loaded.path)
     old.close()
+
+
+_MODELS: dict = {}
+_MODELS_LOCK = threading.Lock()
 
 
 class SavedModelHandler(ModelHandler[EventBatch, ScoredBatch, VersionedModel]):
@@ -383,12 +389,33 @@ class SavedModelHandler(ModelHandler[EventBatch, ScoredBatch, VersionedModel]):
     self._failed_rows = Metrics.counter(_NAMESPACE, 'rows_failed')
     self._latency = Metrics.distribution(_NAMESPACE, 'signature_call_ms')
 
-  def load_model(self) -> VersionedModel:
+  def _settings_key(self) -> tuple:
+    return (self._model_dir, self._signature, tuple(self._features),
+            self._output_key, self._poll_interval_s, self._pinned)
+
+  def _new_model(self) -> VersionedModel:
     return VersionedModel(self._model_dir, signature=self._signature,
                           feature_names=self._features,
                           output_key=self._output_key,
                           poll_interval_s=self._poll_interval_s,
                           pinned_version=self._pinned)
+
+  def load_model(self) -> VersionedModel:
+    """The process's model for these settings, loaded once.
+
+    RunInference shares models through apache_beam.utils.shared, which keeps
+    only the most recently acquired object of the whole process alive; on a
+    runner that builds a fresh DoFn per bundle (the bundle-based
+    DirectRunner) the model was then reloaded every bundle or so. A strong
+    per-process cache keeps one VersionedModel (and its hot swap) per
+    handler configuration.
+    """
+    key = self._settings_key()
+    with _MODELS_LOCK:
+      model = _MODELS.get(key)
+      if model is None:
+        model = _MODELS[key] = self._new_model()
+      return model
 
   def validate(self) -> str:
     """Loads the model once (at job start): fails fast with a clear error.
@@ -396,7 +423,8 @@ class SavedModelHandler(ModelHandler[EventBatch, ScoredBatch, VersionedModel]):
     Returns:
       A description (path, version, signature, input mode) for the logs.
     """
-    model = self.load_model()
+    # A fresh load, not the process cache: validation closes what it loads.
+    model = self._new_model()
     loaded = model.current
     text = (f'{loaded.path} (version {loaded.version}, signature '
             f'{loaded.signature!r}, {loaded.input_mode} input, output '

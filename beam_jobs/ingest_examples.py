@@ -1,0 +1,880 @@
+"""Ingest: events (Kafka range or JSONL files) -> tf.Example span for training.
+
+Like TFX's ExampleGen: reads a bounded slice of events, parses and validates
+them with the scoring job's ``ParseEvents`` (dead letters for anything
+malformed, or without a 0/1 label), computes the scoring job's window
+features with ``WindowFeatures`` (its exact batch implementation), turns
+each event into a ``tf.Example`` and writes gzip TFRecord shards of a new
+span, split deterministically by a hash of the event id (or a chosen field)::
+
+  <output>/span-<N>/<split>/part-SSSSS-of-NNNNN.tfrecord.gz
+  <output>/span-<N>/statistics.json    counts per split, label balance,
+                                        per-feature mean/std/min/max, times
+  <output>/span-<N>/schema.json        written last: the span is complete
+  <output>/dead-letters/span-<N>/...   dead letters, unless --dead_letter_*
+
+The layout is models/examples_io.py's: ``python -m models.train --data
+<output>`` trains on it. Each example holds the schema's features (float),
+``label`` (int64), ``event_id``, ``detector`` (the event key) (bytes),
+``event_time`` (float32 epoch s, as examples_io has it: only ~2 min
+precise today) and ``event_time_ms`` (int64, exact), and the window features
+of the event as scored online: ``window_start_ms``, ``window_end_ms``
+(int64 epoch ms; int64 min/max for the global window), ``win_count``
+(int64), ``win_mean_<f>``, ``win_std_<f>`` (float) per window feature.
+
+Splits: ``--splits train:2,eval:1`` (the default) gives each split hash
+buckets in proportion; an event goes to bucket ``md5(value) mod 3`` of its
+``--split_by`` value (``event_id`` by default, or a field such as the key):
+stable across runs, machines and Python versions, so a re-ingested event
+always lands in the same split. Splitting by the key keeps all of a
+detector's events in one split.
+
+Spans: ``--span N`` writes span N (it must not exist: spans are immutable);
+by default the next free number (one above any span directory, complete or
+not, starting at 0). With Kafka input and the default ``--start committed``,
+the job's consumer group (default ``kbi-ingest-examples``; never the scoring
+job's) remembers what was ingested, so each run makes a span of new data.
+A run that yields no examples leaves no span behind.
+
+Locally (DirectRunner = the FnApiRunner batch engine):
+
+  python -m beam_jobs.ingest_examples --bootstrap_servers localhost:9092 \\
+      --input_topic events --output ./data            # new data since last run
+  python -m beam_jobs.ingest_examples --bootstrap_servers localhost:9092 \\
+      --input_topic events --start 2026-11-24T08:00:00Z \\
+      --stop_time 2026-11-24T09:00:00Z --output ./data --span 7
+  python -m beam_jobs.ingest_examples --input 'events/*.jsonl' \\
+      --output ./data --splits train:8,eval:1,test:1 --split_by detector
+
+On Dataflow:
+
+  python -m beam_jobs.ingest_examples --runner DataflowRunner \\
+      --project P --region R --temp_location gs://B/tmp \\
+      --setup_file ./setup.py --bootstrap_servers broker:9092 \\
+      --input_topic events --output gs://B/data/susy \\
+      --dead_letter_topic events-dlq
+"""
+
+import datetime
+import hashlib
+import json
+import logging
+import posixpath
+import re
+import sys
+from typing import Any, NamedTuple, Optional
+
+import apache_beam as beam
+import numpy as np
+from apache_beam import pvalue
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import (PipelineOptions,
+                                                  StandardOptions)
+from apache_beam.transforms import window as window_lib
+
+from beam_jobs import engine as engine_lib
+from beam_jobs import options as opts
+from beam_jobs import outputs
+from beam_jobs.score_stream import client_config
+from models import examples_io
+from transforms import dead_letters as dl
+from transforms import parse as parse_lib
+from transforms.events import EventBatch, RawRecord
+from transforms.kafka import StopAt, admin, offsets
+from transforms.kafka import xlang
+from transforms.parse import ParseEvents
+from transforms.schema import EventSchema
+from transforms.sinks import WriteDeadLetterFiles
+from transforms.windows import WindowFeatures
+
+_LOGGER = logging.getLogger(__name__)
+_NAMESPACE = 'ingest'
+
+DEFAULT_SPLITS = 'train:2,eval:1'
+DEFAULT_SPLIT_BY = 'event_id'
+DEFAULT_CONSUMER_GROUP = 'kbi-ingest-examples'
+STATISTICS_FILE = 'statistics.json'
+DEAD_LETTER_DIR = 'dead-letters'
+SHARD_PREFIX = 'part'
+# Example keys of the window features (the prediction rows' column names).
+# float_list values are float32: 128 s apart at today's epoch seconds, so
+# exact times are int64 milliseconds (event_time stays a float for
+# examples_io compatibility; event_time_ms is exact).
+EVENT_TIME_MS_KEY = 'event_time_ms'
+WINDOW_START_KEY = 'window_start_ms'
+WINDOW_END_KEY = 'window_end_ms'
+WIN_COUNT_KEY = 'win_count'
+# Window bounds of the GlobalWindow (-inf, inf) in int64 milliseconds.
+_GLOBAL_START_MS = -(2**63)
+_GLOBAL_END_MS = 2**63 - 1
+
+_SPLIT_NAME_RE = re.compile(r'^[A-Za-z0-9_-]+$')
+_SPAN_DIR_RE = re.compile(r'^span-(\d+)/?$')
+_STATS_TAG = 'statistics'
+
+
+class IngestExamplesOptions(PipelineOptions):
+  """Options of this job only (the shared groups are in beam_jobs/options)."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--input', default=None,
+        help='Glob of JSON-lines event files, local or gs:// (.gz read '
+        'transparently); instead of --input_topic (default: none).')
+    parser.add_argument(
+        '--output', default=None,
+        help='Data root: the span is written to <output>/span-<N>/, local '
+        'or gs:// (required).')
+    parser.add_argument(
+        '--span', type=int, default=None,
+        help='Span number to write; it must not exist yet (default: the '
+        'next free number, 0 for an empty root).')
+    parser.add_argument(
+        '--splits', default=DEFAULT_SPLITS,
+        help='Splits and their hash-bucket ratios, NAME:INT[,NAME:INT...] '
+        f'(default: {DEFAULT_SPLITS}).')
+    parser.add_argument(
+        '--split_by', default=DEFAULT_SPLIT_BY,
+        help='What the split hash is computed on: event_id, or a schema '
+        'field: the key, time or label field, or a (window) feature '
+        f'(default: {DEFAULT_SPLIT_BY}).')
+    parser.add_argument(
+        '--num_shards', type=int, default=2,
+        help='TFRecord files per split (default: 2).')
+    parser.add_argument(
+        '--stop_time', default=None,
+        help='Kafka input: stop before the first record with a timestamp at '
+        'or after this ISO-8601 time, e.g. 2026-11-24T09:00:00Z; with '
+        '--start TIME it reads a time range (default: the end offsets seen '
+        'at start, unless --max_records/--max_read_time_s).')
+
+
+# --- Flags -------------------------------------------------------------------
+
+
+def parse_splits(text: str) -> list[tuple[str, int]]:
+  """``'train:2,eval:1'`` -> ``[('train', 2), ('eval', 1)]``.
+
+  Raises:
+    ValueError: naming --splits, for a bad format, name or ratio.
+  """
+  splits = []
+  for part in (text or '').split(','):
+    part = part.strip()
+    if not part:
+      continue
+    name, sep, ratio = part.partition(':')
+    name = name.strip()
+    if not sep or not _SPLIT_NAME_RE.match(name):
+      raise ValueError(f'--splits: {part!r} is not NAME:INT (names use '
+                       f'letters, digits, _ and -)')
+    try:
+      value = int(ratio)
+    except ValueError:
+      raise ValueError(f'--splits: ratio of {name!r} is not an integer: '
+                       f'{ratio!r}') from None
+    if value < 1:
+      raise ValueError(f'--splits: ratio of {name!r} must be >= 1, got '
+                       f'{value}')
+    splits.append((name, value))
+  if not splits:
+    raise ValueError(f'--splits: no splits in {text!r}')
+  names = [n for n, _ in splits]
+  if len(set(names)) != len(names):
+    raise ValueError(f'--splits: duplicate split names in {text!r}')
+  if DEAD_LETTER_DIR in names:
+    raise ValueError(f'--splits: {DEAD_LETTER_DIR!r} is reserved')
+  return splits
+
+
+def _split_source(schema: EventSchema, split_by: str) -> tuple[str, int]:
+  """(column kind, index) that ``split_by`` names; ValueError otherwise."""
+  if split_by in ('event_id', schema.id_field):
+    return 'id', 0
+  if split_by == schema.key_field:
+    return 'key', 0
+  if split_by == schema.time_field:
+    return 'time', 0
+  if split_by == schema.label_field:
+    return 'label', 0
+  if split_by in schema.features:
+    return 'feature', schema.features.index(split_by)
+  if split_by in schema.window_features:
+    return 'window_value', schema.window_features.index(split_by)
+  usable = ['event_id'] + [f for f in (schema.key_field, schema.time_field,
+                                       schema.label_field) if f]
+  raise ValueError(f'--split_by {split_by!r}: use event_id, the key/time/'
+                   f'label field ({", ".join(usable[1:])}) or a feature')
+
+
+def hash_bucket(value: str, buckets: int) -> int:
+  """``md5(value) mod buckets``: stable across runs, hosts and versions."""
+  digest = hashlib.md5(value.encode('utf-8')).digest()
+  return int.from_bytes(digest[:8], 'big') % buckets
+
+
+def bucket_table(splits: list[tuple[str, int]]) -> list[int]:
+  """Split index of each hash bucket: ``[0, 0, 1]`` for train:2,eval:1."""
+  table = []
+  for index, (_, ratio) in enumerate(splits):
+    table.extend([index] * ratio)
+  return table
+
+
+def _span_numbers(root: str) -> list[int]:
+  """Every span directory under ``root``, complete or not."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  if not tf.io.gfile.isdir(root):
+    return []
+  spans = []
+  for name in tf.io.gfile.listdir(root):
+    match = _SPAN_DIR_RE.match(name)
+    if match:
+      spans.append(int(match.group(1)))
+  return sorted(spans)
+
+
+def _dir_exists(path: str) -> bool:
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  return tf.io.gfile.exists(path)
+
+
+def next_span(root: str) -> int:
+  """One above the highest span directory under ``root`` (0 if none)."""
+  spans = _span_numbers(root)
+  return spans[-1] + 1 if spans else 0
+
+
+def resolve_span(root: str, span: Optional[int]) -> int:
+  """The span to write: ``span`` if free, else the next free number.
+
+  Raises:
+    ValueError: naming --span, when that span exists already.
+  """
+  if span is None:
+    return next_span(root)
+  if span < 0:
+    raise ValueError(f'--span must be >= 0, got {span}')
+  directory = examples_io.span_dir(root, span)
+  if _dir_exists(directory):
+    raise ValueError(f'--span {span}: {directory} exists already; spans are '
+                     f'immutable (omit --span for the next free number)')
+  return span
+
+
+def _stop(options: PipelineOptions) -> StopAt:
+  job = options.view_as(IngestExamplesOptions)
+  bounded = options.view_as(opts.BoundedRunOptions)
+  if bounded.max_records is not None:
+    return StopAt.total_records(bounded.max_records)
+  if job.stop_time is not None:
+    return StopAt.timestamp(job.stop_time)
+  if bounded.max_read_time_s is not None:
+    return StopAt.read_time(bounded.max_read_time_s)
+  return StopAt.end_offsets()
+
+
+def consumer_group(options: PipelineOptions) -> str:
+  """The group this job reads with: never the scoring job's by default."""
+  group = options.view_as(opts.KafkaOptions).consumer_group
+  shared_default = opts.KafkaOptions([]).consumer_group
+  return DEFAULT_CONSUMER_GROUP if group == shared_default else group
+
+
+def validate(options: PipelineOptions) -> None:
+  """Rejects bad flags before anything starts (ValueError names the flag)."""
+  job = options.view_as(IngestExamplesOptions)
+  kafka = options.view_as(opts.KafkaOptions)
+  events = options.view_as(opts.EventOptions)
+  sinks = options.view_as(opts.SinkOptions)
+  bounded = options.view_as(opts.BoundedRunOptions)
+  if not job.output:
+    raise ValueError('--output is required (the data root)')
+  if bool(job.input) == bool(kafka.input_topic):
+    raise ValueError('set exactly one of --input (files) and --input_topic '
+                     '(Kafka)')
+  schema = opts.event_schema(events)
+  if not schema.label_field:
+    raise ValueError(f'--schema {schema.name!r} has no label_field: training '
+                     f'examples need labels')
+  _split_source(schema, job.split_by)
+  parse_splits(job.splits)
+  if job.num_shards < 1:
+    raise ValueError(f'--num_shards must be >= 1, got {job.num_shards}')
+  if job.span is not None and job.span < 0:
+    raise ValueError(f'--span must be >= 0, got {job.span}')
+  opts.window_spec(options.view_as(opts.WindowOptions))
+  opts.validate_bounded(bounded)
+  for flag, value in (('--output_topic', kafka.output_topic),
+                      ('--output_path', sinks.output_path),
+                      ('--bq_table', sinks.bq_table)):
+    if value:
+      raise ValueError(f'{flag} is a scoring-job flag; this job writes '
+                       f'examples to --output')
+  if job.input:
+    if events.input_format == 'avro':
+      raise ValueError('--input reads text lines: use --input_format json '
+                       'or csv (Avro needs --input_topic)')
+    stops = [f for f, v in (('--max_records', bounded.max_records),
+                            ('--stop_time', job.stop_time),
+                            ('--max_read_time_s', bounded.max_read_time_s))
+             if v is not None]
+    if stops:
+      raise ValueError(f'{stops[0]} is for --input_topic; --input reads '
+                       f'whole files')
+    try:
+      found = FileSystems.match([job.input])[0].metadata_list
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f'--input {job.input}: {e}') from e
+    if not found:
+      raise ValueError(f'--input {job.input} matches no files')
+    return
+  opts.validate_kafka(options)
+  if events.input_format == 'avro' and not schema.avro_schema:
+    raise ValueError('--input_format=avro needs a --schema with an '
+                     '"avro_schema"')
+  given = [f for f, v in (('--max_records', bounded.max_records),
+                          ('--stop_time', job.stop_time),
+                          ('--max_read_time_s', bounded.max_read_time_s))
+           if v is not None]
+  if len(given) > 1:
+    raise ValueError(f'{given[0]} and {given[1]}: choose one stop condition')
+  if job.stop_time is not None:
+    try:
+      offsets.to_timestamp(job.stop_time)
+    except ValueError as e:
+      raise ValueError(f'--stop_time: {e}') from None
+  if kafka.kafka_io == 'xlang' and job.stop_time is not None:
+    raise ValueError('--stop_time needs --kafka_io=python')
+
+
+def _resolve_outputs(options: PipelineOptions) -> None:
+  """Fixes the span number and the default dead-letter path (idempotent)."""
+  job = options.view_as(IngestExamplesOptions)
+  # Idempotent until the job writes: an explicit span is checked to be free.
+  job.span = resolve_span(job.output, job.span)
+  sinks = options.view_as(opts.SinkOptions)
+  kafka = options.view_as(opts.KafkaOptions)
+  if not sinks.dead_letter_path and not kafka.dead_letter_topic:
+    sinks.dead_letter_path = posixpath.join(job.output, DEAD_LETTER_DIR,
+                                            f'span-{job.span}')
+
+
+# --- Reading -----------------------------------------------------------------
+
+
+class _ReadLines(beam.DoFn):
+  """A matched file -> lists of RawRecord, one per non-empty line.
+
+  Positions are 1-based line numbers, the source ``file:<path>``; lists hold
+  up to ``chunk_lines`` records (elements are batches: NOTES.md).
+  """
+
+  def __init__(self, chunk_lines: int, skip_header: bool):
+    self._chunk = chunk_lines
+    self._skip_header = skip_header
+    self.lines = Metrics.counter(_NAMESPACE, 'lines_read')
+
+  def process(self, readable_file):
+    path = readable_file.metadata.path
+    source = f'file:{path}'
+    chunk = []
+    with readable_file.open() as handle:
+      number = 0
+      while True:
+        line = handle.readline()
+        if not line:
+          break
+        number += 1
+        if number == 1 and self._skip_header:
+          continue
+        payload = line.rstrip(b'\r\n')
+        if not payload.strip():
+          continue
+        chunk.append(RawRecord(source, number, payload))
+        if len(chunk) >= self._chunk:
+          self.lines.inc(len(chunk))
+          yield chunk
+          chunk = []
+    if chunk:
+      self.lines.inc(len(chunk))
+      yield chunk
+
+
+class ReadEventFiles(beam.PTransform):
+  """A file glob -> lists of RawRecord (one per line), for ParseEvents."""
+
+  def __init__(self, pattern: str, *, chunk_lines: int = 1000,
+               skip_header: bool = False):
+    super().__init__()
+    self._pattern = pattern
+    self._chunk = chunk_lines
+    self._skip_header = skip_header
+
+  def expand(self, pbegin):
+    return (pbegin
+            | 'MatchFiles' >> fileio.MatchFiles(self._pattern)
+            | 'ReadMatches' >> fileio.ReadMatches()
+            | 'ReshuffleFiles' >> beam.Reshuffle()
+            | 'ReadLines' >> beam.ParDo(_ReadLines(self._chunk,
+                                                   self._skip_header)))
+
+
+# --- Examples ----------------------------------------------------------------
+
+
+def example_columns(schema: EventSchema) -> dict:
+  """The example keys and their kinds (float, int or bytes), in order."""
+  columns = {name: 'float' for name in schema.features}
+  columns.update({examples_io.LABEL_KEY: 'int', examples_io.ID_KEY: 'bytes',
+                  examples_io.DETECTOR_KEY: 'bytes',
+                  examples_io.TIME_KEY: 'float', EVENT_TIME_MS_KEY: 'int',
+                  WINDOW_START_KEY: 'int', WINDOW_END_KEY: 'int',
+                  WIN_COUNT_KEY: 'int'})
+  for name in schema.window_features:
+    columns[f'win_mean_{name}'] = 'float'
+    columns[f'win_std_{name}'] = 'float'
+  return columns
+
+
+class WindowedExampleEncoder:
+  """Serializes the examples of an EventBatch with window features, fast.
+
+  Builds one proto with ``examples_io.make_example`` plus the window keys
+  and overwrites its values per row (as ``examples_io.ExampleEncoder``).
+  Not thread-safe: one encoder per DoFn instance.
+  """
+
+  def __init__(self, schema: EventSchema):
+    self._features = list(schema.features)
+    self._window_names = list(schema.window_features)
+    proto = examples_io.make_example([0.0] * len(self._features), 0, '', '',
+                                     0.0, feature_names=self._features)
+    fmap = proto.features.feature
+    for key in (EVENT_TIME_MS_KEY, WINDOW_START_KEY, WINDOW_END_KEY,
+                WIN_COUNT_KEY):
+      fmap[key].int64_list.value.append(0)
+    for name in self._window_names:
+      fmap[f'win_mean_{name}'].float_list.value.append(0.0)
+      fmap[f'win_std_{name}'].float_list.value.append(0.0)
+    self._proto = proto
+    self._values = [fmap[n].float_list.value for n in self._features]
+    self._label = fmap[examples_io.LABEL_KEY].int64_list.value
+    self._id = fmap[examples_io.ID_KEY].bytes_list.value
+    self._key = fmap[examples_io.DETECTOR_KEY].bytes_list.value
+    self._time = fmap[examples_io.TIME_KEY].float_list.value
+    self._time_ms = fmap[EVENT_TIME_MS_KEY].int64_list.value
+    self._start = fmap[WINDOW_START_KEY].int64_list.value
+    self._end = fmap[WINDOW_END_KEY].int64_list.value
+    self._count = fmap[WIN_COUNT_KEY].int64_list.value
+    self._means = [fmap[f'win_mean_{n}'].float_list.value
+                   for n in self._window_names]
+    self._stds = [fmap[f'win_std_{n}'].float_list.value
+                  for n in self._window_names]
+
+  def encode(self, batch: EventBatch, rows, labels) -> list[bytes]:
+    """Serialized examples of ``rows`` of ``batch``, with ``labels``."""
+    start, end = batch.window if batch.window is not None else (-np.inf,
+                                                                np.inf)
+    self._start[0] = (_GLOBAL_START_MS if np.isinf(start) else
+                      int(round(start * 1000)))
+    self._end[0] = (_GLOBAL_END_MS if np.isinf(end) else
+                    int(round(end * 1000)))
+    features = batch.features.tolist()
+    times = batch.event_time.tolist()
+    times_ms = np.round(batch.event_time * 1000).astype(np.int64).tolist()
+    counts = (batch.win_count.tolist() if batch.win_count is not None else
+              [0] * len(batch))
+    width = len(self._window_names)
+    means = (batch.win_mean.tolist() if batch.win_mean is not None else
+             [[0.0] * width] * len(batch))
+    stds = (batch.win_std.tolist() if batch.win_std is not None else
+            [[0.0] * width] * len(batch))
+    out = []
+    for i, label in zip(rows, labels):
+      for values, value in zip(self._values, features[i]):
+        values[0] = value
+      self._label[0] = label
+      self._id[0] = batch.ids[i].encode('utf-8')
+      self._key[0] = batch.keys[i].encode('utf-8')
+      self._time[0] = times[i]
+      self._time_ms[0] = times_ms[i]
+      self._count[0] = counts[i]
+      for values, value in zip(self._means, means[i]):
+        values[0] = value
+      for values, value in zip(self._stds, stds[i]):
+        values[0] = value
+      out.append(self._proto.SerializeToString())
+    return out
+
+
+def _split_values(batch: EventBatch, kind: str, index: int) -> list[str]:
+  """The per-row strings hashed to choose a split."""
+  if kind == 'id':
+    return list(batch.ids)
+  if kind == 'key':
+    return list(batch.keys)
+  if kind == 'time':
+    column = batch.event_time
+  elif kind == 'label':
+    column = batch.labels
+  elif kind == 'feature':
+    column = batch.features[:, index]
+  else:
+    column = batch.window_values[:, index]
+  # repr of the Python float: the shortest exact text, stable everywhere.
+  return [repr(float(v)) for v in column.tolist()]
+
+
+class SplitStats(NamedTuple):
+  """Partial statistics of one split (summed by ``_SpanStatsFn``)."""
+  count: int
+  positives: int
+  sums: np.ndarray      # float64 [F]
+  sumsq: np.ndarray     # float64 [F]
+  mins: np.ndarray      # float64 [F]
+  maxs: np.ndarray      # float64 [F]
+  time_min: float
+  time_max: float
+
+  def merge(self, other: 'SplitStats') -> 'SplitStats':
+    return SplitStats(
+        self.count + other.count, self.positives + other.positives,
+        self.sums + other.sums, self.sumsq + other.sumsq,
+        np.minimum(self.mins, other.mins), np.maximum(self.maxs, other.maxs),
+        min(self.time_min, other.time_min),
+        max(self.time_max, other.time_max))
+
+
+class _ToExamples(beam.DoFn):
+  """EventBatch -> serialized examples per split (tags ``split:<name>``),
+  partial statistics (tag ``statistics``) and dead letters for events
+  without a usable label.
+
+  Retry policy: none; encoding is deterministic. An event without a label,
+  or with a label other than 0/1, is a dead letter (stage validate).
+  """
+
+  def __init__(self, schema: EventSchema, splits: list[tuple[str, int]],
+               split_by: str):
+    self._schema = schema
+    self._names = [n for n, _ in splits]
+    self._buckets = bucket_table(splits)
+    self._kind, self._index = _split_source(schema, split_by)
+    self._encoder = None
+    self.examples = Metrics.counter(_NAMESPACE, 'examples')
+    self.unlabelled = Metrics.counter(_NAMESPACE, 'events_without_label')
+
+  def setup(self):
+    self._encoder = WindowedExampleEncoder(self._schema)
+
+  def process(self, batch: EventBatch):
+    labels = (batch.labels if batch.labels is not None else
+              np.full(len(batch), np.nan))
+    good = (labels == 0.0) | (labels == 1.0)
+    for i in np.flatnonzero(~good):
+      self.unlabelled.inc()
+      missing = not np.isfinite(labels[i])
+      yield pvalue.TaggedOutput(dl.DEAD_LETTER_TAG, dl.DeadLetter(
+          stage=dl.VALIDATE,
+          reason=dl.MISSING_FIELD if missing else dl.WRONG_TYPE,
+          detail=('no label: not a training example' if missing else
+                  f'label {labels[i]!r} is not 0 or 1'),
+          payload=batch.raw[i], source=batch.source,
+          position=int(batch.positions[i]), event_id=batch.ids[i]))
+    if not good.any():
+      return
+    rows = np.flatnonzero(good)
+    values = _split_values(batch, self._kind, self._index)
+    total = len(self._buckets)
+    split_of = np.asarray([self._buckets[hash_bucket(values[i], total)]
+                           for i in rows], dtype=np.int64)
+    int_labels = labels.astype(np.int64)
+    for s, name in enumerate(self._names):
+      mine = rows[split_of == s]
+      if not len(mine):
+        continue
+      records = self._encoder.encode(batch, mine.tolist(),
+                                     int_labels[mine].tolist())
+      self.examples.inc(len(records))
+      for record in records:
+        yield pvalue.TaggedOutput(f'split:{name}', record)
+      x = batch.features[mine].astype(np.float64)
+      t = batch.event_time[mine]
+      yield pvalue.TaggedOutput(_STATS_TAG, (name, SplitStats(
+          len(mine), int(int_labels[mine].sum()), x.sum(axis=0),
+          (x * x).sum(axis=0), x.min(axis=0), x.max(axis=0),
+          float(t.min()), float(t.max()))))
+
+
+class _SpanStatsFn(beam.CombineFn):
+  """(split, SplitStats) -> {split: SplitStats} summed over the span."""
+
+  def create_accumulator(self):
+    return {}
+
+  def add_input(self, accumulator, element):
+    name, stats = element
+    previous = accumulator.get(name)
+    accumulator[name] = stats if previous is None else previous.merge(stats)
+    return accumulator
+
+  def merge_accumulators(self, accumulators):
+    out = {}
+    for acc in accumulators:
+      for name, stats in acc.items():
+        out = self.add_input(out, (name, stats))
+    return out
+
+  def extract_output(self, accumulator):
+    return accumulator
+
+
+def _iso(t: float) -> str:
+  return datetime.datetime.fromtimestamp(
+      t, datetime.timezone.utc).isoformat(timespec='milliseconds')
+
+
+def statistics_document(span: int, by_split: dict, splits: list,
+                        feature_names, dead_letters: int) -> dict:
+  """statistics.json: counts, label balance, feature summaries, times."""
+  doc = {'span': span, 'examples': int(sum(s.count for s in by_split.values())),
+         'dead_letters': int(dead_letters), 'splits': {}, 'features': {},
+         'event_time': None}
+  for name, _ in splits:
+    s = by_split.get(name)
+    count = s.count if s else 0
+    positives = s.positives if s else 0
+    doc['splits'][name] = {
+        'examples': count,
+        'label': {'positive': positives, 'negative': count - positives,
+                  'positive_fraction': (positives / count) if count else None},
+    }
+  if not by_split:
+    return doc
+  total = None
+  for s in by_split.values():
+    total = s if total is None else total.merge(s)
+  mean = total.sums / total.count
+  std = np.sqrt(np.maximum(total.sumsq / total.count - mean * mean, 0.0))
+  for j, name in enumerate(feature_names):
+    doc['features'][name] = {'mean': float(mean[j]), 'std': float(std[j]),
+                             'min': float(total.mins[j]),
+                             'max': float(total.maxs[j])}
+  doc['event_time'] = {'min': total.time_min, 'max': total.time_max,
+                       'min_iso': _iso(total.time_min),
+                       'max_iso': _iso(total.time_max)}
+  return doc
+
+
+def _write_json(path: str, payload: dict) -> None:
+  with FileSystems.create(path, mime_type='application/json') as f:
+    f.write((json.dumps(payload, indent=2, sort_keys=True) + '\n').encode())
+
+
+class _FinishSpan(beam.DoFn):
+  """Runs once, after every shard is written: statistics.json, then
+  schema.json (last: it marks the span complete, examples_io.list_spans).
+  A span without examples is deleted instead (no empty spans)."""
+
+  def __init__(self, root: str, span: int, schema: EventSchema,
+               splits: list, split_by: str):
+    self._root = root
+    self._span = span
+    self._schema = schema
+    self._splits = splits
+    self._split_by = split_by
+
+  def process(self, unused_impulse, stats, dead_count, written):
+    directory = examples_io.span_dir(self._root, self._span)
+    doc = statistics_document(self._span, stats, self._splits,
+                              self._schema.features, dead_count)
+    if doc['examples'] == 0:
+      _LOGGER.warning('no examples (%d dead letters): span %d not written',
+                      dead_count, self._span)
+      import tensorflow as tf  # pylint: disable=import-outside-toplevel
+      if tf.io.gfile.exists(directory):
+        tf.io.gfile.rmtree(directory)
+      yield {'span': self._span, 'span_dir': None, 'statistics': doc}
+      return
+    _write_json(posixpath.join(directory, STATISTICS_FILE), doc)
+    schema_doc = {
+        'features': list(self._schema.features),
+        'label': examples_io.LABEL_KEY, 'id': examples_io.ID_KEY,
+        'key': examples_io.DETECTOR_KEY, 'time': examples_io.TIME_KEY,
+        'columns': example_columns(self._schema),
+        'window_features': list(self._schema.window_features),
+        'splits': {name: ratio for name, ratio in self._splits},
+        'split_by': self._split_by, 'split_hash': 'md5 mod sum of ratios',
+        'event_schema': self._schema.name,
+    }
+    _write_json(posixpath.join(directory, examples_io.SCHEMA_FILE), schema_doc)
+    _LOGGER.info('span %d complete at %s: %s examples (%s), %d files, %d '
+                 'dead letters', self._span, directory, doc['examples'],
+                 ', '.join(f'{n} {v["examples"]}'
+                           for n, v in doc['splits'].items()),
+                 len(written), dead_count)
+    yield {'span': self._span, 'span_dir': directory, 'statistics': doc}
+
+
+# --- The pipeline ------------------------------------------------------------
+
+
+def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
+  """Builds the job; returns its main PCollections for tests.
+
+  Returns:
+    {'examples': {split: PCollection of serialized tf.Example},
+     'dead_letters': PCollection of DeadLetter,
+     'span': PCollection of one {'span', 'span_dir', 'statistics'} dict,
+       produced after the span is complete}
+  """
+  _resolve_outputs(options)
+  job = options.view_as(IngestExamplesOptions)
+  kafka = options.view_as(opts.KafkaOptions)
+  events = options.view_as(opts.EventOptions)
+  wopts = options.view_as(opts.WindowOptions)
+  sinks = options.view_as(opts.SinkOptions)
+  schema = opts.event_schema(events)
+  spec = opts.window_spec(wopts)
+  splits = parse_splits(job.splits)
+  span_directory = examples_io.span_dir(job.output, job.span)
+
+  if job.input:
+    records = p | 'ReadEventFiles' >> ReadEventFiles(
+        job.input, chunk_lines=kafka.read_batch_records,
+        skip_header=events.input_format == 'csv' and schema.csv_header)
+  else:
+    parser = parse_lib.RecordParser(
+        schema, events.input_format,
+        confluent_wire_format=events.confluent_wire_format,
+        expected_schema_id=events.avro_schema_id,
+        max_payload_bytes=events.max_payload_bytes)
+    consumer_config = dict(client_config(options),
+                           **{'group.id': consumer_group(options)})
+    if kafka.start == offsets.START_COMMITTED:
+      consumer_config.setdefault('auto.offset.reset', 'earliest')
+    records = p | 'ReadFromKafka' >> xlang.build_read(
+        kafka.kafka_io, consumer_config, [kafka.input_topic],
+        start=kafka.start, stop=_stop(options),
+        max_batch_records=kafka.read_batch_records,
+        timestamp_policy=parser.event_time_of, max_delay_s=wopts.max_delay_s,
+        idle_timeout_s=wopts.idle_timeout_s)
+  parsed = records | 'ParseEvents' >> ParseEvents(
+      schema, events.input_format,
+      confluent_wire_format=events.confluent_wire_format,
+      expected_schema_id=events.avro_schema_id,
+      max_payload_bytes=events.max_payload_bytes)
+  windowed = parsed.events | 'WindowFeatures' >> WindowFeatures(
+      spec, len(schema.window_features), bounded=True)
+  split_tags = [f'split:{name}' for name, _ in splits]
+  encoded = (windowed.events
+             | 'IntoGlobalWindow' >> beam.WindowInto(
+                 window_lib.GlobalWindows())
+             | 'ToExamples' >> beam.ParDo(
+                 _ToExamples(schema, splits, job.split_by)).with_outputs(
+                     dl.DEAD_LETTER_TAG, _STATS_TAG, *split_tags))
+  examples = {}
+  written = []
+  for (name, _), tag in zip(splits, split_tags):
+    examples[name] = encoded[tag]
+    written.append(encoded[tag] | f'Write[{name}]' >> beam.io.WriteToTFRecord(
+        posixpath.join(span_directory, name, SHARD_PREFIX),
+        file_name_suffix=examples_io.FILE_SUFFIX, num_shards=job.num_shards,
+        compression_type=CompressionTypes.GZIP))
+  stats = encoded[_STATS_TAG] | 'SpanStatistics' >> beam.CombineGlobally(
+      _SpanStatsFn())
+  dead_letters = ((parsed[dl.DEAD_LETTER_TAG], windowed.dead_letters,
+                   encoded[dl.DEAD_LETTER_TAG])
+                  | 'FlattenDeadLetters' >> beam.Flatten())
+  dead_count = (dead_letters
+                | 'CountDeadLetters' >> beam.combiners.Count.Globally())
+  files = (written | 'FlattenWrittenFiles' >> beam.Flatten()
+           if written else p | 'NoFiles' >> beam.Create([]))
+  span = (p
+          | 'OnceAfterWrites' >> beam.Create([None])
+          | 'FinishSpan' >> beam.ParDo(
+              _FinishSpan(job.output, job.span, schema, splits, job.split_by),
+              stats=pvalue.AsSingleton(stats),
+              dead_count=pvalue.AsSingleton(dead_count),
+              written=pvalue.AsList(files)))
+
+  if sinks.dead_letter_path:
+    _ = dead_letters | 'WriteDeadLetterFiles' >> WriteDeadLetterFiles(
+        sinks.dead_letter_path, streaming=False)
+  if kafka.dead_letter_topic:
+    _ = dead_letters | 'WriteDeadLetters' >> xlang.build_write(
+        kafka.kafka_io, client_config(options), kafka.dead_letter_topic,
+        key=outputs.dead_letter_key, value=lambda d: d.payload,
+        headers=lambda d: d.kafka_headers())
+  return {'examples': examples, 'dead_letters': dead_letters, 'span': span}
+
+
+class IngestRun(NamedTuple):
+  """What ``run`` did: the pipeline result, the span and its directory."""
+  result: Any
+  span: int
+  span_dir: Optional[str]
+
+
+def run(argv: Optional[list[str]] = None) -> IngestRun:
+  """Parses flags, validates, runs the batch job to completion.
+
+  Returns:
+    IngestRun; ``span_dir`` is None when no example was written.
+  """
+  options = PipelineOptions(argv)
+  options.view_as(StandardOptions).streaming = False
+  validate(options)
+  job = options.view_as(IngestExamplesOptions)
+  kafka = options.view_as(opts.KafkaOptions)
+  if kafka.input_topic:
+    admin.topic_partitions(client_config(options), [kafka.input_topic],
+                           timeout_s=30)
+  _resolve_outputs(options)
+  engine = engine_lib.select_engine(options)
+  _LOGGER.info(
+      'ingest_examples: %s -> %s (splits %s by %s), dead letters -> %s, '
+      'engine %s',
+      job.input or f'{kafka.input_topic} at {opts.bootstrap_servers(options)}'
+      f' (group {consumer_group(options)}, start {kafka.start}, stop '
+      f'{_stop(options)})',
+      examples_io.span_dir(job.output, job.span), job.splits, job.split_by,
+      kafka.dead_letter_topic or
+      options.view_as(opts.SinkOptions).dead_letter_path, engine.name)
+  p = beam.Pipeline(runner=engine.runner, options=options)
+  build_pipeline(p, options)
+  result = p.run()
+  result.wait_until_finish()
+  directory = examples_io.span_dir(job.output, job.span)
+  complete = job.span in examples_io.list_spans(job.output)
+  return IngestRun(result, job.span, directory if complete else None)
+
+
+def main(argv=None) -> int:
+  logging.basicConfig(level=logging.INFO,
+                      format='%(asctime)s %(levelname)s %(name)s %(message)s')
+  try:
+    done = run(argv)
+  except (ValueError, admin.KafkaUnavailableError,
+          admin.TopicNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  if done.span_dir is None:
+    print(f'no examples: span {done.span} not written')
+    return 0
+  with FileSystems.open(posixpath.join(done.span_dir, STATISTICS_FILE)) as f:
+    stats = json.loads(f.read().decode('utf-8'))
+  print(f'span {done.span}: {stats["examples"]} examples at {done.span_dir} ('
+        + ', '.join(f'{n}: {s["examples"]}' for n, s in
+                    stats['splits'].items())
+        + f'), {stats["dead_letters"]} dead letters')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
