@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 from confluent_kafka import ConsumerGroupTopicPartitions
 from confluent_kafka.admin import AdminClient
 
-from transforms.kafka import admin
+from transforms.kafka import admin, config_refs
 
 
 def group_topics(client_config: dict, group: str,
@@ -85,16 +85,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--json', action='store_true',
                       help='print JSON rows instead of a table')
   parser.add_argument('--kafka_config', action='append', default=[],
-                      help='extra librdkafka KEY=VALUE, repeatable')
+                      help='extra librdkafka KEY=VALUE, repeatable; @FILE, '
+                      '@secret:projects/P/secrets/S and KEY=@secret:... as '
+                      'for the jobs')
   parser.add_argument('--timeout_s', type=float, default=30.0,
                       help='per request (default: 30)')
   args = parser.parse_args(argv)
-  config = {'bootstrap.servers': args.bootstrap_servers}
-  for entry in args.kafka_config:
-    if '=' not in entry:
-      parser.error(f'--kafka_config {entry!r}: expected KEY=VALUE')
-    key, value = entry.split('=', 1)
-    config[key] = value
+  try:
+    # Read here and now: this tool is its own "worker".
+    config = config_refs.resolve(dict(
+        config_refs.parse_entries(args.kafka_config),
+        **{'bootstrap.servers': args.bootstrap_servers}))
+  except ValueError as e:
+    parser.error(f'--kafka_config: {e}')
   try:
     admin.wait_for_cluster(config, timeout_s=args.timeout_s)
     topics = args.topic or group_topics(config, args.group, args.timeout_s)

@@ -8,13 +8,16 @@ starts, with a ValueError that names the flag.
 """
 
 import os
+import re
 
 from apache_beam.options.pipeline_options import (KafkaStreamsRunnerOptions,
-                                                  PipelineOptions)
+                                                  PipelineOptions,
+                                                  StandardOptions)
 
 from transforms import parse as parse_lib
 from transforms import schema as schema_lib
 from transforms import windows as windows_lib
+from transforms.kafka import config_refs
 from transforms.kafka import offsets as offsets_lib
 
 KAFKA_IO_CHOICES = ('python', 'xlang')
@@ -49,8 +52,11 @@ class KafkaOptions(PipelineOptions):
         '--kafka_config', action='append', default=[],
         help='Extra librdkafka setting KEY=VALUE for consumers and '
         'producers, repeatable (e.g. security.protocol=SASL_SSL); '
-        '@FILE reads KEY=VALUE lines from a local or gs:// file '
-        '(default: none).')
+        '@FILE reads KEY=VALUE lines from a local or gs:// file, '
+        '@secret:projects/P/secrets/S[/versions/V] from a Secret Manager '
+        'secret, and KEY=@secret:... takes one value from a secret. '
+        'Referenced values are read by the workers, never put in the job; '
+        'on Dataflow secrets must come by reference (default: none).')
     parser.add_argument('--kafka_io', choices=KAFKA_IO_CHOICES,
                         default='python',
                         help='Kafka IO implementation: python (this '
@@ -220,30 +226,85 @@ def validate_kafka(options: PipelineOptions) -> None:
     offsets_lib.normalize_start(kafka.start)
   except ValueError as e:
     raise ValueError(f'--start: {e}') from None
+  if is_dataflow(options):
+    servers = bootstrap_servers(options)
+    if any(host.strip().split(':')[0] in _LOCAL_HOSTS
+           for host in servers.split(',')):
+      raise ValueError(
+          f'--bootstrap_servers {servers}: Dataflow workers cannot reach the '
+          f'launcher\'s localhost; give the cluster\'s addresses')
+    validate_kafka_config_for_dataflow(kafka.kafka_config)
   parse_kafka_config(kafka.kafka_config)
 
 
 def parse_kafka_config(entries) -> dict:
-  """--kafka_config entries (KEY=VALUE or @FILE) as a librdkafka dict."""
-  out = {}
+  """--kafka_config entries (KEY=VALUE, @FILE, @secret:..., KEY=@secret:...)
+  as a librdkafka dict.
+
+  Values that come by reference are ``config_refs.DeferredSetting``s: the
+  Kafka IO reads them where it builds its clients (on the workers), so they
+  never enter the job graph. Files and whole secrets are read once here to
+  learn their keys and to fail early (transforms/kafka/config_refs.py).
+  """
+  return config_refs.parse_entries(entries)
+
+
+# Settings that must not be given in clear on a Dataflow command line: the
+# job's options are stored with the job and shown in its console page.
+_SENSITIVE_KEY = re.compile(r'password|secret|jaas|ssl\.key\.pem|ssl_key|'
+                            r'keystore\.key|sasl\.oauthbearer\.config',
+                            re.IGNORECASE)
+_DATAFLOW_RUNNERS = ('dataflowrunner', 'dataflow', 'testdataflowrunner')
+_LOCAL_HOSTS = ('localhost', '127.0.0.1', '::1', '[::1]', '0.0.0.0')
+
+
+def is_dataflow(options: PipelineOptions) -> bool:
+  """Whether ``--runner`` is Dataflow's."""
+  runner = options.view_as(StandardOptions).runner
+  name = runner if isinstance(runner, str) else type(runner).__name__
+  return bool(name) and name.lower() in _DATAFLOW_RUNNERS
+
+
+def validate_kafka_config_for_dataflow(entries) -> None:
+  """On Dataflow: no secret in clear, no reference workers cannot read."""
   for entry in entries or []:
-    lines = [entry]
+    entry = entry.strip()
     if entry.startswith('@'):
-      from apache_beam.io.filesystems import FileSystems
-      try:
-        with FileSystems.open(entry[1:]) as f:
-          lines = f.read().decode('utf-8').splitlines()
-      except Exception as e:  # pylint: disable=broad-except
-        raise ValueError(f'--kafka_config {entry}: cannot read: {e}') from e
-    for line in lines:
-      line = line.strip()
-      if not line or line.startswith('#'):
-        continue
-      if '=' not in line:
-        raise ValueError(f'--kafka_config {line!r}: expected KEY=VALUE')
-      key, value = line.split('=', 1)
-      out[key.strip()] = value.strip()
-  return out
+      if config_refs.is_local_path(entry[1:]):
+        raise ValueError(
+            f'--kafka_config {entry}: a local file is not readable on '
+            f'Dataflow workers; use @gs://... or @secret:projects/...')
+      continue
+    key, _, value = entry.partition('=')
+    if _SENSITIVE_KEY.search(key) and not value.strip().startswith(
+        '@' + config_refs.SECRET_PREFIX):
+      raise ValueError(
+          f'--kafka_config {key.strip()}=...: a secret on the command line '
+          f'is stored in clear with the job\'s options; put it in a gs:// '
+          f'properties file (@gs://...), a Secret Manager secret '
+          f'(@secret:projects/P/secrets/S) or {key.strip()}=@secret:...')
+
+
+# Flags of the jobs that name files or directories the workers read or
+# write (looked up by name, so each job's own flags such as --input count).
+WORKER_PATH_FLAGS = ('model_dir', 'output_path', 'dead_letter_path', 'input',
+                     'output', 'temp_location', 'staging_location')
+
+
+def validate_dataflow_paths(options: PipelineOptions) -> None:
+  """On Dataflow, rejects paths the workers cannot read (ValueError names
+  the flag): every path flag must be gs:// and --kafka_config must pass
+  validate_kafka_config_for_dataflow. (--schema may stay local: it is read
+  on the launcher and travels inside the job.) No-op for other runners."""
+  if not is_dataflow(options):
+    return
+  values = options.get_all_options()
+  for name in WORKER_PATH_FLAGS:
+    value = values.get(name)
+    if value and not str(value).startswith('gs://'):
+      raise ValueError(f'--{name} {value!r} is a local path: Dataflow workers '
+                       f'cannot read it; use gs://')
+  validate_kafka_config_for_dataflow(values.get('kafka_config'))
 
 
 def window_spec(w: WindowOptions) -> windows_lib.WindowSpec:

@@ -34,15 +34,11 @@ from apache_beam.options.pipeline_options import (PipelineOptions,
 from beam_jobs import engine as engine_lib
 from beam_jobs import options as opts
 from beam_jobs import outputs
-from models.handler import ModelLoadError, SavedModelHandler
-from transforms import dead_letters as dl
-from transforms import parse as parse_lib
-from transforms.inference import ScoreEvents
+from beam_jobs import scoring
+from models.handler import ModelLoadError
 from transforms.kafka import StopAt, admin, offsets
 from transforms.kafka import xlang
-from transforms.output import ToPredictionRows, output_columns
-from transforms.parse import ParseEvents
-from transforms.windows import WindowFeatures
+from transforms.output import output_columns
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -115,18 +111,11 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
      'dead_letters': PCollection of DeadLetter}
   """
   kafka = options.view_as(opts.KafkaOptions)
-  events = options.view_as(opts.EventOptions)
   wopts = options.view_as(opts.WindowOptions)
-  model = options.view_as(opts.ModelOptions)
   job = options.view_as(ScoreStreamOptions)
-  schema = opts.event_schema(events)
-  spec = opts.window_spec(wopts)
+  schema = opts.event_schema(options.view_as(opts.EventOptions))
   common = client_config(options)
-  parser = parse_lib.RecordParser(
-      schema, events.input_format,
-      confluent_wire_format=events.confluent_wire_format,
-      expected_schema_id=events.avro_schema_id,
-      max_payload_bytes=events.max_payload_bytes)
+  parser = scoring.record_parser(options)
   consumer_config = dict(common, **{'group.id': kafka.consumer_group})
   if kafka.start == offsets.START_COMMITTED:
     # A group without committed offsets starts at the beginning of the log.
@@ -140,25 +129,7 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
       max_batch_records=kafka.read_batch_records,
       timestamp_policy=timestamp_policy, max_delay_s=wopts.max_delay_s,
       idle_timeout_s=wopts.idle_timeout_s)
-  parsed = records | 'ParseEvents' >> ParseEvents(
-      schema, events.input_format,
-      confluent_wire_format=events.confluent_wire_format,
-      expected_schema_id=events.avro_schema_id,
-      max_payload_bytes=events.max_payload_bytes)
-  windowed = parsed.events | 'WindowFeatures' >> WindowFeatures(
-      spec, len(schema.window_features))
-  handler = SavedModelHandler(
-      model.model_dir, schema.features, signature=model.model_signature,
-      output_key=model.model_output, poll_interval_s=model.model_poll_s,
-      pinned_version=model.model_version,
-      min_batch_rows=model.min_batch_size or model.max_batch_size,
-      max_batch_rows=model.max_batch_size)
-  scored = windowed.events | 'ScoreEvents' >> ScoreEvents(handler)
-  predictions = scored.scored | 'ToPredictionRows' >> beam.ParDo(
-      ToPredictionRows(schema))
-  dead_letters = ((parsed[dl.DEAD_LETTER_TAG], windowed.dead_letters,
-                   scored.dead_letters)
-                  | 'FlattenDeadLetters' >> beam.Flatten())
+  predictions, dead_letters = scoring.score_records(records, options)
 
   dead_letters = outputs.write_outputs(
       predictions, dead_letters, options, columns=output_columns(schema),
@@ -174,12 +145,7 @@ def preflight(options: PipelineOptions) -> str:
     The model description for the start log line.
   """
   kafka = options.view_as(opts.KafkaOptions)
-  model = options.view_as(opts.ModelOptions)
-  schema = opts.event_schema(options.view_as(opts.EventOptions))
-  described = SavedModelHandler(
-      model.model_dir, schema.features, signature=model.model_signature,
-      output_key=model.model_output,
-      pinned_version=model.model_version).validate()
+  described = scoring.model_handler(options).validate()
   topics = [t for t in (kafka.input_topic, kafka.output_topic,
                         kafka.dead_letter_topic) if t]
   admin.topic_partitions(client_config(options), topics, timeout_s=30)

@@ -6,6 +6,7 @@ Times are epoch seconds (floats) so latencies are simple differences:
 ``scored_time - event_time`` is event-to-prediction latency.
 """
 
+import collections.abc
 import math
 from typing import Sequence
 
@@ -44,50 +45,180 @@ def _finite_or_none(x: float):
   return x if math.isfinite(x) else None
 
 
+class PredictionRows(collections.abc.Sequence):
+  """The prediction rows of one ScoredBatch, kept as columns.
+
+  It is a sequence of row dicts (``len``, indexing, slicing, iteration,
+  ``==`` with a list), each dict built when first asked for; sinks that
+  write columns (Parquet) take ``to_record_batch`` and never build the
+  dicts, which cost more than scoring the events (NOTES.md: per-row Python
+  work is the cost). Pickles as its columns (no payloads).
+  """
+
+  __slots__ = ('_cols', '_n', '_names', '_with_label', '_rows')
+
+  def __init__(self, cols: dict, n: int, window_feature_names: Sequence[str],
+               with_label: bool):
+    self._cols = cols
+    self._n = n
+    self._names = tuple(window_feature_names)
+    self._with_label = with_label
+    self._rows = None
+
+  @classmethod
+  def of(cls, scored: ScoredBatch, window_feature_names: Sequence[str],
+         with_label: bool) -> 'PredictionRows':
+    b = scored.batch
+    n = len(b)
+    start, end = b.window if b.window is not None else (-math.inf, math.inf)
+    scores = scored.scores
+    if scores.ndim > 1:
+      scores = scores[:, 0]
+    cols = {
+        'event_id': b.ids, 'key': b.keys,
+        'window_start': _finite_or_none(float(start)),
+        'window_end': _finite_or_none(float(end)),
+        'score': scores, 'model_version': int(scored.model_version),
+        'event_time': b.event_time, 'read_time': b.read_time,
+        'scored_time': float(scored.scored_time),
+        'late': b.late if b.late is not None else np.zeros(n, bool),
+        'win_count': (b.win_count if b.win_count is not None else
+                      np.zeros(n, np.int64)),
+        'win_mean': b.win_mean, 'win_std': b.win_std,
+        'label': b.labels if with_label else None,
+    }
+    return cls(cols, n, window_feature_names, with_label)
+
+  def __len__(self) -> int:
+    return self._n
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      lo, hi, step = index.indices(self._n)
+      if step != 1:
+        return self.rows()[index]
+      cols = {k: (v[lo:hi] if isinstance(v, (list, np.ndarray)) else v)
+              for k, v in self._cols.items()}
+      return PredictionRows(cols, max(0, hi - lo), self._names,
+                            self._with_label)
+    return self.rows()[index]
+
+  def __iter__(self):
+    return iter(self.rows())
+
+  def __eq__(self, other):
+    if isinstance(other, PredictionRows):
+      other = other.rows()
+    return isinstance(other, (list, tuple)) and self.rows() == list(other)
+
+  def __ne__(self, other):
+    return not self == other
+
+  __hash__ = None
+
+  def __repr__(self):
+    return f'PredictionRows({self.rows()!r})'
+
+  def __reduce__(self):
+    return PredictionRows, (self._cols, self._n, self._names,
+                            self._with_label)
+
+  def rows(self) -> list[dict]:
+    """The rows as dicts (built once)."""
+    if self._rows is None:
+      self._rows = self._build_rows()
+    return self._rows
+
+  def _build_rows(self) -> list[dict]:
+    c = self._cols
+    n = self._n
+    start, end = c['window_start'], c['window_end']
+    ids, keys = c['event_id'], c['key']
+    scores = c['score'].tolist()
+    times = c['event_time'].tolist()
+    read = c['read_time'].tolist()
+    late = c['late'].tolist()
+    counts = c['win_count'].tolist()
+    means = c['win_mean'].tolist() if c['win_mean'] is not None else None
+    stds = c['win_std'].tolist() if c['win_std'] is not None else None
+    labels = c['label'].tolist() if c['label'] is not None else None
+    version = c['model_version']
+    scored_time = c['scored_time']
+    names = self._names
+    with_label = self._with_label
+    rows = []
+    for i in range(n):
+      row = {
+          'event_id': ids[i], 'key': keys[i], 'window_start': start,
+          'window_end': end, 'score': scores[i], 'model_version': version,
+          'event_time': times[i], 'read_time': read[i],
+          'scored_time': scored_time, 'late': late[i], 'win_count': counts[i],
+      }
+      if means is not None:
+        for j, name in enumerate(names):
+          row[f'win_mean_{name}'] = means[i][j]
+          row[f'win_std_{name}'] = stds[i][j]
+      if with_label:
+        row['label'] = (None if labels is None or not math.isfinite(labels[i])
+                        else labels[i])
+      rows.append(row)
+    return rows
+
+  def to_record_batch(self, schema):
+    """The rows as a pyarrow RecordBatch of ``schema`` (built from the
+    columns; equal to ``RecordBatch.from_pylist(rows, schema)``: a schema
+    column the rows do not have is null)."""
+    import pyarrow as pa  # pylint: disable=import-outside-toplevel
+    n = self._n
+    arrays = []
+    for field in schema:
+      values = self._column(field.name)
+      if values is None:
+        arrays.append(pa.nulls(n, field.type))
+      elif isinstance(values, np.ndarray):
+        # Rows hold None for a missing label (NaN in the column).
+        mask = np.isnan(values) if field.name == 'label' else None
+        arrays.append(pa.array(values, type=field.type, mask=mask))
+      elif isinstance(values, list):
+        arrays.append(pa.array(values, type=field.type))
+      else:  # one value for every row
+        arrays.append(pa.array([values] * n, type=field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+  def _column(self, name: str):
+    """A column as rows would have it: array, list, scalar, or None when
+    the rows have no such key."""
+    c = self._cols
+    if name in ('window_start', 'window_end', 'model_version',
+                'scored_time', 'event_id', 'key', 'event_time', 'read_time',
+                'late', 'win_count'):
+      return c[name]
+    if name == 'score':
+      return c['score'].astype(np.float64)
+    if name == 'label':
+      if not self._with_label:
+        return None
+      if c['label'] is None:
+        return np.full(self._n, np.nan)
+      return c['label']
+    for prefix, key in (('win_mean_', 'win_mean'), ('win_std_', 'win_std')):
+      if name.startswith(prefix) and c[key] is not None:
+        feature = name[len(prefix):]
+        if feature in self._names:
+          return c[key][:, self._names.index(feature)].astype(np.float64)
+    return None
+
+
 def prediction_rows(scored: ScoredBatch,
                     window_feature_names: Sequence[str],
                     with_label: bool) -> list[dict]:
   """The prediction records of one ScoredBatch, in row order."""
-  b = scored.batch
-  n = len(b)
-  start, end = b.window if b.window is not None else (-math.inf, math.inf)
-  start = _finite_or_none(float(start))
-  end = _finite_or_none(float(end))
-  scores = scored.scores
-  if scores.ndim > 1:
-    scores = scores[:, 0]
-  scores = scores.tolist()
-  times = b.event_time.tolist()
-  read = b.read_time.tolist()
-  late = (b.late if b.late is not None else np.zeros(n, bool)).tolist()
-  counts = (b.win_count if b.win_count is not None else
-            np.zeros(n, np.int64)).tolist()
-  means = b.win_mean.tolist() if b.win_mean is not None else None
-  stds = b.win_std.tolist() if b.win_std is not None else None
-  labels = b.labels.tolist() if (with_label and b.labels is not None) else None
-  version = int(scored.model_version)
-  scored_time = float(scored.scored_time)
-  rows = []
-  for i in range(n):
-    row = {
-        'event_id': b.ids[i], 'key': b.keys[i], 'window_start': start,
-        'window_end': end, 'score': scores[i], 'model_version': version,
-        'event_time': times[i], 'read_time': read[i],
-        'scored_time': scored_time, 'late': late[i], 'win_count': counts[i],
-    }
-    if means is not None:
-      for j, name in enumerate(window_feature_names):
-        row[f'win_mean_{name}'] = means[i][j]
-        row[f'win_std_{name}'] = stds[i][j]
-    if with_label:
-      row['label'] = (None if labels is None or not math.isfinite(labels[i])
-                      else labels[i])
-    rows.append(row)
-  return rows
+  return PredictionRows.of(scored, window_feature_names, with_label).rows()
 
 
 class ToPredictionRows(beam.DoFn):
-  """ScoredBatch -> list of prediction rows (one element per batch)."""
+  """ScoredBatch -> PredictionRows (a list-like of row dicts, one element
+  per batch)."""
 
   def __init__(self, schema: EventSchema):
     self._names = list(schema.window_features)
@@ -95,11 +226,11 @@ class ToPredictionRows(beam.DoFn):
     self.rows = Metrics.counter(_NAMESPACE, 'predictions')
 
   def process(self, scored: ScoredBatch):
-    rows = prediction_rows(scored, self._names, self._with_label)
+    rows = PredictionRows.of(scored, self._names, self._with_label)
     self.rows.inc(len(rows))
     yield rows
 
 
-def kafka_records(rows: list[dict]) -> list[tuple[bytes, bytes]]:
+def kafka_records(rows: Sequence[dict]) -> list[tuple[bytes, bytes]]:
   """Prediction rows as (key = event id, value = JSON) Kafka records."""
   return [(r['event_id'].encode('utf-8'), orjson.dumps(r)) for r in rows]

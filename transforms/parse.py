@@ -8,6 +8,15 @@ a DeadLetter with a reason code (transforms/dead_letters.py): malformed
 bytes, not an object, missing/extra fields, wrong types, empty ids/keys,
 NaN/infinity, event times out of range. Nothing raises, nothing is dropped.
 
+Typed rows that need no decoding (Parquet, tf.Example: transforms/sources.py)
+go through ``RecordParser.parse_documents``: the same validation after the
+decoding step. Both run a columnar fast path first: per row only the decode,
+the field set and the exact value types are checked; finite floats, ids,
+keys and event times are checked on the chunk's columns. Whatever the fast
+path does not accept outright is validated row by row, so the outcome (rows,
+values, reasons) is always the full validation's
+(tests/parse_documents_test.py checks that on generated hostile input).
+
 Retry policy: none needed; parsing is deterministic, so a bad record is bad
 forever and goes to the dead-letter output at once.
 """
@@ -17,9 +26,10 @@ import datetime
 import io
 import logging
 import math
+import operator
 import struct
 import time
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -63,6 +73,23 @@ def _to_raw(record) -> RawRecord:
                      if record.timestamp_ms >= 0 else None, record.key)
   raise TypeError(f'cannot parse elements of type {type(record).__name__}; '
                   f'expected KafkaRecord or RawRecord (or lists of them)')
+
+
+# Exact value types each field kind accepts without a closer look (the
+# full check in _check_types also accepts integral floats for int fields).
+_FAST_TYPES = {'float': frozenset((float, int)), 'int': frozenset((int,)),
+               'string': frozenset((str,)), 'bool': frozenset((bool,))}
+
+
+def _getter(names: Sequence[str]) -> Callable[[dict], tuple]:
+  """doc -> tuple of the values of ``names`` (KeyError if one is absent)."""
+  names = tuple(names)
+  if not names:
+    return lambda doc: ()
+  if len(names) == 1:
+    name = names[0]
+    return lambda doc: (doc[name],)
+  return operator.itemgetter(*names)
 
 
 class _TimeReader:
@@ -142,6 +169,26 @@ class RecordParser:
       import fastavro
       self._avro = fastavro.parse_schema(dict(schema.avro_schema))
     self._csv_columns = schema.columns
+    self._init_caches()
+
+  def _init_caches(self) -> None:
+    # Rows with these exact field sets take the fast path (see _Shape).
+    self._shapes: list[_Shape] = []
+    self._unshaped: set[frozenset] = set()
+    self._feature_getter = _getter(self._features)
+    self._window_getter = _getter(self._window_features)
+
+  def __getstate__(self):
+    # Getters and shapes are rebuilt where the parser is unpickled.
+    state = dict(self.__dict__)
+    for name in ('_shapes', '_unshaped', '_feature_getter',
+                 '_window_getter'):
+      state.pop(name, None)
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._init_caches()
 
   # Decoding: bytes -> dict of field values.
 
@@ -340,6 +387,29 @@ class RecordParser:
       return fallback
     return t
 
+  def _validate(self, doc: dict, raw, now: float,
+                default_time: Optional[float]) -> tuple:
+    """One decoded record -> (event_id, key, time, features, window values,
+    label); raises _Invalid (with the event id when readable).
+
+    The one validation of every input: byte payloads after decoding
+    (``parse``) and typed rows (``parse_documents``).
+    """
+    s = self.schema
+    try:
+      self._check_fields(doc)
+      self._check_types(doc)
+      event_id, key = self._identity(doc, raw)
+      t = self._event_time(doc, raw, now, default_time)
+    except _Invalid as e:
+      if e.event_id is None and s.id_field and type(
+          doc.get(s.id_field)) in (str, int):
+        e.event_id = str(doc[s.id_field])
+      raise
+    return (event_id, key, t, self._feature_getter(doc),
+            self._window_getter(doc),
+            doc.get(s.label_field, math.nan) if s.label_field else math.nan)
+
   def parse(self, records: Iterable, *,
             default_time: Optional[float] = None
            ) -> tuple[list[EventBatch], list[dl.DeadLetter]]:
@@ -351,94 +421,568 @@ class RecordParser:
         no record timestamp); the wall clock when None.
     """
     now = self._now_fn()
-    s = self.schema
-    has_label = s.label_field is not None
-    rows: dict[str, tuple] = {}
-    dead = []
-    for record in records:
-      raw = _to_raw(record)
-      payload = raw.payload
-      event_id = None
+    raws = [r if type(r) is RawRecord else _to_raw(r) for r in records]
+    payloads = [r.payload for r in raws]
+    return self._assemble(raws, payloads, self._decode_all(payloads), now,
+                          default_time, self._validate_record)
+
+  def parse_documents(self, documents: Iterable, *,
+                      default_time: Optional[float] = None
+                     ) -> tuple[list[EventBatch], list[dl.DeadLetter]]:
+    """Typed rows (Parquet, tf.Example, ...) -> EventBatches + dead letters.
+
+    The same validation as ``parse`` (fields, types, ids, keys, finite
+    values, event-time range), minus the byte decoding: the reader already
+    decoded each row into a dict. Before validating, values are normalized
+    the way a JSON payload would carry them: None is an absent field,
+    numpy scalars become Python numbers, ``datetime`` values become epoch
+    seconds (ms with ``time_unit: ms``, ISO strings with ``iso`` or for
+    string fields) and bytes become UTF-8 text.
+
+    Args:
+      documents: ``Document`` items (or any items with its attributes).
+        ``doc`` is the row as a dict; a reader that could not decode a
+        row passes an Exception instead (dead letter: parse/malformed).
+        ``payload`` is the row's original bytes when it has any (e.g. a
+        serialized tf.Example); otherwise the row as JSON is the payload
+        kept for dead letters.
+      default_time: as for ``parse``.
+    """
+    now = self._now_fn()
+    items = list(documents)
+    docs, payloads = [], []
+    for item in items:
+      doc = item.doc
+      if type(doc) is dict:
+        try:
+          doc = self._normalize(doc)
+        except Exception:  # pylint: disable=broad-except
+          doc = None  # the full validation says why
+      else:
+        doc = None
+      docs.append(doc)
+      payloads.append(item.payload if item.payload is not None else
+                      _row_json(item.doc))
+    return self._assemble(items, payloads, docs, now, default_time,
+                          self._validate_document)
+
+  def _validate_record(self, raw, payload, now, default_time) -> tuple:
+    """The full validation of one raw record (raises _Invalid)."""
+    if not payload:
+      raise _Invalid(dl.EMPTY_VALUE, 'empty payload or tombstone',
+                     stage=dl.PARSE)
+    if len(payload) > self._max_payload:
+      raise _Invalid(dl.TOO_LARGE, f'payload of {len(payload)} bytes, '
+                     f'limit {self._max_payload}', stage=dl.PARSE)
+    return self._validate(self._decode(payload), raw, now, default_time)
+
+  def _validate_document(self, item, unused_payload, now,
+                         default_time) -> tuple:
+    """The full validation of one Document (raises _Invalid)."""
+    doc = item.doc
+    if isinstance(doc, Exception):
+      raise _Invalid(dl.MALFORMED, f'undecodable row: {doc}'[:500],
+                     stage=dl.PARSE)
+    if not isinstance(doc, dict):
+      raise _Invalid(dl.NOT_AN_OBJECT, f'row of type {type(doc).__name__}, '
+                     f'expected a mapping', stage=dl.PARSE)
+    try:
+      doc = self._normalize(doc)
+    except _Invalid as e:
+      event_id = doc.get(self.schema.id_field) if self.schema.id_field else None
+      if type(event_id) in (str, int):
+        e.event_id = str(event_id)
+      raise
+    return self._validate(doc, item, now, default_time)
+
+  # The fast path. Per row it only decodes, looks up the row's field set
+  # and checks the exact types of its values in one tuple; the other checks
+  # (finite floats, non-empty ids and keys, event-time units and range) run
+  # on columns of the chunk. A row the fast path does not accept outright
+  # goes through the full validation above, so reasons and details are the
+  # full validation's; the fast path only ever accepts rows the full
+  # validation accepts, with the same values.
+
+  def _decode_all(self, payloads: list) -> list:
+    """Payloads -> dicts, or None where the full path must look."""
+    docs = []
+    append = docs.append
+    limit = self._max_payload
+    if self.input_format == 'json':
+      loads = orjson.loads
+      for payload in payloads:
+        if not payload or len(payload) > limit:
+          append(None)
+          continue
+        try:
+          doc = loads(payload)
+        except orjson.JSONDecodeError:
+          doc = None
+        append(doc if type(doc) is dict else None)
+      return docs
+    for payload in payloads:
       try:
-        if not payload:
-          raise _Invalid(dl.EMPTY_VALUE, 'empty payload or tombstone',
-                         stage=dl.PARSE)
-        if len(payload) > self._max_payload:
-          raise _Invalid(dl.TOO_LARGE, f'payload of {len(payload)} bytes, '
-                         f'limit {self._max_payload}', stage=dl.PARSE)
-        doc = self._decode(payload)
-        if s.id_field and type(doc.get(s.id_field)) in (str, int):
-          event_id = str(doc[s.id_field])
-        self._check_fields(doc)
-        self._check_types(doc)
-        event_id, key = self._identity(doc, raw)
-        t = self._event_time(doc, raw, now, default_time)
-        feats = [doc[n] for n in self._features]
-        wvals = [doc[n] for n in self._window_features]
-        label = doc.get(s.label_field, math.nan) if has_label else math.nan
-      except _Invalid as e:
-        dead.append(dl.DeadLetter(
-            stage=e.stage, reason=e.reason, detail=e.detail, payload=payload,
-            source=raw.source, position=raw.position,
-            event_id=e.event_id or event_id, record_key=raw.key, time=now))
+        append(self._decode(payload)
+               if payload and len(payload) <= limit else None)
+      except Exception:  # pylint: disable=broad-except
+        append(None)
+    return docs
+
+  def _shape(self, doc: dict) -> Optional['_Shape']:
+    keys = doc.keys()
+    for shape in self._shapes:
+      if keys == shape.names:
+        return shape
+    names = frozenset(keys)
+    if names in self._unshaped:
+      return None
+    shape = _Shape.build(self, names)
+    if shape is None:
+      if len(self._unshaped) < 64:
+        self._unshaped.add(names)
+    elif len(self._shapes) < 8:
+      self._shapes.append(shape)
+    return shape
+
+  def _fast_columns(self, shape: '_Shape', items: list, vals: list,
+                    now: float, default_time: Optional[float]):
+    """Columns of rows of one shape, and which rows passed every check.
+
+    Returns:
+      (ok bool [m], ids, keys, times float64 [m], features float32 [m, F],
+       window values float32 [m, W], labels float64 [m] or None), or None
+      when a column cannot be built (the rows take the full path).
+    """
+    m = len(vals)
+    ok = np.ones(m, dtype=bool)
+    s = self.schema
+    try:
+      floats = None
+      if shape.floats:
+        floats = np.array(list(map(shape.floats, vals)),
+                          dtype=np.float64).reshape(m, -1)
+        ok &= np.isfinite(floats).all(axis=1)
+      if (shape.float_features is not None and
+          not (np.abs(floats) >= 2.0**53).any()):
+        # Taken from the float columns: float64 holds every value exactly
+        # (ints below 2**53 included), so float32 rounds each once, as a
+        # direct conversion does.
+        features = floats[:, shape.float_features].astype(np.float32)
+        window = floats[:, shape.float_window].astype(np.float32)
+      else:
+        features = np.asarray(list(map(shape.features, vals)),
+                              dtype=np.float32).reshape(m, len(self._features))
+        window = np.asarray(list(map(shape.window, vals)), dtype=np.float32
+                           ).reshape(m, len(self._window_features))
+      labels = (np.asarray(list(map(shape.label, vals)), dtype=np.float64)
+                if shape.label is not None else
+                np.full(m, math.nan) if s.label_field else None)
+      if shape.id is not None:
+        ids = list(map(shape.id, vals))
+        if shape.id_is_str is not True:
+          ids = [v if type(v) is str else str(v) for v in ids]
+        if '' in ids:
+          ok &= np.asarray([v != '' for v in ids])
+      else:
+        ids = [f'{it.source}@{it.position}' for it in items]
+      if shape.key is not None:
+        keys = list(map(shape.key, vals))
+        if shape.key_is_str is not True:
+          keys = [v if type(v) is str else str(v) for v in keys]
+        if '' in keys:
+          ok &= np.asarray([v != '' for v in keys])
+      else:
+        keys = [''] * m
+      times = self._fast_times(shape, items, vals, ok, now, default_time)
+    except (ValueError, TypeError, OverflowError):
+      return None
+    ok &= (times >= s.min_event_time) & (times <= now + s.max_future_s)
+    return ok, ids, keys, times, features, window, labels
+
+  def _fast_times(self, shape, items, vals, ok, now, default_time):
+    """Event times as the full path reads them; rows it would reject (or
+    reads differently) are cleared in ``ok``."""
+    m = len(vals)
+    if shape.time is None:
+      return np.asarray([
+          it.timestamp if it.timestamp is not None else
+          default_time if default_time is not None else now
+          for it in items], dtype=np.float64)
+    raw_times = list(map(shape.time, vals))
+    kinds = set(map(type, raw_times))
+    unit = self.schema.time_unit
+    if str not in kinds and unit != 'iso' and all(
+        k in (int, float) for k in kinds):
+      t = np.asarray(raw_times, dtype=np.float64)
+      if int in kinds:
+        # Beyond 2**53 float(int) and numpy may round differently.
+        big = np.abs(t) >= 2.0**53
+        if big.any():
+          ok &= ~big
+      if unit == 'ms':
+        t = t / 1000.0
+      elif unit == 'auto':
+        t = np.where(np.abs(t) > _TimeReader._MS_THRESHOLD, t / 1000.0, t)
+      finite = np.isfinite(t)
+      ok &= finite
+      return np.where(finite, t, 0.0)
+    t = np.zeros(m, dtype=np.float64)
+    read = self._time
+    for i, value in enumerate(raw_times):
+      try:
+        t[i] = read(value)
+      except _Invalid:
+        ok[i] = False
+    return t
+
+  def _assemble(self, items: list, payloads: list, docs: list, now: float,
+                default_time: Optional[float], validate_one
+               ) -> tuple[list[EventBatch], list[dl.DeadLetter]]:
+    """Fast path where it applies, the full validation elsewhere; returns
+    one EventBatch per source and the dead letters, in record order."""
+    n = len(items)
+    # Rows the fast path may take, grouped by field set. (The hot loop of
+    # the parse: locals only, one dict lookup per row for the types.)
+    groups: dict[int, tuple] = {}
+    shape = None
+    size = -1
+    getter = verdicts = add_index = add_values = None
+    good_types = ()
+    for i, doc in enumerate(docs):
+      if doc is None:
         continue
-      except Exception as e:  # pylint: disable=broad-except
-        # A parser bug must not stop the job: dead-letter and count it.
-        dead.append(dl.DeadLetter(
-            stage=dl.PARSE, reason=dl.MALFORMED,
-            detail=f'unexpected {type(e).__name__}: {e}'[:500],
-            payload=payload, source=raw.source, position=raw.position,
-            event_id=event_id, record_key=raw.key, time=now))
+      if len(doc) != size:
+        shape = self._shape(doc)
+        if shape is None:
+          size = -1
+          continue
+        size, getter, verdicts = len(shape.names), shape.getter, shape.verdicts
+        good_types = ()
+        group = groups.get(id(shape))
+        if group is None:
+          group = groups[id(shape)] = (shape, [], [])
+        add_index, add_values = group[1].append, group[2].append
+      try:
+        # As many fields as the shape and all of the shape's present: the
+        # same field set.
+        values = getter(doc)
+      except KeyError:
         continue
-      cols = rows.get(raw.source)
+      types = tuple(map(type, values))
+      if types != good_types:
+        ok = verdicts.get(types)
+        if ok is None:
+          ok = shape.types_ok(types)
+        if not ok:
+          continue
+        good_types = types
+      add_index(i)
+      add_values(values)
+    fast_rows = {}  # record index -> (group columns, row in group)
+    columns = []
+    for shape, idx, vals in groups.values():
+      cols = self._fast_columns(shape, [items[i] for i in idx], vals, now,
+                                default_time)
       if cols is None:
-        cols = rows[raw.source] = ([], [], [], [], [], [], [], [], [])
-      cols[0].append(raw.position)
-      cols[1].append(payload)
-      cols[2].append(event_id)
-      cols[3].append(key)
-      cols[4].append(t)
-      cols[5].append(feats)
-      cols[6].append(wvals)
-      cols[7].append(label)
-      cols[8].append(raw.key)
+        continue
+      columns.append((idx, cols))
+      ok = cols[0]
+      for j, i in enumerate(idx):
+        if ok[j]:
+          fast_rows[i] = (cols, j)
+    # Everything else: the full validation, in record order.
+    dead: list[dl.DeadLetter] = []
+    slow_good = {}
+    if len(fast_rows) < n:
+      for i in range(n):
+        if i in fast_rows:
+          continue
+        item = items[i]
+        try:
+          slow_good[i] = validate_one(item, payloads[i], now, default_time)
+        except _Invalid as e:
+          dead.append(dl.DeadLetter(
+              stage=e.stage, reason=e.reason, detail=e.detail,
+              payload=payloads[i], source=item.source,
+              position=item.position, event_id=e.event_id,
+              record_key=item.key, time=now))
+        except Exception as e:  # pylint: disable=broad-except
+          # A parser bug must not stop the job: dead-letter and count it.
+          dead.append(dl.DeadLetter(
+              stage=dl.PARSE, reason=dl.MALFORMED,
+              detail=f'unexpected {type(e).__name__}: {e}'[:500],
+              payload=payloads[i], source=item.source,
+              position=item.position, record_key=item.key, time=now))
+    if not slow_good and len(columns) == 1:
+      idx, cols = columns[0]
+      keep = np.flatnonzero(cols[0])
+      sources = {items[idx[j]].source for j in keep}
+      if len(sources) == 1:
+        return self._batch_from_columns(
+            sources.pop(), [items[idx[j]] for j in keep],
+            [payloads[idx[j]] for j in keep], cols, keep, now, dead)
+    # Mixed: row by row, in record order.
+    rows = _Rows()
+    rows.dead = dead
+    for i in range(n):
+      if i in fast_rows:
+        cols, j = fast_rows[i]
+        _, ids, keys, times, features, window, labels = cols
+        rows.add(items[i], payloads[i], (
+            ids[j], keys[j], float(times[j]), features[j], window[j],
+            math.nan if labels is None else labels[j]))
+      elif i in slow_good:
+        rows.add(items[i], payloads[i], slow_good[i])
+    return self._batches(rows, now)
+
+  def _batch_from_columns(self, source, items, payloads, cols, keep, now,
+                          dead):
+    _, ids, keys, times, features, window, labels = cols
+    if len(keep) == len(ids):
+      pick = lambda seq: seq
+    else:
+      pick = lambda seq: [seq[j] for j in keep]
+    batch = self._make_batch(
+        source, np.asarray([it.position for it in items], dtype=np.int64),
+        payloads, pick(ids), pick(keys), times[keep], features[keep],
+        window[keep], None if labels is None else labels[keep],
+        [it.key for it in items], now, dead)
+    return ([] if batch is None else [batch]), dead
+
+  def _normalize(self, doc: dict) -> dict:
+    """Values as a JSON payload would carry them (see parse_documents)."""
+    plain = (str, float, int, bool)
+    if all(type(v) in plain for v in doc.values()):
+      return doc
+    out = {}
+    for name, value in doc.items():
+      if value is None:
+        continue
+      if type(value) not in plain:
+        value = self._plain_value(name, value)
+      out[name] = value
+    return out
+
+  def _plain_value(self, name: str, value):
+    if isinstance(value, np.generic):
+      return value.item()
+    if isinstance(value, datetime.datetime):
+      if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.timezone.utc)
+      unit = self.schema.time_unit
+      if unit == 'iso' or (self._types.get(name) == 'string'):
+        return value.isoformat()
+      seconds = value.timestamp()
+      return seconds * 1000.0 if unit == 'ms' else seconds
+    if isinstance(value, (bytes, bytearray)):
+      try:
+        return bytes(value).decode('utf-8')
+      except UnicodeDecodeError:
+        raise _Invalid(dl.MALFORMED, f'field {name!r}: bytes that are not '
+                       f'UTF-8', stage=dl.PARSE) from None
+    return value  # lists, dicts, ...: rejected by the type checks
+
+  def _batches(self, rows: '_Rows', now: float
+              ) -> tuple[list[EventBatch], list[dl.DeadLetter]]:
+    """Rows collected one by one -> one EventBatch per source."""
+    dead = rows.dead
     batches = []
     n_features = len(self._features)
     n_window = len(self._window_features)
+    has_label = self.schema.label_field is not None
     for source, (pos, raw_payloads, ids, keys, times, feats, wvals,
-                 labels, record_keys) in rows.items():
+                 labels, record_keys) in rows.by_source.items():
       n = len(ids)
-      features = np.asarray(feats, dtype=np.float32).reshape(n, n_features)
-      window_values = np.asarray(wvals, dtype=np.float32).reshape(n, n_window)
-      # Finite as doubles can still overflow float32 (e.g. 1e300).
-      bad = ~np.isfinite(features).all(axis=1)
-      if n_window:
-        bad |= ~np.isfinite(window_values).all(axis=1)
-      if bad.any():
-        for i in np.flatnonzero(bad):
-          dead.append(dl.DeadLetter(
-              stage=dl.VALIDATE, reason=dl.NON_FINITE,
-              detail='a numeric field overflows float32',
-              payload=raw_payloads[i], source=source, position=pos[i],
-              event_id=ids[i], record_key=record_keys[i], time=now))
-        keep = np.flatnonzero(~bad)
-        if not len(keep):
-          continue
-      else:
-        keep = None
-      batch = EventBatch(
-          source=source, positions=np.asarray(pos, dtype=np.int64),
-          raw=raw_payloads, ids=ids, keys=keys,
-          event_time=np.asarray(times, dtype=np.float64), features=features,
-          window_values=window_values,
-          labels=np.asarray(labels, dtype=np.float64) if has_label else None,
-          read_time=np.full(n, now, dtype=np.float64))
-      batches.append(batch if keep is None else batch.take(keep))
+      batch = self._make_batch(
+          source, np.asarray(pos, dtype=np.int64), raw_payloads, ids, keys,
+          np.asarray(times, dtype=np.float64),
+          np.asarray(feats, dtype=np.float32).reshape(n, n_features),
+          np.asarray(wvals, dtype=np.float32).reshape(n, n_window),
+          np.asarray(labels, dtype=np.float64) if has_label else None,
+          record_keys, now, dead)
+      if batch is not None:
+        batches.append(batch)
     return batches, dead
+
+  def _make_batch(self, source, positions, raw_payloads, ids, keys, times,
+                  features, window_values, labels, record_keys, now, dead
+                 ) -> Optional[EventBatch]:
+    """The EventBatch of validated rows; rows whose numbers overflow
+    float32 become dead letters (appended to ``dead``)."""
+    n = len(ids)
+    # Finite as doubles can still overflow float32 (e.g. 1e300).
+    bad = ~np.isfinite(features).all(axis=1)
+    if window_values.shape[1]:
+      bad |= ~np.isfinite(window_values).all(axis=1)
+    keep = None
+    if bad.any():
+      for i in np.flatnonzero(bad):
+        dead.append(dl.DeadLetter(
+            stage=dl.VALIDATE, reason=dl.NON_FINITE,
+            detail='a numeric field overflows float32',
+            payload=raw_payloads[i], source=source,
+            position=int(positions[i]), event_id=ids[i],
+            record_key=record_keys[i], time=now))
+      keep = np.flatnonzero(~bad)
+      if not len(keep):
+        return None
+    batch = EventBatch(
+        source=source, positions=positions, raw=raw_payloads, ids=ids,
+        keys=keys, event_time=times, features=features,
+        window_values=window_values, labels=labels,
+        read_time=np.full(n, now, dtype=np.float64))
+    return batch if keep is None else batch.take(keep)
+
+
+class _Shape:
+  """Rows with exactly one set of the schema's fields, for the fast path.
+
+  ``getter(doc)`` gives the values of those fields (schema order) as a
+  tuple; the other attributes pick a role's value(s) out of that tuple.
+  Only field sets the full validation can accept get a shape: no unknown
+  fields, every required field, and the id, key, time, feature and window
+  fields present.
+  """
+
+  def __init__(self, parser: 'RecordParser', present: tuple[str, ...]):
+    s = parser.schema
+    self.names = frozenset(present)
+    self.getter = _getter(present)
+    self.kinds = tuple(parser._types[n] for n in present)
+    index = {n: i for i, n in enumerate(present)}
+    pick = lambda positions: _tuple_getter(positions)
+    role = lambda name: (None if not name or name not in index else
+                         _tuple_getter([index[name]], scalar=True))
+    self.id = role(s.id_field)
+    self.key = role(s.key_field)
+    self.time = role(s.time_field)
+    self.label = role(s.label_field)
+    kind_of = parser._types
+    self.id_is_str = s.id_field and kind_of[s.id_field] == 'string'
+    self.key_is_str = s.key_field and kind_of[s.key_field] == 'string'
+    self.features = pick([index[n] for n in parser._features])
+    self.window = pick([index[n] for n in parser._window_features])
+    floats = [i for i, k in enumerate(self.kinds) if k == 'float']
+    self.floats = pick(floats) if floats else None
+    # Features and window features as columns of the float matrix, when
+    # they are all float fields.
+    column = {p: j for j, p in enumerate(floats)}
+    feature_pos = [index[n] for n in parser._features]
+    window_pos = [index[n] for n in parser._window_features]
+    if all(p in column for p in feature_pos + window_pos):
+      self.float_features = np.asarray([column[p] for p in feature_pos],
+                                       dtype=np.int64)
+      self.float_window = np.asarray([column[p] for p in window_pos],
+                                     dtype=np.int64)
+    else:
+      self.float_features = self.float_window = None
+    self.verdicts: dict[tuple, bool] = {}
+
+  @classmethod
+  def build(cls, parser: 'RecordParser', names: frozenset
+           ) -> Optional['_Shape']:
+    s = parser.schema
+    if not names <= parser._all_names or not parser._required <= names:
+      return None
+    needed = [f for f in (s.id_field, s.key_field, s.time_field) if f]
+    needed += list(parser._features) + list(parser._window_features)
+    if not all(f in names for f in needed):
+      return None
+    return cls(parser, tuple(n for n in s.field_names if n in names))
+
+  def types_ok(self, types: tuple) -> bool:
+    """Whether every value's exact type is one its kind accepts (the full
+    check also takes integral floats for ints: those go the full path)."""
+    verdict = self.verdicts.get(types)
+    if verdict is None:
+      verdict = all(
+          t in _FAST_TYPES[k] if k in _FAST_TYPES else t in (int, float, str)
+          for t, k in zip(types, self.kinds))
+      if len(self.verdicts) < 256:
+        self.verdicts[types] = verdict
+    return verdict
+
+
+def _tuple_getter(positions: Sequence[int], scalar: bool = False):
+  """values tuple -> the values at ``positions`` (a tuple), or the single
+  value with ``scalar``."""
+  positions = tuple(positions)
+  if scalar:
+    return operator.itemgetter(positions[0])
+  if not positions:
+    return lambda values: ()
+  if len(positions) == 1:
+    p = positions[0]
+    return lambda values: (values[p],)
+  return operator.itemgetter(*positions)
+
+
+class Document(NamedTuple):
+  """A typed row to validate (``RecordParser.parse_documents``).
+
+  Attributes:
+    source: 'file:<path>' (or 'kafka:<topic>/<partition>').
+    position: record number in the file (or offset).
+    doc: the row as a dict; an Exception when the reader could not decode
+      the row (a dead letter).
+    timestamp: record/file time in epoch seconds, or None.
+    key: the record key, or None.
+    payload: the row's original bytes, or None (the row as JSON is kept).
+  """
+  source: str
+  position: int
+  doc: Any
+  timestamp: Optional[float] = None
+  key: Optional[bytes] = None
+  payload: Optional[bytes] = None
+
+
+def _row_json(doc) -> bytes:
+  try:
+    return orjson.dumps(doc, default=str, option=(
+        orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY))
+  except Exception:  # pylint: disable=broad-except
+    return repr(doc).encode('utf-8', 'replace')
+
+
+class _Rows:
+  """Columns of validated rows per source, and the dead letters."""
+
+  __slots__ = ('by_source', 'dead')
+
+  def __init__(self):
+    self.by_source: dict[str, tuple] = {}
+    self.dead: list[dl.DeadLetter] = []
+
+  def add(self, raw, payload, row) -> None:
+    cols = self.by_source.get(raw.source)
+    if cols is None:
+      cols = self.by_source[raw.source] = ([], [], [], [], [], [], [], [], [])
+    event_id, key, t, feats, wvals, label = row
+    cols[0].append(raw.position)
+    cols[1].append(payload)
+    cols[2].append(event_id)
+    cols[3].append(key)
+    cols[4].append(t)
+    cols[5].append(feats)
+    cols[6].append(wvals)
+    cols[7].append(label)
+    cols[8].append(raw.key)
+
+  def dead_letter(self, raw, payload, stage, reason, detail, event_id,
+                  now) -> None:
+    self.dead.append(dl.DeadLetter(
+        stage=stage, reason=reason, detail=detail, payload=payload,
+        source=raw.source, position=raw.position, event_id=event_id,
+        record_key=raw.key, time=now))
 
 
 class _ParseFn(beam.DoFn):
-  """Chunks of raw records -> EventBatches (main) + DeadLetters (tagged)."""
+  """Chunks of raw records -> EventBatches (main) + DeadLetters (tagged).
+
+  A chunk of ``Document`` items (typed rows from Parquet/TFRecord files)
+  goes through ``parse_documents``: the same validation without decoding.
+  """
 
   def __init__(self, parser: RecordParser):
     self._parser = parser
@@ -457,7 +1001,10 @@ class _ParseFn(beam.DoFn):
   def process(self, element, timestamp=beam.DoFn.TimestampParam):
     records = element if isinstance(element, list) else [element]
     self.chunk_sizes.update(len(records))
-    batches, dead = self._parser.parse(records)
+    if records and isinstance(records[0], Document):
+      batches, dead = self._parser.parse_documents(records)
+    else:
+      batches, dead = self._parser.parse(records)
     for batch in batches:
       self.parsed.inc(len(batch))
       # The batch's own earliest event time: windows downstream see each
@@ -470,7 +1017,8 @@ class _ParseFn(beam.DoFn):
 
 
 class ParseEvents(beam.PTransform):
-  """Raw records (or lists of them) -> EventBatch, with dead letters.
+  """Raw records or Documents (or lists of them) -> EventBatch, with dead
+  letters.
 
   Returns a ``DoOutputsTuple`` with ``events`` (EventBatch) and
   ``dead_letters`` (DeadLetter)::
@@ -495,4 +1043,5 @@ class ParseEvents(beam.PTransform):
             dl.DEAD_LETTER_TAG, main='events')
 
 
-__all__: Sequence[str] = ['ParseEvents', 'RecordParser', 'INPUT_FORMATS']
+__all__: Sequence[str] = ['Document', 'ParseEvents', 'RecordParser',
+                          'INPUT_FORMATS']

@@ -14,6 +14,8 @@ from typing import Iterable, Mapping, Optional
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from transforms.kafka import config_refs
+
 _LOGGER = logging.getLogger(__name__)
 
 # Keys that only make sense for a consumer or producer: AdminClient warns or
@@ -38,9 +40,10 @@ class TopicNotFoundError(RuntimeError):
 
 
 def admin_config(client_config: Mapping[str, object]) -> dict:
-  """Returns the subset of a consumer/producer config usable by an admin client."""
+  """Returns the subset of a consumer/producer config usable by an admin client
+  (settings given by reference read now: see transforms.kafka.config_refs)."""
   return {
-      k: v for k, v in client_config.items()
+      k: v for k, v in config_refs.resolve(client_config).items()
       if not k.startswith(_NON_ADMIN_PREFIXES)
   }
 
@@ -226,7 +229,7 @@ def committed_offsets(client_config: Mapping[str, object],
 
 
 def _probe_consumer_config(client_config: Mapping[str, object]) -> dict:
-  cfg = dict(client_config)
+  cfg = config_refs.resolve(client_config)
   cfg.setdefault('group.id', '_kbi_probe')
   cfg['enable.auto.commit'] = False
   return cfg

@@ -58,6 +58,7 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from transforms.kafka import admin
+from transforms.kafka import config_refs
 from transforms.kafka import offsets as offsets_lib
 from transforms.kafka.read import (TS_FUNCTION, TS_PROCESSING_TIME,
                                    OffsetCommitter, ReadFromKafka,
@@ -136,7 +137,7 @@ class LocalKafkaReader:
 
   def _start(self) -> None:
     s = self._s
-    config = s['consumer_config']
+    config = config_refs.resolve(s['consumer_config'])
     partitions = admin.topic_partitions(config, s['topics'],
                                         s['metadata_timeout_s'])
     self._consumer = Consumer(reader_config(config))

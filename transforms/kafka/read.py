@@ -44,6 +44,7 @@ from confluent_kafka import (Consumer, KafkaError, KafkaException, Message,
                              TopicPartition)
 
 from transforms.kafka import admin
+from transforms.kafka import config_refs
 from transforms.kafka import offsets as offsets_lib
 from transforms.kafka.offsets import PartitionRange, StopAt
 from transforms.kafka.records import (KafkaRecord, TimestampPolicy,
@@ -88,9 +89,10 @@ def reader_config(consumer_config: Mapping[str, Any]) -> dict:
   The reader assigns partitions and commits explicitly, so auto-commit is off;
   partition EOF events tell it when a partition is caught up. librdkafka
   needs a group.id even for assign(); a throwaway one is used if none is given
-  (nothing is committed then).
+  (nothing is committed then). Settings given by reference are read here
+  (transforms.kafka.config_refs), where the consumers are built.
   """
-  cfg = dict(consumer_config)
+  cfg = config_refs.resolve(consumer_config)
   cfg['enable.auto.commit'] = False
   cfg['enable.auto.offset.store'] = False
   cfg['enable.partition.eof'] = True
@@ -245,15 +247,18 @@ class _ResolvePartitionsFn(beam.DoFn):
     self._stop = stop
     self._timeout_s = timeout_s
     self._consumer = None
+    self._resolved = None
 
   def setup(self):
-    self._consumer = Consumer(reader_config(self._config))
+    # Referenced settings (secrets) are read on the worker, never pickled.
+    self._resolved = config_refs.resolve(self._config)
+    self._consumer = Consumer(reader_config(self._resolved))
 
   def process(self, unused_impulse) -> Iterable[PartitionRange]:
-    partitions = admin.topic_partitions(self._config, self._topics,
+    partitions = admin.topic_partitions(self._resolved, self._topics,
                                         self._timeout_s)
     ranges = offsets_lib.resolve_ranges(
-        self._consumer, self._config, partitions, self._start, self._stop,
+        self._consumer, self._resolved, partitions, self._start, self._stop,
         timeout_s=self._timeout_s)
     for r in ranges:
       _LOGGER.info('kafka read plan: %s[%d] offsets [%d, %s)%s', r.topic,
@@ -426,9 +431,11 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
     return restriction
 
   def setup(self):
-    self._consumers = PartitionConsumers(self._config)
+    # Referenced settings (secrets) are read on the worker, never pickled.
+    config = config_refs.resolve(self._config)
+    self._consumers = PartitionConsumers(config)
     if self._commit_offsets:
-      self._committer = OffsetCommitter(self._config)
+      self._committer = OffsetCommitter(config)
 
   def teardown(self):
     if self._consumers is not None:

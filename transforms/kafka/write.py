@@ -10,6 +10,8 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from transforms.kafka import config_refs
+
 _LOGGER = logging.getLogger(__name__)
 _NAMESPACE = 'kafka_write'
 
@@ -70,7 +72,8 @@ class _ProducerSlot:
   def __init__(self, config: dict):
     self.owner = None
     self.released_at = 0.0
-    config = dict(config)
+    # Referenced settings (secrets) are read here, on the worker.
+    config = config_refs.resolve(config)
     config['on_delivery'] = self._on_delivery
     config['error_cb'] = self._on_client_error
     self.producer = Producer(config)

@@ -85,6 +85,7 @@ from apache_beam.io import kafka as beam_kafka
 from apache_beam.typehints import typehints
 from apache_beam.utils.windowed_value import WindowedValue
 
+from transforms.kafka import config_refs
 from transforms.kafka import offsets as offsets_lib
 from transforms.kafka.read import ReadFromKafka
 from transforms.kafka.records import (CREATE_TIME, LOG_APPEND_TIME, KafkaRecord,
@@ -166,10 +167,22 @@ def _check_kafka_io(kafka_io: str) -> None:
 def java_client_config(config: Mapping[str, Any]) -> dict[str, str]:
   """A librdkafka client config as Java client properties (all strings).
 
+  Settings given by reference (transforms.kafka.config_refs) are read now,
+  at pipeline construction: the Java transform's configuration is part of
+  the job graph, so with xlang they end up in it (logged as a warning).
+
   Raises:
     ValueError: a setting Java cannot be given (a callback, client
       certificate files, a username/password for another SASL mechanism).
   """
+  referenced = sorted(config_refs.deferred(config))
+  if referenced:
+    _LOGGER.warning(
+        'xlang: Kafka settings %s given by reference are read at pipeline '
+        'construction and embedded in the Java KafkaIO configuration of the '
+        'job graph (the Python Kafka IO reads them on the workers instead)',
+        ', '.join(referenced))
+    config = config_refs.resolve(config)
   out: dict[str, str] = {}
   for key, value in config.items():
     if key in _LIBRDKAFKA_ONLY:

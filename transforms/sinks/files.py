@@ -55,6 +55,7 @@ GlobalWindow needs an early trigger (the watermark never passes the end of
 the GlobalWindow).
 """
 
+import collections.abc
 import logging
 import random
 import struct
@@ -298,7 +299,12 @@ class _RowCodec:
       opt = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
       return b''.join([dumps(r, option=opt) for r in rows])
     if self.file_format == 'parquet':
-      batch = pa.RecordBatch.from_pylist(list(rows), schema=self.schema)
+      to_record_batch = getattr(rows, 'to_record_batch', None)
+      if to_record_batch is not None:
+        # Columnar rows (transforms.output.PredictionRows): no dicts.
+        batch = to_record_batch(self.schema)
+      else:
+        batch = pa.RecordBatch.from_pylist(list(rows), schema=self.schema)
       sink = pa.BufferOutputStream()
       with pa.ipc.new_stream(sink, self.schema) as w:
         w.write_batch(batch)
@@ -408,7 +414,7 @@ class _EncodeShards(beam.DoFn):
     self._next = random.randrange(self._num_shards)
 
   def process(self, rows):
-    if not isinstance(rows, list):
+    if not isinstance(rows, collections.abc.Sequence):
       rows = list(rows)
     n = len(rows)
     if not n:

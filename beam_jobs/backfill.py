@@ -1,0 +1,458 @@
+"""The batch backfill: files or a Kafka time range, scored like the stream.
+
+Reads events from files (``--input``, a glob, local or gs://) or from a
+range of a Kafka topic (``--input_topic`` with ``--start_time`` and
+``--end_time``), and runs score_stream's own transforms on them
+(beam_jobs/scoring.py: the same parse and validation, window features, model
+and dead letters) as a bounded pipeline. Window features use WindowFeatures'
+exact batch implementation: each key's events in event-time order, which is
+what the stream computes when each key's events arrive in order
+(tests/backfill_parity_it_test.py checks that they match event by event).
+Predictions go to the same sinks (``--output_path`` files, ``--bq_table``,
+``--output_topic``), dead letters to ``--dead_letter_path`` or
+``--dead_letter_topic``.
+
+Inputs (``--file_format``, default auto = by the pattern's extension):
+JSON lines (.jsonl/.ndjson/.json), CSV lines (.csv; the real UCI SUSY file
+with ``--schema susy_csv``), each optionally compressed (.gz, .bz2, ...),
+Parquet (.parquet) and TFRecord files of tf.train.Example (.tfrecord); see
+transforms/sources.py for record positions, splitting and limits.
+``--input_format`` decodes the lines of files with another extension and
+the Kafka payloads. Without a time field in the schema (susy_csv), events
+take ``--default_event_time`` (an ISO time, or file_mtime).
+
+A Kafka range reads, per partition, from the first record whose record
+timestamp is at or after ``--start_time`` up to (excluding) the first one at
+or after ``--end_time`` (offsets_for_times): records are selected by their
+Kafka timestamp, which the producers set to the event time; nothing is
+committed.
+
+Locally (the FnApiRunner; add ``--direct_num_workers 2 --direct_running_mode
+multi_processing`` for one worker process per core):
+
+  python -m beam_jobs.backfill --input 'events/*.jsonl' \\
+      --model_dir ./models_out/susy --output_path ./predictions \\
+      --output_file_format parquet --dead_letter_path ./dead-letters
+
+  python -m beam_jobs.backfill --input SUSY.csv.gz --schema susy_csv \\
+      --default_event_time 2026-01-01T00:00:00Z --model_dir ./models_out/susy \\
+      --output_path ./predictions --dead_letter_path ./dead-letters
+
+  python -m beam_jobs.backfill --bootstrap_servers localhost:9092 \\
+      --input_topic events --start_time 2026-11-23T00:00:00Z \\
+      --end_time 2026-11-24T00:00:00Z --model_dir ./models_out/susy \\
+      --output_path ./predictions --dead_letter_path ./dead-letters
+
+On Dataflow (every path gs://; the job checks):
+
+  python -m beam_jobs.backfill --runner DataflowRunner \\
+      --project P --region R --temp_location gs://B/tmp \\
+      --setup_file ./setup.py --model_dir gs://B/models/susy \\
+      --input 'gs://B/events/2026-11-*.jsonl.gz' \\
+      --output_path gs://B/predictions --output_file_format parquet \\
+      --dead_letter_path gs://B/dead-letters
+
+Progress: every ``--progress_interval_s`` seconds each worker logs what it
+has read, scored and dead-lettered and its rate; at the end the job logs a
+summary (counts from the pipeline's metrics, events/s). On runners whose
+``run()`` returns at once (Dataflow), the launcher also polls the job's
+metrics at that interval.
+
+Measured on the 2-core development machine (bench/backfill_bench.py, 1M
+SUSY-like JSON events -> Parquet): see that file's docstring for the
+figures, including whether ``--direct_num_workers 2
+--direct_running_mode multi_processing`` pays off.
+"""
+
+import contextlib
+import datetime
+import gc
+import logging
+import sys
+import threading
+import time
+import uuid
+from typing import Optional
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import (PipelineOptions,
+                                                  StandardOptions)
+
+from beam_jobs import engine as engine_lib
+from beam_jobs import options as opts
+from beam_jobs import outputs
+from beam_jobs import scoring
+from models.handler import ModelLoadError
+from transforms import sources
+from transforms.kafka import StopAt, admin, offsets, xlang
+from transforms.output import output_columns
+
+_LOGGER = logging.getLogger(__name__)
+
+DEFAULT_GC_GEN0_THRESHOLD = 50_000
+
+
+class BackfillOptions(PipelineOptions):
+  """Options of this job only (the shared groups are in beam_jobs/options)."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    # beam_jobs.ingest_examples defines --input too, with the same meaning
+    # (a glob of input files): Beam gives every PipelineOptions subclass
+    # one parser, where a second definition is an argparse error. Defined
+    # here only if that job's options were not registered first; the
+    # lasting fix is one shared definition in beam_jobs/options.py.
+    defined = parser._option_string_actions  # pylint: disable=protected-access
+    if '--input' not in defined:
+      parser.add_argument(
+          '--input', default=None,
+          help='Files to score: a path or glob, local or gs:// (e.g. '
+          '\'gs://b/events/*.jsonl.gz\'). Either this or --input_topic '
+          '(default: none).')
+    parser.add_argument(
+        '--file_format', choices=sources.FILE_FORMATS, default='auto',
+        help='File format: auto (by the --input extension: .jsonl/.ndjson/'
+        '.json, .csv, .parquet, .tfrecord, each optionally compressed; '
+        'other extensions are lines decoded per --input_format), jsonl, '
+        'csv, lines (per --input_format), parquet, tfrecord (of '
+        'tf.train.Example) (default: auto).')
+    parser.add_argument(
+        '--default_event_time', default=None,
+        help='Event time of file records when the schema has no time field '
+        '(e.g. --schema susy_csv): an ISO-8601 time such as '
+        '2026-01-01T00:00:00Z, or file_mtime for each file\'s modification '
+        'time (default: none; required then).')
+    parser.add_argument(
+        '--start_time', default=None,
+        help='With --input_topic: first record time to read, ISO-8601 '
+        '(inclusive, by Kafka record timestamp) (default: none; required '
+        'with --input_topic).')
+    parser.add_argument(
+        '--end_time', default=None,
+        help='With --input_topic: end of the range, ISO-8601 (exclusive) '
+        '(default: none; required with --input_topic).')
+    parser.add_argument(
+        '--chunk_records', type=int, default=sources.DEFAULT_CHUNK_RECORDS,
+        help='Records per element from the file source (default: '
+        f'{sources.DEFAULT_CHUNK_RECORDS}).')
+    parser.add_argument(
+        '--split_mb', type=float,
+        default=sources.DEFAULT_SPLIT_BYTES / (1 << 20),
+        help='Uncompressed line files larger than this many MiB are read '
+        'in splits of about this size, in parallel (default: '
+        f'{sources.DEFAULT_SPLIT_BYTES >> 20}).')
+    parser.add_argument(
+        '--gc_gen0_threshold', type=int, default=DEFAULT_GC_GEN0_THRESHOLD,
+        help='While a local run executes in this process: Python\'s '
+        'generation-0 garbage-collection threshold, with the objects '
+        'loaded before the run frozen (gc.freeze). Parsing allocates ~25 '
+        'objects per event; at Python\'s default (700) collections take '
+        '~20%% of a local backfill. 0 keeps Python\'s settings (default: '
+        f'{DEFAULT_GC_GEN0_THRESHOLD}).')
+    parser.add_argument(
+        '--progress_interval_s', type=float, default=10.0,
+        help='Seconds between progress lines of each worker (and of the '
+        'launcher polling metrics on asynchronous runners); 0 turns them '
+        'off (default: 10).')
+
+
+def _iso_time(value: str, flag: str) -> float:
+  try:
+    return offsets.to_timestamp(value).micros / 1e6
+  except ValueError as e:
+    raise ValueError(f'{flag}: {e}') from None
+
+
+def input_file_format(options: PipelineOptions) -> sources.FileFormat:
+  """How --input is read; ValueError names the flag at fault."""
+  job = options.view_as(BackfillOptions)
+  events = options.view_as(opts.EventOptions)
+  try:
+    return sources.resolve_file_format(job.input, job.file_format,
+                                       events.input_format)
+  except ValueError as e:
+    raise ValueError(f'--input_format={events.input_format} with '
+                     f'--file_format={job.file_format}: {e}') from None
+
+
+def default_event_time(options: PipelineOptions):
+  """--default_event_time as epoch seconds, 'file_mtime' or None."""
+  value = options.view_as(BackfillOptions).default_event_time
+  if value is None or value == sources.FILE_MTIME:
+    return value
+  return _iso_time(value, '--default_event_time')
+
+
+def validate(options: PipelineOptions) -> None:
+  """Rejects bad flags before anything starts (ValueError names the flag)."""
+  job = options.view_as(BackfillOptions)
+  kafka = options.view_as(opts.KafkaOptions)
+  sinks = options.view_as(opts.SinkOptions)
+  events = options.view_as(opts.EventOptions)
+  opts.validate_model(options.view_as(opts.ModelOptions))
+  opts.window_spec(options.view_as(opts.WindowOptions))
+  schema = opts.event_schema(events)
+  if bool(job.input) == bool(kafka.input_topic):
+    raise ValueError('set exactly one input: --input (files) or '
+                     '--input_topic (a Kafka range with --start_time and '
+                     '--end_time)')
+  if job.chunk_records < 1:
+    raise ValueError(f'--chunk_records must be >= 1, got {job.chunk_records}')
+  if not job.split_mb > 0:
+    raise ValueError(f'--split_mb must be > 0, got {job.split_mb}')
+  if job.gc_gen0_threshold < 0:
+    raise ValueError(f'--gc_gen0_threshold must be >= 0, got '
+                     f'{job.gc_gen0_threshold}')
+  if job.progress_interval_s < 0:
+    raise ValueError(f'--progress_interval_s must be >= 0, got '
+                     f'{job.progress_interval_s}')
+  if job.input:
+    for flag in ('start_time', 'end_time'):
+      if getattr(job, flag) is not None:
+        raise ValueError(f'--{flag} is for a Kafka range (--input_topic), '
+                         f'not for --input files')
+    file_format = input_file_format(options)
+    default = default_event_time(options)
+    if not schema.time_field and default is None:
+      raise ValueError(
+          f'--default_event_time is required: schema {schema.name!r} has no '
+          f'time field (an ISO-8601 time, or {sources.FILE_MTIME})')
+    if isinstance(default, float):
+      latest = time.time() + schema.max_future_s
+      if not schema.min_event_time <= default <= latest:
+        raise ValueError(
+            f'--default_event_time {job.default_event_time} is outside the '
+            f'event times schema {schema.name!r} accepts (from '
+            f'{_utc(schema.min_event_time)} to now + '
+            f'{schema.max_future_s:.0f} s): every event would be a dead '
+            f'letter')
+    if file_format.payload_format == 'csv' and events.input_format == 'avro':
+      raise ValueError('--input_format=avro cannot read line files')
+  else:
+    opts.validate_kafka(options)
+    if kafka.kafka_io != 'python':
+      raise ValueError('--kafka_io must be python for a backfill (the range '
+                       'read needs start and stop times per partition)')
+    if job.default_event_time is not None:
+      raise ValueError('--default_event_time is for --input files; a Kafka '
+                       'range uses record timestamps when the schema has no '
+                       'time field')
+    if job.start_time is None or job.end_time is None:
+      raise ValueError('--start_time and --end_time are required with '
+                       '--input_topic (ISO-8601, e.g. 2026-11-24T00:00:00Z)')
+    start = _iso_time(job.start_time, '--start_time')
+    end = _iso_time(job.end_time, '--end_time')
+    if not start < end:
+      raise ValueError(f'--end_time {job.end_time} must be after '
+                       f'--start_time {job.start_time}')
+    if events.input_format == 'avro' and not schema.avro_schema:
+      raise ValueError('--input_format=avro needs a --schema with an '
+                       '"avro_schema"')
+  if not (kafka.output_topic or sinks.output_path or sinks.bq_table):
+    raise ValueError('no output: set --output_path, --bq_table or '
+                     '--output_topic')
+  if not (sinks.dead_letter_path or kafka.dead_letter_topic):
+    raise ValueError('dead letters must go somewhere: set '
+                     '--dead_letter_path or --dead_letter_topic')
+  if (kafka.output_topic or kafka.dead_letter_topic) and not (
+      opts.bootstrap_servers(options)):
+    raise ValueError('--bootstrap_servers is empty')
+  # On Dataflow: every path the workers read or write must be gs://.
+  opts.validate_dataflow_paths(options)
+
+
+def _utc(seconds: float) -> str:
+  return datetime.datetime.fromtimestamp(
+      seconds, datetime.timezone.utc).isoformat()
+
+
+def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
+  """Builds the job; returns its main PCollections for tests.
+
+  Returns:
+    {'predictions': PCollection of lists of prediction rows,
+     'dead_letters': PCollection of DeadLetter}
+  """
+  job = options.view_as(BackfillOptions)
+  kafka = options.view_as(opts.KafkaOptions)
+  events = options.view_as(opts.EventOptions)
+  schema = opts.event_schema(events)
+  run_id = uuid.uuid4().hex
+  interval = job.progress_interval_s
+  if job.input:
+    file_format = input_file_format(options)
+    header = 1 if (file_format.payload_format == 'csv' and
+                   schema.csv_header) else 0
+    records = p | 'ReadFiles' >> sources.ReadFileChunks(
+        job.input, file_format.kind, chunk_records=job.chunk_records,
+        split_bytes=max(1, int(job.split_mb * (1 << 20))),
+        skip_header_lines=header, default_time=default_event_time(options))
+    payload_format = file_format.payload_format
+  else:
+    records = p | 'ReadKafkaRange' >> xlang.build_read(
+        kafka.kafka_io, _client_config(options), [kafka.input_topic],
+        start=job.start_time, stop=StopAt.timestamp(job.end_time),
+        commit_offsets=False, max_batch_records=kafka.read_batch_records,
+        timestamp_policy='create_time')
+    payload_format = None
+  records = records | 'ProgressRead' >> scoring.ReportProgress(
+      scoring.READ, run_id, interval)
+  predictions, dead_letters = scoring.score_records(
+      records, options, payload_format=payload_format, bounded=True)
+  predictions = predictions | 'ProgressScored' >> scoring.ReportProgress(
+      scoring.SCORED, run_id, interval)
+  dead_letters = outputs.write_outputs(
+      predictions, dead_letters, options, columns=output_columns(schema),
+      streaming=False, producer_config=_client_config(options))
+  dead_letters = dead_letters | 'ProgressDead' >> scoring.ReportProgress(
+      scoring.DEAD, run_id, interval)
+  return {'predictions': predictions, 'dead_letters': dead_letters}
+
+
+def _client_config(options: PipelineOptions) -> dict:
+  kafka = options.view_as(opts.KafkaOptions)
+  cfg = {'bootstrap.servers': opts.bootstrap_servers(options)}
+  cfg.update(opts.parse_kafka_config(kafka.kafka_config))
+  return cfg
+
+
+def preflight(options: PipelineOptions) -> str:
+  """Checks the model, the input files or topic, and the output topics.
+
+  Returns:
+    The model description for the start log line.
+  """
+  job = options.view_as(BackfillOptions)
+  kafka = options.view_as(opts.KafkaOptions)
+  described = scoring.model_handler(options).validate()
+  if job.input:
+    from apache_beam.io.filesystems import FileSystems
+    try:
+      matched = FileSystems.match([job.input])[0].metadata_list
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f'--input {job.input}: cannot list: {e}') from e
+    if not matched:
+      raise ValueError(f'--input {job.input} matches no files')
+    _LOGGER.info('backfill: %d input files, %.1f MB', len(matched),
+                 sum(m.size_in_bytes for m in matched) / 1e6)
+  topics = [t for t in (kafka.input_topic, kafka.output_topic,
+                        kafka.dead_letter_topic) if t]
+  if topics:
+    admin.topic_partitions(_client_config(options), topics, timeout_s=30)
+  return described
+
+
+def summarize(result, seconds: float) -> dict:
+  """Counts of a finished (or running) job from its metrics, logged."""
+  counts = {scoring.READ: 0, scoring.SCORED: 0, scoring.DEAD: 0}
+  reasons = {}
+  try:
+    query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(
+        scoring.PROGRESS_NAMESPACE))
+  except Exception as e:  # pylint: disable=broad-except
+    _LOGGER.warning('no metrics from the runner: %s', e)
+    return counts
+  for c in query['counters']:
+    value = c.committed if c.committed is not None else c.attempted
+    name = c.key.metric.name
+    if name in counts:
+      counts[name] += value or 0
+    elif name.startswith('dead_letters_'):
+      reasons[name[len('dead_letters_'):]] = (
+          reasons.get(name[len('dead_letters_'):], 0) + (value or 0))
+  counts['seconds'] = seconds
+  counts['events_per_s'] = counts[scoring.READ] / max(seconds, 1e-9)
+  counts['dead_letter_reasons'] = reasons
+  return counts
+
+
+def _poll_progress(result, started: float, interval_s: float,
+                   done: threading.Event) -> None:
+  while not done.wait(interval_s):
+    c = summarize(result, time.monotonic() - started)
+    _LOGGER.info('progress: read %d, scored %d, dead letters %d; %.0f '
+                 'records/s', c[scoring.READ], c[scoring.SCORED],
+                 c[scoring.DEAD], c['events_per_s'])
+
+
+@contextlib.contextmanager
+def _tuned_gc(gen0_threshold: int):
+  """Fewer garbage collections while a local run executes in this process
+  (the FnApiRunner's workers are threads here); settings restored after.
+  Other runners' workers keep Python's settings."""
+  if not gen0_threshold:
+    yield
+    return
+  before = gc.get_threshold()
+  gc.freeze()  # what is loaded by now (TensorFlow, Beam) is never garbage
+  gc.set_threshold(gen0_threshold, before[1], before[2])
+  try:
+    yield
+  finally:
+    gc.set_threshold(*before)
+    gc.unfreeze()
+
+
+def run(argv: Optional[list[str]] = None, *, block: bool = True):
+  """Parses flags, validates, checks model and inputs, runs the job.
+
+  Returns:
+    The PipelineResult (finished when ``block``); ``result.summary`` holds
+    the final counts when it finished here.
+  """
+  options = PipelineOptions(argv)
+  if options.view_as(StandardOptions).streaming:
+    raise ValueError('--streaming: a backfill is a batch job; use '
+                     'beam_jobs.score_stream for streams')
+  validate(options)
+  described = preflight(options)
+  job = options.view_as(BackfillOptions)
+  kafka = options.view_as(opts.KafkaOptions)
+  sinks = options.view_as(opts.SinkOptions)
+  engine = engine_lib.select_engine(options)
+  source = (job.input if job.input else
+            f'{kafka.input_topic} [{job.start_time}, {job.end_time})')
+  _LOGGER.info('backfill: reading %s, model %s, predictions -> %s, dead '
+               'letters -> %s, engine %s', source, described,
+               sinks.output_path or sinks.bq_table or kafka.output_topic,
+               sinks.dead_letter_path or kafka.dead_letter_topic, engine.name)
+  p = beam.Pipeline(runner=engine.runner, options=options)
+  build_pipeline(p, options)
+  started = time.monotonic()
+  with _tuned_gc(job.gc_gen0_threshold):
+    result = p.run()
+  if not block:
+    return result
+  done = threading.Event()
+  if job.progress_interval_s > 0 and str(result.state) not in (
+      'DONE', 'FAILED', 'CANCELLED', 'UPDATED', 'DRAINED'):
+    threading.Thread(target=_poll_progress, daemon=True, args=(
+        result, started, job.progress_interval_s, done)).start()
+  try:
+    result.wait_until_finish()
+  finally:
+    done.set()
+  summary = summarize(result, time.monotonic() - started)
+  result.summary = summary
+  _LOGGER.info(
+      'backfill %s in %.1f s: read %d records, scored %d events, %d dead '
+      'letters %s; %.0f records/s', str(result.state), summary['seconds'],
+      summary[scoring.READ], summary[scoring.SCORED], summary[scoring.DEAD],
+      summary['dead_letter_reasons'], summary['events_per_s'])
+  return result
+
+
+def main(argv=None) -> int:
+  logging.basicConfig(level=logging.INFO,
+                      format='%(asctime)s %(levelname)s %(name)s %(message)s')
+  try:
+    run(argv)
+  except (ValueError, ModelLoadError, admin.KafkaUnavailableError,
+          admin.TopicNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,225 @@
+"""The scoring core every job shares: raw record chunks -> predictions.
+
+``score_records`` applies the same transforms, with the same labels, in
+score_stream (unbounded Kafka input) and backfill (files or a Kafka range):
+ParseEvents -> WindowFeatures -> ScoreEvents -> ToPredictionRows, and the
+flatten of every stage's dead letters. Batch and streaming differ only in
+WindowFeatures' implementation (exact per-key event-time order for bounded
+input, running state for unbounded input), which it picks from the input's
+boundedness unless told. The jobs add their source in front and
+``beam_jobs.outputs.write_outputs`` behind.
+
+The transforms are applied to the pipeline directly (not inside a composite)
+so that the step names of the streaming job stay what they were: Dataflow
+matches steps by name when a running job is updated.
+
+Also here: ``ReportProgress``, a pass-through step counting what flows by
+for the progress lines of long batch runs.
+"""
+
+import logging
+import os
+import threading
+import time
+from typing import NamedTuple, Optional
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_jobs import options as opts
+from models.handler import SavedModelHandler
+from transforms import dead_letters as dl
+from transforms import parse as parse_lib
+from transforms.inference import ScoreEvents
+from transforms.output import ToPredictionRows
+from transforms.parse import ParseEvents
+from transforms.windows import WindowFeatures
+
+_LOGGER = logging.getLogger(__name__)
+
+PROGRESS_NAMESPACE = 'progress'
+READ = 'records_read'
+SCORED = 'events_scored'
+DEAD = 'dead_letters'
+
+
+class ScoringOutputs(NamedTuple):
+  """What ``score_records`` returns.
+
+  Attributes:
+    predictions: lists of prediction rows (one list per scored batch), in
+      their event-time windows.
+    dead_letters: DeadLetters of parse, window and inference, in the
+      GlobalWindow.
+  """
+  predictions: beam.PCollection
+  dead_letters: beam.PCollection
+
+
+def record_parser(options: PipelineOptions,
+                  payload_format: Optional[str] = None
+                 ) -> parse_lib.RecordParser:
+  """The RecordParser of the event flags (``payload_format`` overrides
+  ``--input_format``)."""
+  events = options.view_as(opts.EventOptions)
+  return parse_lib.RecordParser(
+      opts.event_schema(events), payload_format or events.input_format,
+      confluent_wire_format=events.confluent_wire_format,
+      expected_schema_id=events.avro_schema_id,
+      max_payload_bytes=events.max_payload_bytes)
+
+
+def model_handler(options: PipelineOptions) -> SavedModelHandler:
+  """The SavedModelHandler of the model flags, for the schema's features."""
+  model = options.view_as(opts.ModelOptions)
+  schema = opts.event_schema(options.view_as(opts.EventOptions))
+  return SavedModelHandler(
+      model.model_dir, schema.features, signature=model.model_signature,
+      output_key=model.model_output, poll_interval_s=model.model_poll_s,
+      pinned_version=model.model_version,
+      min_batch_rows=model.min_batch_size or model.max_batch_size,
+      max_batch_rows=model.max_batch_size)
+
+
+def score_records(records: beam.PCollection, options: PipelineOptions, *,
+                  payload_format: Optional[str] = None,
+                  bounded: Optional[bool] = None) -> ScoringOutputs:
+  """Parses, windows and scores chunks of raw records.
+
+  Args:
+    records: KafkaRecord, RawRecord or Document items, or lists of them
+      (one list per chunk: per-element overhead dominates).
+    options: the job's options (EventOptions, WindowOptions, ModelOptions).
+    payload_format: the payloads' format when not ``--input_format``
+      (e.g. CSV lines of a file); unused for Documents.
+    bounded: force WindowFeatures' batch (True) or streaming (False)
+      implementation; default: from ``records``.
+  """
+  events = options.view_as(opts.EventOptions)
+  schema = opts.event_schema(events)
+  spec = opts.window_spec(options.view_as(opts.WindowOptions))
+  parsed = records | 'ParseEvents' >> ParseEvents(
+      schema, payload_format or events.input_format,
+      confluent_wire_format=events.confluent_wire_format,
+      expected_schema_id=events.avro_schema_id,
+      max_payload_bytes=events.max_payload_bytes)
+  windowed = parsed.events | 'WindowFeatures' >> WindowFeatures(
+      spec, len(schema.window_features), bounded=bounded)
+  scored = windowed.events | 'ScoreEvents' >> ScoreEvents(
+      model_handler(options))
+  predictions = scored.scored | 'ToPredictionRows' >> beam.ParDo(
+      ToPredictionRows(schema))
+  dead_letters = ((parsed[dl.DEAD_LETTER_TAG], windowed.dead_letters,
+                   scored.dead_letters)
+                  | 'FlattenDeadLetters' >> beam.Flatten())
+  return ScoringOutputs(predictions, dead_letters)
+
+
+# --- Progress -------------------------------------------------------------
+
+
+class _ProgressLog:
+  """Per-process counts of one run, logged every ``interval_s`` seconds by
+  a daemon thread while they change."""
+
+  _runs: dict = {}
+  _lock = threading.Lock()
+
+  def __init__(self, run_id: str, interval_s: float):
+    self._run_id = run_id
+    self._interval_s = interval_s
+    self._counts = {READ: 0, SCORED: 0, DEAD: 0}
+    self._started = time.monotonic()
+    self._thread: Optional[threading.Thread] = None
+    self._lock = threading.Lock()
+
+  @classmethod
+  def of(cls, run_id: str, interval_s: float) -> '_ProgressLog':
+    with cls._lock:
+      log = cls._runs.get(run_id)
+      if log is None:
+        log = cls._runs[run_id] = cls(run_id, interval_s)
+      return log
+
+  def add(self, kind: str, n: int) -> None:
+    with self._lock:
+      self._counts[kind] += n
+      if self._thread is None or not self._thread.is_alive():
+        self._thread = threading.Thread(target=self._loop, daemon=True,
+                                        name=f'progress-{self._run_id[:8]}')
+        self._thread.start()
+
+  def _loop(self) -> None:
+    last = None
+    last_time = time.monotonic()
+    quiet = 0
+    while quiet < 3:
+      time.sleep(self._interval_s)
+      with self._lock:
+        counts = dict(self._counts)
+      now = time.monotonic()
+      if counts == last:
+        quiet += 1
+        continue
+      quiet = 0
+      elapsed = now - self._started
+      recent = counts[READ] - (last or {READ: 0})[READ]
+      _LOGGER.info(
+          'progress (worker pid %d, %.0f s): read %d records, scored %d '
+          'events, %d dead letters; %.0f records/s (last %.0f s), %.0f '
+          'records/s overall', os.getpid(), elapsed, counts[READ],
+          counts[SCORED], counts[DEAD], recent / max(now - last_time, 1e-9),
+          now - last_time, counts[READ] / max(elapsed, 1e-9))
+      last, last_time = counts, now
+
+
+class _ReportProgressFn(beam.DoFn):
+
+  def __init__(self, kind: str, run_id: str, interval_s: float):
+    if kind not in (READ, SCORED, DEAD):
+      raise ValueError(f'progress kind {kind!r}')
+    self._kind = kind
+    self._run_id = run_id
+    self._interval_s = interval_s
+    self._counter = Metrics.counter(PROGRESS_NAMESPACE, kind)
+    self._log = None
+
+  def setup(self):
+    if self._interval_s > 0:
+      self._log = _ProgressLog.of(self._run_id, self._interval_s)
+
+  def process(self, element):
+    n = 1 if self._kind == DEAD else len(element)
+    self._counter.inc(n)
+    if self._log is not None:
+      self._log.add(self._kind, n)
+    if self._kind == DEAD:
+      Metrics.counter(PROGRESS_NAMESPACE,
+                      f'dead_letters_{element.stage}_{element.reason}').inc()
+    yield element
+
+
+class ReportProgress(beam.PTransform):
+  """Passes elements through, counting them for progress reports.
+
+  ``kind``: records_read (lists of records), events_scored (lists of
+  prediction rows) or dead_letters (DeadLetters, also counted per stage and
+  reason). Counts go to Beam counters in namespace ``progress`` (for the
+  final summary and the runner's UI) and, when ``interval_s`` > 0, to a
+  per-worker log line every ``interval_s`` seconds while they change.
+  Steps with the same ``run_id`` share one log line per worker.
+  """
+
+  def __init__(self, kind: str, run_id: str, interval_s: float):
+    super().__init__()
+    self._fn = _ReportProgressFn(kind, run_id, interval_s)
+
+  def expand(self, pcoll):
+    # The input's type, so the output keeps the input's coder.
+    return pcoll | 'Count' >> beam.ParDo(self._fn).with_output_types(
+        pcoll.element_type)
+
+
+__all__ = ['ReportProgress', 'ScoringOutputs', 'model_handler',
+           'record_parser', 'score_records']
