@@ -363,14 +363,6 @@ def test_dry_run_builds_without_gcs_or_credentials():
 
 
 @pytest.mark.gcp
-@pytest.mark.xfail(strict=True, reason=(
-    'transforms/sinks/files.py passes a float to AfterProcessingTime '
-    '(WriteDeadLetterFiles flush_every_s=60.0, early_firing_trigger): '
-    'Beam 2.77 translates it to TimestampTransform.Delay(delay_millis=60000.0)'
-    ' and protobuf rejects the float, so streaming file sinks cannot be built '
-    'for any portable runner (Dataflow, Prism, Flink); the local legacy '
-    'runner never translates triggers. Fix: whole seconds, e.g. '
-    'AfterProcessingTime(max(1, math.ceil(seconds)))'))
 def test_score_stream_with_file_sinks_builds(gcs_emulator):
   built = build_on_emulator(score_stream, [
       '--streaming', '--bootstrap_servers=10.0.0.2:9092',

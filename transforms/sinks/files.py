@@ -57,6 +57,7 @@ the GlobalWindow).
 
 import collections.abc
 import logging
+import math
 import random
 import struct
 import time
@@ -95,6 +96,16 @@ GLOBAL_WINDOW_LABEL = 'global'
 PARQUET_ROW_GROUP_ROWS = 65536
 
 
+def _processing_delay(seconds: float) -> int:
+  """A processing-time delay Beam can translate: whole seconds.
+
+  Beam 2.77 turns AfterProcessingTime(d) into ``delay_millis=d * 1000``; a
+  float there is rejected by protobuf, so a float delay makes the pipeline
+  unbuildable on every portable runner (Dataflow, Prism, Flink).
+  """
+  return max(1, math.ceil(seconds))
+
+
 def early_firing_trigger(seconds: float):
   """Fires every ``seconds`` of processing time while a window is open, at
   the watermark, then once per late element.
@@ -105,7 +116,7 @@ def early_firing_trigger(seconds: float):
   if not seconds > 0:
     raise ValueError(f'early firing period must be > 0 s, got {seconds}')
   return trigger_lib.AfterWatermark(
-      early=trigger_lib.AfterProcessingTime(seconds),
+      early=trigger_lib.AfterProcessingTime(_processing_delay(seconds)),
       late=trigger_lib.AfterCount(1))
 
 
@@ -657,7 +668,8 @@ class WriteDeadLetterFiles(beam.PTransform):
       windowed = pcoll | 'FlushEveryNSeconds' >> beam.WindowInto(
           window_lib.GlobalWindows(),
           trigger=trigger_lib.Repeatedly(
-              trigger_lib.AfterProcessingTime(self._flush_every_s)),
+              trigger_lib.AfterProcessingTime(
+                  _processing_delay(self._flush_every_s))),
           accumulation_mode=trigger_lib.AccumulationMode.DISCARDING)
     else:
       windowed = pcoll | 'IntoGlobalWindow' >> beam.WindowInto(
