@@ -23,6 +23,7 @@ On Dataflow (see run_dataflow.sh, which fills these in):
 """
 
 import logging
+import signal
 import sys
 import time
 from typing import Optional
@@ -36,6 +37,7 @@ from beam_jobs import options as opts
 from beam_jobs import outputs
 from beam_jobs import scoring
 from models.handler import ModelLoadError
+from transforms.dedup import DropScoredEvents
 from transforms.kafka import StopAt, admin, offsets
 from transforms.kafka import xlang
 from transforms.output import output_columns
@@ -55,6 +57,12 @@ class ScoreStreamOptions(PipelineOptions):
         'payload\'s event-time field (payload) or the Kafka record timestamp '
         '(record; cheaper, right when producers set it to the event time) '
         '(default: payload).')
+    parser.add_argument(
+        '--dedup_horizon_s', type=float, default=None,
+        help='Effectively-once output: skip events whose id already has a '
+        'prediction on --output_topic written within this many seconds, or '
+        'passed in this run (transforms/dedup.py); choose it longer than the '
+        'longest restart (default: off, at-least-once).')
 
 
 def client_config(options: PipelineOptions) -> dict:
@@ -97,10 +105,18 @@ def validate(options: PipelineOptions) -> None:
           '--timestamp_source=record (producers set record timestamps)')
     if options.view_as(opts.WindowOptions).max_delay_s:
       raise ValueError('--max_delay_s must be 0 with --kafka_io=xlang')
+  if job.dedup_horizon_s is not None:
+    if job.dedup_horizon_s <= 0:
+      raise ValueError(f'--dedup_horizon_s must be > 0, got '
+                       f'{job.dedup_horizon_s}')
+    if not kafka.output_topic:
+      raise ValueError('--dedup_horizon_s needs --output_topic: the '
+                       'predictions already written are read back from it')
   sinks = options.view_as(opts.SinkOptions)
   if not (kafka.output_topic or sinks.output_path or sinks.bq_table):
     raise ValueError('no output: set --output_topic, --output_path or '
                      '--bq_table')
+  opts.validate_dataflow_paths(options)
 
 
 def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
@@ -129,7 +145,12 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
       max_batch_records=kafka.read_batch_records,
       timestamp_policy=timestamp_policy, max_delay_s=wopts.max_delay_s,
       idle_timeout_s=wopts.idle_timeout_s)
-  predictions, dead_letters = scoring.score_records(records, options)
+  event_filter = None
+  if job.dedup_horizon_s:
+    event_filter = DropScoredEvents(common, kafka.output_topic,
+                                    job.dedup_horizon_s)
+  predictions, dead_letters = scoring.score_records(
+      records, options, event_filter=event_filter)
 
   dead_letters = outputs.write_outputs(
       predictions, dead_letters, options, columns=output_columns(schema),
@@ -173,7 +194,9 @@ def run(argv: Optional[list[str]] = None, *, block: bool = True):
   p = beam.Pipeline(runner=engine.runner, options=options)
   build_pipeline(p, options)
   result = p.run()
-  if block:
+  # A Dataflow streaming job runs until drained or cancelled: the launcher
+  # returns once it is submitted.
+  if block and not opts.is_dataflow(options):
     _wait(result)
   return result
 
@@ -193,9 +216,16 @@ def _wait(result) -> None:
       time.sleep(0.1)
 
 
+def _interrupt_on_sigterm(unused_signum, unused_frame):
+  # SIGTERM (systemd, Kubernetes, kill) stops the job as Ctrl-C does: the
+  # read stops, the pipeline drains and offsets are committed.
+  raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
   logging.basicConfig(level=logging.INFO,
                       format='%(asctime)s %(levelname)s %(name)s %(message)s')
+  signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
   try:
     run(argv)
   except (ValueError, ModelLoadError, admin.KafkaUnavailableError,

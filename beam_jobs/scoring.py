@@ -84,7 +84,9 @@ def model_handler(options: PipelineOptions) -> SavedModelHandler:
 
 def score_records(records: beam.PCollection, options: PipelineOptions, *,
                   payload_format: Optional[str] = None,
-                  bounded: Optional[bool] = None) -> ScoringOutputs:
+                  bounded: Optional[bool] = None,
+                  event_filter: Optional[beam.PTransform] = None
+                  ) -> ScoringOutputs:
   """Parses, windows and scores chunks of raw records.
 
   Args:
@@ -95,6 +97,9 @@ def score_records(records: beam.PCollection, options: PipelineOptions, *,
       (e.g. CSV lines of a file); unused for Documents.
     bounded: force WindowFeatures' batch (True) or streaming (False)
       implementation; default: from ``records``.
+    event_filter: an EventBatch -> EventBatch transform applied after
+      parsing, before windows (e.g. transforms.dedup.DropScoredEvents), so
+      that what it drops does not count in window features either.
   """
   events = options.view_as(opts.EventOptions)
   schema = opts.event_schema(events)
@@ -104,7 +109,10 @@ def score_records(records: beam.PCollection, options: PipelineOptions, *,
       confluent_wire_format=events.confluent_wire_format,
       expected_schema_id=events.avro_schema_id,
       max_payload_bytes=events.max_payload_bytes)
-  windowed = parsed.events | 'WindowFeatures' >> WindowFeatures(
+  events_in = parsed.events
+  if event_filter is not None:
+    events_in = events_in | 'FilterEvents' >> event_filter
+  windowed = events_in | 'WindowFeatures' >> WindowFeatures(
       spec, len(schema.window_features), bounded=bounded)
   scored = windowed.events | 'ScoreEvents' >> ScoreEvents(
       model_handler(options))

@@ -442,6 +442,9 @@ class LocalStreamingResult(PipelineResult):
     super().__init__(inner.state)
     self._inner = inner
     self._reads = reads
+    self._waiter: Optional[threading.Thread] = None
+    self._finished = threading.Event()
+    self._outcome: dict = {}
 
   @property
   def state(self):
@@ -452,12 +455,35 @@ class LocalStreamingResult(PipelineResult):
     for read in self._reads:
       read.reader.request_stop()
 
-  def wait_until_finish(self, duration=None):
+  def _wait_inner(self) -> None:
     try:
-      state = self._inner.wait_until_finish(duration)
-    except BaseException:
+      self._outcome['state'] = self._inner.wait_until_finish()
+    except BaseException as e:  # pylint: disable=broad-except
+      self._outcome['error'] = e
+    finally:
+      self._finished.set()
+
+  def wait_until_finish(self, duration=None):
+    """Waits for the pipeline; on success commits what was read.
+
+    The runner's own wait shuts its executor down when an exception such as
+    KeyboardInterrupt reaches it, killing the pipeline mid-stream. It runs
+    on a thread of its own here, so Ctrl-C or SIGTERM only interrupts the
+    caller, who can call stop_reading() and wait again for a clean drain.
+    """
+    if self._waiter is None:
+      self._waiter = threading.Thread(target=self._wait_inner,
+                                      name='local-streaming-wait',
+                                      daemon=True)
+      self._waiter.start()
+    deadline = None if duration is None else time.monotonic() + duration
+    while not self._finished.wait(0.5):
+      if deadline is not None and time.monotonic() >= deadline:
+        return self.state
+    if 'error' in self._outcome:
       self._close()
-      raise
+      raise self._outcome['error']
+    state = self._outcome['state']
     if state == PipelineState.DONE:
       # Everything read has been processed by every step: commit it all.
       for read in self._reads:

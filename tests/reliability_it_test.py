@@ -1,0 +1,51 @@
+"""Reliability: crashes, hostile input and faults lose nothing.
+
+The job runs as a real subprocess (python -m beam_jobs.score_stream) against
+a real broker; outcomes are counted from the output topics.
+"""
+
+import pytest
+
+import model_fixtures as mf
+import reliability as rel
+
+pytestmark = [pytest.mark.it, pytest.mark.slow]
+
+
+@pytest.fixture(scope='module')
+def model_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp('models')
+  mf.write_versioned(str(root), 1)
+  return str(root)
+
+
+def _topics(make_topic):
+  return {'in': make_topic(4), 'out': make_topic(2, suffix='-out'),
+          'dlq': make_topic(1, suffix='-dlq')}
+
+
+def test_sigkill_five_times_loses_nothing(broker, make_topic, model_dir,
+                                          tmp_path):
+  topics = _topics(make_topic)
+  outcome = rel.crash_restart(
+      broker.client_config(), broker.bootstrap_servers, topics, model_dir,
+      str(tmp_path / 'job.log'), n=50_000, rate=1000, kills=5, seed=1)
+  print('\n' + rel.HEADER + '\n' + outcome.row())
+  assert outcome.lost == 0, outcome
+  assert outcome.scored + outcome.dead_lettered == outcome.produced
+  assert outcome.dead_lettered == outcome.malformed
+  # The last run stopped on SIGINT by draining and committing everything.
+  assert (outcome.exit_code, outcome.lag_after) == (0, 0), outcome
+
+
+def test_sigkill_with_dedup_is_effectively_once(broker, make_topic, model_dir,
+                                                tmp_path):
+  topics = _topics(make_topic)
+  outcome = rel.crash_restart(
+      broker.client_config(), broker.bootstrap_servers, topics, model_dir,
+      str(tmp_path / 'job.log'), n=20_000, rate=1000, kills=3, seed=2,
+      extra_args=['--dedup_horizon_s', '600'], scenario='crash/restart+dedup')
+  print('\n' + rel.HEADER + '\n' + outcome.row())
+  assert outcome.lost == 0, outcome
+  assert outcome.duplicates == 0, outcome
+  assert (outcome.exit_code, outcome.lag_after) == (0, 0), outcome
