@@ -27,8 +27,7 @@ or after ``--end_time`` (offsets_for_times): records are selected by their
 Kafka timestamp, which the producers set to the event time; nothing is
 committed.
 
-Locally (the FnApiRunner; add ``--direct_num_workers 2 --direct_running_mode
-multi_processing`` for one worker process per core):
+Locally the job runs on Beam's FnApiRunner in this process:
 
   python -m beam_jobs.backfill --input 'events/*.jsonl' \\
       --model_dir ./models_out/susy --output_path ./predictions \\
@@ -58,10 +57,14 @@ summary (counts from the pipeline's metrics, events/s). On runners whose
 ``run()`` returns at once (Dataflow), the launcher also polls the job's
 metrics at that interval.
 
-Measured on the 2-core development machine (bench/backfill_bench.py, 1M
-SUSY-like JSON events -> Parquet): see that file's docstring for the
-figures, including whether ``--direct_num_workers 2
---direct_running_mode multi_processing`` pays off.
+Local throughput (bench/backfill_bench.py, 1M SUSY-like JSON events ->
+Parquet, 2-core machine shared with other work): ~55-73k events/s in
+process; the figures and where the time goes are in that file's docstring.
+``--direct_num_workers 2 --direct_running_mode multi_processing`` (worker
+processes) was slower there, 37-44k events/s: every element between stages
+passes through the runner process over gRPC, and on two cores the runner
+competes with both workers. It can pay off with more cores than workers;
+measure before using it.
 """
 
 import contextlib
@@ -97,18 +100,6 @@ class BackfillOptions(PipelineOptions):
 
   @classmethod
   def _add_argparse_args(cls, parser):
-    # beam_jobs.ingest_examples defines --input too, with the same meaning
-    # (a glob of input files): Beam gives every PipelineOptions subclass
-    # one parser, where a second definition is an argparse error. Defined
-    # here only if that job's options were not registered first; the
-    # lasting fix is one shared definition in beam_jobs/options.py.
-    defined = parser._option_string_actions  # pylint: disable=protected-access
-    if '--input' not in defined:
-      parser.add_argument(
-          '--input', default=None,
-          help='Files to score: a path or glob, local or gs:// (e.g. '
-          '\'gs://b/events/*.jsonl.gz\'). Either this or --input_topic '
-          '(default: none).')
     parser.add_argument(
         '--file_format', choices=sources.FILE_FORMATS, default='auto',
         help='File format: auto (by the --input extension: .jsonl/.ndjson/'
@@ -168,11 +159,15 @@ def input_file_format(options: PipelineOptions) -> sources.FileFormat:
   job = options.view_as(BackfillOptions)
   events = options.view_as(opts.EventOptions)
   try:
-    return sources.resolve_file_format(job.input, job.file_format,
+    return sources.resolve_file_format(_input(options), job.file_format,
                                        events.input_format)
   except ValueError as e:
     raise ValueError(f'--input_format={events.input_format} with '
                      f'--file_format={job.file_format}: {e}') from None
+
+
+def _input(options: PipelineOptions):
+  return options.view_as(opts.FileInputOptions).input
 
 
 def default_event_time(options: PipelineOptions):
@@ -192,7 +187,7 @@ def validate(options: PipelineOptions) -> None:
   opts.validate_model(options.view_as(opts.ModelOptions))
   opts.window_spec(options.view_as(opts.WindowOptions))
   schema = opts.event_schema(events)
-  if bool(job.input) == bool(kafka.input_topic):
+  if bool(_input(options)) == bool(kafka.input_topic):
     raise ValueError('set exactly one input: --input (files) or '
                      '--input_topic (a Kafka range with --start_time and '
                      '--end_time)')
@@ -206,7 +201,7 @@ def validate(options: PipelineOptions) -> None:
   if job.progress_interval_s < 0:
     raise ValueError(f'--progress_interval_s must be >= 0, got '
                      f'{job.progress_interval_s}')
-  if job.input:
+  if _input(options):
     for flag in ('start_time', 'end_time'):
       if getattr(job, flag) is not None:
         raise ValueError(f'--{flag} is for a Kafka range (--input_topic), '
@@ -279,12 +274,12 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
   schema = opts.event_schema(events)
   run_id = uuid.uuid4().hex
   interval = job.progress_interval_s
-  if job.input:
+  if _input(options):
     file_format = input_file_format(options)
     header = 1 if (file_format.payload_format == 'csv' and
                    schema.csv_header) else 0
     records = p | 'ReadFiles' >> sources.ReadFileChunks(
-        job.input, file_format.kind, chunk_records=job.chunk_records,
+        _input(options), file_format.kind, chunk_records=job.chunk_records,
         split_bytes=max(1, int(job.split_mb * (1 << 20))),
         skip_header_lines=header, default_time=default_event_time(options))
     payload_format = file_format.payload_format
@@ -325,14 +320,14 @@ def preflight(options: PipelineOptions) -> str:
   job = options.view_as(BackfillOptions)
   kafka = options.view_as(opts.KafkaOptions)
   described = scoring.model_handler(options).validate()
-  if job.input:
+  if _input(options):
     from apache_beam.io.filesystems import FileSystems
     try:
-      matched = FileSystems.match([job.input])[0].metadata_list
+      matched = FileSystems.match([_input(options)])[0].metadata_list
     except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f'--input {job.input}: cannot list: {e}') from e
+      raise ValueError(f'--input {_input(options)}: cannot list: {e}') from e
     if not matched:
-      raise ValueError(f'--input {job.input} matches no files')
+      raise ValueError(f'--input {_input(options)} matches no files')
     _LOGGER.info('backfill: %d input files, %.1f MB', len(matched),
                  sum(m.size_in_bytes for m in matched) / 1e6)
   topics = [t for t in (kafka.input_topic, kafka.output_topic,
@@ -410,7 +405,7 @@ def run(argv: Optional[list[str]] = None, *, block: bool = True):
   kafka = options.view_as(opts.KafkaOptions)
   sinks = options.view_as(opts.SinkOptions)
   engine = engine_lib.select_engine(options)
-  source = (job.input if job.input else
+  source = (_input(options) if _input(options) else
             f'{kafka.input_topic} [{job.start_time}, {job.end_time})')
   _LOGGER.info('backfill: reading %s, model %s, predictions -> %s, dead '
                'letters -> %s, engine %s', source, described,

@@ -67,7 +67,6 @@ from typing import Any, NamedTuple, Optional
 import apache_beam as beam
 import numpy as np
 from apache_beam import pvalue
-from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -82,7 +81,8 @@ from beam_jobs.score_stream import client_config
 from models import examples_io
 from transforms import dead_letters as dl
 from transforms import parse as parse_lib
-from transforms.events import EventBatch, RawRecord
+from transforms import sources
+from transforms.events import EventBatch
 from transforms.kafka import StopAt, admin, offsets
 from transforms.kafka import xlang
 from transforms.parse import ParseEvents
@@ -121,10 +121,6 @@ class IngestExamplesOptions(PipelineOptions):
 
   @classmethod
   def _add_argparse_args(cls, parser):
-    parser.add_argument(
-        '--input', default=None,
-        help='Glob of JSON-lines event files, local or gs:// (.gz read '
-        'transparently); instead of --input_topic (default: none).')
     parser.add_argument(
         '--output', default=None,
         help='Data root: the span is written to <output>/span-<N>/, local '
@@ -225,22 +221,35 @@ def bucket_table(splits: list[tuple[str, int]]) -> list[int]:
   return table
 
 
+def _list_below(pattern: str) -> list[str]:
+  """Paths matching ``pattern`` through Beam's FileSystems (so gs:// uses
+  the configured credentials or emulator). Raises ValueError, naming
+  --output, when listing fails: a silent "nothing there" would pick a span
+  that exists."""
+  try:
+    return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'--output: cannot list {pattern}: {e}') from e
+
+
 def _span_numbers(root: str) -> list[int]:
   """Every span directory under ``root``, complete or not."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  if not tf.io.gfile.isdir(root):
-    return []
-  spans = []
-  for name in tf.io.gfile.listdir(root):
-    match = _SPAN_DIR_RE.match(name)
+  base = root.rstrip('/')
+  # Local globs match the directories themselves; object stores have no
+  # directories, only the files below them.
+  paths = _list_below(f'{base}/span-*') + _list_below(f'{base}/span-*/*')
+  spans = set()
+  for path in paths:
+    rest = path[len(base):].lstrip('/').split('/', 1)[0]
+    match = _SPAN_DIR_RE.match(rest)
     if match:
-      spans.append(int(match.group(1)))
+      spans.add(int(match.group(1)))
   return sorted(spans)
 
 
 def _dir_exists(path: str) -> bool:
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  return tf.io.gfile.exists(path)
+  base = path.rstrip('/')
+  return FileSystems.exists(base) or bool(_list_below(f'{base}/*'))
 
 
 def next_span(root: str) -> int:
@@ -278,6 +287,11 @@ def _stop(options: PipelineOptions) -> StopAt:
   return StopAt.end_offsets()
 
 
+def _input(options: PipelineOptions):
+  """--input (files), or None for a Kafka input."""
+  return options.view_as(opts.FileInputOptions).input
+
+
 def consumer_group(options: PipelineOptions) -> str:
   """The group this job reads with: never the scoring job's by default."""
   group = options.view_as(opts.KafkaOptions).consumer_group
@@ -294,7 +308,7 @@ def validate(options: PipelineOptions) -> None:
   bounded = options.view_as(opts.BoundedRunOptions)
   if not job.output:
     raise ValueError('--output is required (the data root)')
-  if bool(job.input) == bool(kafka.input_topic):
+  if bool(_input(options)) == bool(kafka.input_topic):
     raise ValueError('set exactly one of --input (files) and --input_topic '
                      '(Kafka)')
   schema = opts.event_schema(events)
@@ -315,7 +329,7 @@ def validate(options: PipelineOptions) -> None:
     if value:
       raise ValueError(f'{flag} is a scoring-job flag; this job writes '
                        f'examples to --output')
-  if job.input:
+  if _input(options):
     if events.input_format == 'avro':
       raise ValueError('--input reads text lines: use --input_format json '
                        'or csv (Avro needs --input_topic)')
@@ -327,11 +341,11 @@ def validate(options: PipelineOptions) -> None:
       raise ValueError(f'{stops[0]} is for --input_topic; --input reads '
                        f'whole files')
     try:
-      found = FileSystems.match([job.input])[0].metadata_list
+      found = FileSystems.match([_input(options)])[0].metadata_list
     except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f'--input {job.input}: {e}') from e
+      raise ValueError(f'--input {_input(options)}: {e}') from e
     if not found:
-      raise ValueError(f'--input {job.input} matches no files')
+      raise ValueError(f'--input {_input(options)} matches no files')
     return
   opts.validate_kafka(options)
   if events.input_format == 'avro' and not schema.avro_schema:
@@ -365,63 +379,6 @@ def _resolve_outputs(options: PipelineOptions) -> None:
 
 
 # --- Reading -----------------------------------------------------------------
-
-
-class _ReadLines(beam.DoFn):
-  """A matched file -> lists of RawRecord, one per non-empty line.
-
-  Positions are 1-based line numbers, the source ``file:<path>``; lists hold
-  up to ``chunk_lines`` records (elements are batches: NOTES.md).
-  """
-
-  def __init__(self, chunk_lines: int, skip_header: bool):
-    self._chunk = chunk_lines
-    self._skip_header = skip_header
-    self.lines = Metrics.counter(_NAMESPACE, 'lines_read')
-
-  def process(self, readable_file):
-    path = readable_file.metadata.path
-    source = f'file:{path}'
-    chunk = []
-    with readable_file.open() as handle:
-      number = 0
-      while True:
-        line = handle.readline()
-        if not line:
-          break
-        number += 1
-        if number == 1 and self._skip_header:
-          continue
-        payload = line.rstrip(b'\r\n')
-        if not payload.strip():
-          continue
-        chunk.append(RawRecord(source, number, payload))
-        if len(chunk) >= self._chunk:
-          self.lines.inc(len(chunk))
-          yield chunk
-          chunk = []
-    if chunk:
-      self.lines.inc(len(chunk))
-      yield chunk
-
-
-class ReadEventFiles(beam.PTransform):
-  """A file glob -> lists of RawRecord (one per line), for ParseEvents."""
-
-  def __init__(self, pattern: str, *, chunk_lines: int = 1000,
-               skip_header: bool = False):
-    super().__init__()
-    self._pattern = pattern
-    self._chunk = chunk_lines
-    self._skip_header = skip_header
-
-  def expand(self, pbegin):
-    return (pbegin
-            | 'MatchFiles' >> fileio.MatchFiles(self._pattern)
-            | 'ReadMatches' >> fileio.ReadMatches()
-            | 'ReshuffleFiles' >> beam.Reshuffle()
-            | 'ReadLines' >> beam.ParDo(_ReadLines(self._chunk,
-                                                   self._skip_header)))
 
 
 # --- Examples ----------------------------------------------------------------
@@ -696,9 +653,12 @@ class _FinishSpan(beam.DoFn):
     if doc['examples'] == 0:
       _LOGGER.warning('no examples (%d dead letters): span %d not written',
                       dead_count, self._span)
-      import tensorflow as tf  # pylint: disable=import-outside-toplevel
-      if tf.io.gfile.exists(directory):
-        tf.io.gfile.rmtree(directory)
+      if _dir_exists(directory):
+        base = directory.rstrip('/')
+        # A local directory is deleted as a tree; on object stores a
+        # trailing slash deletes every object below the prefix.
+        FileSystems.delete(
+            [base if FileSystems.get_scheme(base) is None else base + '/'])
       yield {'span': self._span, 'span_dir': None, 'statistics': doc}
       return
     _write_json(posixpath.join(directory, STATISTICS_FILE), doc)
@@ -744,10 +704,11 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
   splits = parse_splits(job.splits)
   span_directory = examples_io.span_dir(job.output, job.span)
 
-  if job.input:
-    records = p | 'ReadEventFiles' >> ReadEventFiles(
-        job.input, chunk_lines=kafka.read_batch_records,
-        skip_header=events.input_format == 'csv' and schema.csv_header)
+  if _input(options):
+    header = 1 if events.input_format == 'csv' and schema.csv_header else 0
+    records = p | 'ReadEventFiles' >> sources.ReadFileChunks(
+        _input(options), sources.LINES,
+        chunk_records=kafka.read_batch_records, skip_header_lines=header)
   else:
     parser = parse_lib.RecordParser(
         schema, events.input_format,
@@ -840,7 +801,7 @@ def run(argv: Optional[list[str]] = None) -> IngestRun:
   _LOGGER.info(
       'ingest_examples: %s -> %s (splits %s by %s), dead letters -> %s, '
       'engine %s',
-      job.input or f'{kafka.input_topic} at {opts.bootstrap_servers(options)}'
+      _input(options) or f'{kafka.input_topic} at {opts.bootstrap_servers(options)}'
       f' (group {consumer_group(options)}, start {kafka.start}, stop '
       f'{_stop(options)})',
       examples_io.span_dir(job.output, job.span), job.splits, job.split_by,
@@ -851,7 +812,9 @@ def run(argv: Optional[list[str]] = None) -> IngestRun:
   result = p.run()
   result.wait_until_finish()
   directory = examples_io.span_dir(job.output, job.span)
-  complete = job.span in examples_io.list_spans(job.output)
+  # The schema file is written last: its presence marks a complete span.
+  complete = FileSystems.exists(
+      posixpath.join(directory, examples_io.SCHEMA_FILE))
   return IngestRun(result, job.span, directory if complete else None)
 
 

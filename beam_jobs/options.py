@@ -154,6 +154,18 @@ class ModelOptions(PipelineOptions):
                         help='Most rows per model call (default: 4096).')
 
 
+class FileInputOptions(PipelineOptions):
+  """Files as the input of a batch job (backfill, ingest_examples)."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--input', default=None,
+        help='Files to read: a path or glob, local or gs:// (e.g. '
+        '\'gs://b/events/*.jsonl.gz\'); compressed files are read by their '
+        'extension. Instead of --input_topic (default: none).')
+
+
 class BoundedRunOptions(PipelineOptions):
   """Stop conditions for tests and demos."""
 

@@ -191,6 +191,7 @@ class _ReportProgressFn(beam.DoFn):
     self._run_id = run_id
     self._interval_s = interval_s
     self._counter = Metrics.counter(PROGRESS_NAMESPACE, kind)
+    self._by_reason: dict = {}
     self._log = None
 
   def setup(self):
@@ -203,8 +204,12 @@ class _ReportProgressFn(beam.DoFn):
     if self._log is not None:
       self._log.add(self._kind, n)
     if self._kind == DEAD:
-      Metrics.counter(PROGRESS_NAMESPACE,
-                      f'dead_letters_{element.stage}_{element.reason}').inc()
+      name = f'dead_letters_{element.stage}_{element.reason}'
+      counter = self._by_reason.get(name)
+      if counter is None:
+        counter = self._by_reason[name] = Metrics.counter(PROGRESS_NAMESPACE,
+                                                          name)
+      counter.inc()
     yield element
 
 

@@ -1,9 +1,8 @@
 """The backfill job over files: every input format, end to end, with a real
 SavedModel; and bad flags failing before anything runs.
 
-beam_jobs.backfill is imported inside the tests: beam_jobs.ingest_examples
-defines --input too, and the backfill only skips its own definition when
-that job's options were registered first (see BackfillOptions).
+The backfill and ingest_examples jobs share --input (beam_jobs.options.
+FileInputOptions); test_both_jobs_import_together checks they coexist.
 """
 
 import collections
@@ -316,3 +315,17 @@ def test_missing_model_fails_before_reading(backfill, tmp_path):
                   str(tmp_path / 'out'), '--dead_letter_path',
                   str(tmp_path / 'dlq')])
   assert not os.path.exists(tmp_path / 'out')
+
+
+def test_both_jobs_import_together():
+  # Beam parses every PipelineOptions subclass with one parser: a flag
+  # defined by two jobs is an argparse conflict in any process importing both.
+  from apache_beam.options.pipeline_options import PipelineOptions
+  from beam_jobs import backfill, ingest_examples  # pylint: disable=unused-import
+  from beam_jobs import options as opts
+  options = PipelineOptions(['--input', 'a/*.jsonl', '--file_format', 'jsonl',
+                             '--splits', 'train:3,eval:1'])
+  assert options.view_as(opts.FileInputOptions).input == 'a/*.jsonl'
+  assert options.view_as(backfill.BackfillOptions).file_format == 'jsonl'
+  assert options.view_as(
+      ingest_examples.IngestExamplesOptions).splits == 'train:3,eval:1'

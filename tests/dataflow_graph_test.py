@@ -628,23 +628,6 @@ def mf_batch(rows):
 # under the same guard, and the result read back.
 
 
-def _fs_span_numbers(root: str) -> list[int]:
-  """ingest_examples._span_numbers through Beam's FileSystems.
-
-  The job lists --output with tf.io.gfile at construction; TensorFlow's own
-  GCS client does not use the emulator and its C++ requests are invisible
-  to the guard, so the builds here list through FileSystems (the change
-  docs/operations.md proposes for the job)."""
-  from apache_beam.io.filesystems import FileSystems
-  try:
-    found = FileSystems.match([root.rstrip('/') + '/span-*/**'])[0]
-  except Exception:  # pylint: disable=broad-except
-    return []
-  spans = {int(m.group(1)) for m in (
-      re.search(r'/span-(\d+)/', f.path) for f in found.metadata_list) if m}
-  return sorted(spans)
-
-
 def build_in_subprocess(job: str, argv: list[str], gcs, tmp_path) -> BuiltJob:
   out = tmp_path / f'{job}-build'
   result = subprocess.run(
@@ -667,8 +650,6 @@ def _build_main(args: list[str]) -> None:
   auth._Credentials._credentials = None  # pylint: disable=protected-access
   _, job, out, bucket, *argv = args
   module = importlib.import_module(f'beam_jobs.{job}')
-  if hasattr(module, '_span_numbers'):
-    module._span_numbers = _fs_span_numbers  # pylint: disable=protected-access
   built = build_on_emulator(module, argv, GcsEmulator('', bucket, ''))
   out = pathlib.Path(out)
   (out / 'staged').mkdir(parents=True)

@@ -233,3 +233,64 @@ def test_mixed_field_sets_and_sources_in_one_chunk():
   assert outcome(batches, dead) == reference_outcome(p, records)
   for b in batches:
     assert b.positions.tolist() == sorted(b.positions.tolist())
+
+
+# --- all-float CSV chunks (the UCI SUSY file) ---------------------------------
+
+
+@st.composite
+def csv_lines(draw):
+  """Mostly plain numeric SUSY lines, some with odd numerals or shapes."""
+  width = 1 + len(susy.FEATURE_NAMES)
+  token = st.one_of(
+      st.floats(allow_nan=False, allow_infinity=False).map(repr),
+      st.floats(-1e6, 1e6).map(lambda x: '%.18e' % x),
+      st.text('0123456789eE+-.', min_size=0, max_size=6),
+      st.sampled_from(['nan', 'inf', '1_0', ' 1', '"1"', '', '1e999',
+                       '.5', '5.', '-0', '+1e-5', '1e', '--1']))
+  lines = []
+  for _ in range(draw(st.integers(1, 25))):
+    values = ['%.18e' % draw(st.floats(-1e3, 1e3)) for _ in range(width)]
+    for _ in range(draw(st.integers(0, 1))):
+      values[draw(st.integers(0, width - 1))] = draw(token)
+    if draw(st.integers(0, 30)) == 0:
+      values = values[:-1]
+    lines.append(','.join(values).encode())
+  return lines
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(csv_lines())
+def test_numeric_csv_chunks_equal_the_row_by_row_path(lines):
+  fast = parser(CSV, 'csv')
+  slow = parser(CSV, 'csv')
+  slow._numeric_csv = None  # pylint: disable=protected-access
+  records = [RawRecord('file:/d/SUSY.csv', i + 1, line, NOW - 60)
+             for i, line in enumerate(lines)]
+  got, want = outcome(*fast.parse(records)), outcome(*slow.parse(records))
+  assert got == want
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text('0123456789eE+-.', min_size=1, max_size=12))
+def test_arrow_and_python_read_plain_numerals_alike(text):
+  """The chunk parser's premise: on the characters it admits, Arrow's CSV
+  float parser accepts exactly what float() accepts, with the same value."""
+  import pyarrow as pa
+  from pyarrow import csv as pa_csv
+  try:
+    expected = float(text)
+  except ValueError:
+    expected = None
+  try:
+    table = pa_csv.read_csv(
+        pa.BufferReader(text.encode()),
+        read_options=pa_csv.ReadOptions(column_names=['x']),
+        convert_options=pa_csv.ConvertOptions(
+            column_types={'x': pa.float64()}))
+    got = table.column('x')[0].as_py()
+  except pa.ArrowInvalid:
+    got = None
+  assert got == expected or (got is not None and expected is not None and
+                             math.isnan(got) and math.isnan(expected))

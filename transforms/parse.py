@@ -81,6 +81,11 @@ _FAST_TYPES = {'float': frozenset((float, int)), 'int': frozenset((int,)),
                'string': frozenset((str,)), 'bool': frozenset((bool,))}
 
 
+# Bytes of the plain numeric CSV lines the chunk parser takes (newline: the
+# line separator it joins them with).
+_PLAIN_NUMERIC_CSV = b'0123456789eE+-.,\n'
+
+
 def _getter(names: Sequence[str]) -> Callable[[dict], tuple]:
   """doc -> tuple of the values of ``names`` (KeyError if one is absent)."""
   names = tuple(names)
@@ -171,7 +176,25 @@ class RecordParser:
     self._csv_columns = schema.columns
     self._init_caches()
 
+  def _numeric_csv_columns(self) -> Optional[dict]:
+    """For CSV schemas of float columns only, without id, time or key
+    fields (the UCI SUSY file): where each role's values are among the
+    columns. None for other schemas."""
+    s = self.schema
+    columns = list(self._csv_columns)
+    if (self.input_format != 'csv' or s.id_field or s.time_field or
+        s.key_field or set(columns) != set(self._all_names) or
+        len(columns) != len(self._all_names) or
+        any(self._types[c] != 'float' for c in columns)):
+      return None
+    index = {name: i for i, name in enumerate(columns)}
+    return {'names': columns,
+            'features': [index[n] for n in self._features],
+            'window': [index[n] for n in self._window_features],
+            'label': index.get(s.label_field) if s.label_field else None}
+
   def _init_caches(self) -> None:
+    self._numeric_csv = self._numeric_csv_columns()
     # Rows with these exact field sets take the fast path (see _Shape).
     self._shapes: list[_Shape] = []
     self._unshaped: set[frozenset] = set()
@@ -423,8 +446,67 @@ class RecordParser:
     now = self._now_fn()
     raws = [r if type(r) is RawRecord else _to_raw(r) for r in records]
     payloads = [r.payload for r in raws]
+    if self._numeric_csv is not None and raws:
+      parsed = self._parse_numeric_csv(raws, payloads, now, default_time)
+      if parsed is not None:
+        return parsed
     return self._assemble(raws, payloads, self._decode_all(payloads), now,
                           default_time, self._validate_record)
+
+  def _parse_numeric_csv(self, raws, payloads, now, default_time):
+    """A chunk of all-float CSV lines parsed in one go (pyarrow's C++ CSV
+    reader) when every line is plain: digits, signs, dots, exponents and
+    commas only, the right number of non-empty values, all finite, from
+    one source, every event time in range. Python's float() and Arrow's
+    parser both round correctly, so such lines give exactly the values
+    the row-by-row path gives (tests/parse_documents_test.py checks the
+    parsers agree). None: the chunk takes the general path."""
+    import pyarrow as pa  # pylint: disable=import-outside-toplevel
+    from pyarrow import csv as pa_csv  # pylint: disable=import-outside-toplevel
+    layout = self._numeric_csv
+    n = len(raws)
+    source = raws[0].source
+    if any(r.source != source for r in raws) or not all(payloads):
+      return None
+    if max(map(len, payloads)) > self._max_payload:
+      return None
+    block = b'\n'.join(payloads)
+    if block.translate(None, _PLAIN_NUMERIC_CSV):
+      return None
+    names = layout['names']
+    try:
+      table = pa_csv.read_csv(
+          pa.BufferReader(block),
+          read_options=pa_csv.ReadOptions(column_names=names,
+                                          use_threads=False,
+                                          block_size=len(block) + 1),
+          convert_options=pa_csv.ConvertOptions(
+              column_types={c: pa.float64() for c in names}))
+    except (pa.ArrowInvalid, pa.ArrowException):
+      return None
+    if table.num_rows != n or any(c.null_count for c in table.columns):
+      return None
+    matrix = np.column_stack([c.to_numpy() for c in table.columns])
+    times = np.asarray([
+        r.timestamp if r.timestamp is not None else
+        default_time if default_time is not None else now for r in raws],
+                       dtype=np.float64)
+    s = self.schema
+    if not (np.isfinite(matrix).all() and
+            ((times >= s.min_event_time) &
+             (times <= now + s.max_future_s)).all()):
+      return None  # the rows with a problem get their reasons row by row
+    label = layout['label']
+    dead: list[dl.DeadLetter] = []
+    batch = self._make_batch(
+        source, np.asarray([r.position for r in raws], dtype=np.int64),
+        payloads, [f'{source}@{r.position}' for r in raws], [''] * n, times,
+        matrix[:, layout['features']].astype(np.float32),
+        matrix[:, layout['window']].astype(np.float32),
+        matrix[:, label].copy() if label is not None else (
+            np.full(n, math.nan) if s.label_field else None),
+        [r.key for r in raws], now, dead)
+    return ([] if batch is None else [batch]), dead
 
   def parse_documents(self, documents: Iterable, *,
                       default_time: Optional[float] = None
@@ -520,13 +602,55 @@ class RecordParser:
           doc = None
         append(doc if type(doc) is dict else None)
       return docs
+    simple_csv = self._simple_csv() if self.input_format == 'csv' else None
     for payload in payloads:
+      if not payload or len(payload) > limit:
+        append(None)
+        continue
+      if simple_csv is not None:
+        doc = simple_csv(payload)
+        if doc is not None:
+          append(doc)
+          continue
       try:
-        append(self._decode(payload)
-               if payload and len(payload) <= limit else None)
+        append(self._decode(payload))
       except Exception:  # pylint: disable=broad-except
         append(None)
     return docs
+
+  def _simple_csv(self) -> Optional[Callable[[bytes], Optional[dict]]]:
+    """A decoder for the CSV lines csv.reader would split at every comma
+    (no quotes, no carriage returns), with only float, int and string
+    columns; None when the schema has other column kinds.
+
+    It returns what _decode_csv returns for such a line, or None where it
+    cannot be sure (an empty value: optional columns treat it as absent;
+    a value that does not convert: _decode_csv names the error).
+    """
+    kinds = [self._types[name] for name in self._csv_columns]
+    if not all(k in ('float', 'int', 'string') for k in kinds):
+      return None
+    names = self._csv_columns
+    width = len(names)
+    if all(k == 'float' for k in kinds):
+      convert = lambda values: map(float, values)
+    else:
+      funcs = [float if k == 'float' else int if k == 'int' else str
+               for k in kinds]
+      convert = lambda values: [f(v) for f, v in zip(funcs, values)]
+
+    def decode(payload: bytes) -> Optional[dict]:
+      if b'"' in payload or b'\r' in payload:
+        return None
+      try:
+        values = payload.decode('utf-8').rstrip('\n').split(',')
+        if len(values) != width or '' in values:
+          return None
+        return dict(zip(names, convert(values)))
+      except (UnicodeDecodeError, ValueError):
+        return None
+
+    return decode
 
   def _shape(self, doc: dict) -> Optional['_Shape']:
     keys = doc.keys()

@@ -32,8 +32,10 @@ elements in user state across bundles without a watermark hold is invisible
 to this check; the project's jobs do not buffer elements that way.
 """
 
+import collections
 import contextlib
 import logging
+import sys
 import threading
 import time
 import weakref
@@ -58,6 +60,7 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from transforms.kafka import admin
+from transforms.kafka.errors import RecoverableErrorLog, is_recoverable
 from transforms.kafka import config_refs
 from transforms.kafka import offsets as offsets_lib
 from transforms.kafka.read import (TS_FUNCTION, TS_PROCESSING_TIME,
@@ -77,13 +80,27 @@ DEFAULT_RECORDS_PER_CALL = 20_000
 DEFAULT_CALL_BUDGET_S = 0.2
 # Shortest interval between two offset commits.
 DEFAULT_COMMIT_INTERVAL_S = 1.0
+# Fingerprints kept per partition of the latest records read, to tell after
+# an out-of-range answer whether the broker still holds what was read.
+RECENT_FINGERPRINTS = 20_000
+
+
+# Client errors that mean "cannot reach the brokers right now".
+_UNREACHABLE_CODES = frozenset(
+    (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
+     KafkaError._TIMED_OUT, KafkaError._RESOLVE))
+
+
+def _fingerprint(message) -> int:
+  return hash((message.timestamp()[1], message.key(), message.value()))
 
 
 class _PartitionState:
   """Where one partition's read stands."""
 
   __slots__ = ('topic', 'partition', 'next_offset', 'stop_offset', 'done',
-               'caught_up', 'estimator', 'committed_next')
+               'caught_up', 'estimator', 'committed_next', 'recent',
+               'verify', 'verify_until')
 
   def __init__(self, r: offsets_lib.PartitionRange, max_delay_s: float,
                idle_timeout_s: float):
@@ -97,6 +114,13 @@ class _PartitionState:
         None, max_delay_s=max_delay_s, idle_timeout_s=idle_timeout_s)
     # Next offset already committed to the group (None: nothing yet).
     self.committed_next: Optional[int] = None
+    # (offset, fingerprint) of the latest records emitted.
+    self.recent: collections.deque = collections.deque(
+        maxlen=RECENT_FINGERPRINTS)
+    # While re-reading after an out-of-range answer: fingerprints of what
+    # was emitted below ``verify_until`` (see LocalKafkaReader._on_error).
+    self.verify: Optional[dict] = None
+    self.verify_until: Optional[int] = None
 
   @property
   def key(self) -> tuple[str, int]:
@@ -126,12 +150,18 @@ class LocalKafkaReader:
     self._closed = False
     self._stop_requested = threading.Event()
     self._last_commit = 0.0
+    # Wall time of the last "broker unreachable" report (0: none).
+    self._unreachable_at = 0.0
     self.records = Metrics.counter(_NAMESPACE, 'records')
     self.bytes = Metrics.counter(_NAMESPACE, 'bytes')
     self.out_of_range = Metrics.counter(_NAMESPACE, 'out_of_range_fetches')
     self.deleted_offsets = Metrics.counter(_NAMESPACE,
                                            'offsets_deleted_before_read')
+    self.log_truncations = Metrics.counter(_NAMESPACE, 'log_truncations')
     self.batch_sizes = Metrics.distribution(_NAMESPACE, 'consume_batch_size')
+    self.recoverable_errors = Metrics.counter(_NAMESPACE,
+                                              'recoverable_consumer_errors')
+    self._error_log = RecoverableErrorLog()
 
   # Lifecycle.
 
@@ -140,7 +170,8 @@ class LocalKafkaReader:
     config = config_refs.resolve(s['consumer_config'])
     partitions = admin.topic_partitions(config, s['topics'],
                                         s['metadata_timeout_s'])
-    self._consumer = Consumer(reader_config(config))
+    self._consumer = Consumer(dict(reader_config(config),
+                                   error_cb=self._on_client_error))
     stop = s['stop']
     if stop.kind == 'total':
       # Counted here, across partitions, in arrival order.
@@ -255,10 +286,16 @@ class LocalKafkaReader:
         offset = message.offset()
         if offset < p.next_offset:
           continue  # fetched before a re-seek; already emitted
+        fingerprint = _fingerprint(message)
+        if p.verify is not None:
+          if self._already_emitted(p, offset, fingerprint):
+            p.next_offset = offset + 1
+            continue
         if offset >= p.stop_offset:
           self._finish_partition(p)
           continue
         runs.setdefault(key, []).append(message)
+        p.recent.append((offset, fingerprint))
         p.next_offset = offset + 1
         p.caught_up = False
         if p.next_offset >= p.stop_offset:
@@ -283,10 +320,26 @@ class LocalKafkaReader:
         break
       timeout = 0
     now = time.time()
+    # While the brokers are unreachable (and for an idle timeout after the
+    # last report) no partition counts as idle: no records is no evidence
+    # then, and a watermark moving on with the clock would make the records
+    # that producers buffered during a broker restart late.
+    reachable = now - self._unreachable_at >= s['idle_timeout_s']
     for p in self._partitions.values():
       if not p.done:
-        p.estimator.record_activity(caught_up=p.caught_up, now=now)
+        p.estimator.record_activity(caught_up=p.caught_up and reachable,
+                                    now=now)
     return out
+
+  def _on_client_error(self, err) -> None:
+    """librdkafka's client-level errors (served inside consume())."""
+    if err.code() in _UNREACHABLE_CODES:
+      self._unreachable_at = time.time()
+    if is_recoverable(err):
+      self.recoverable_errors.inc()
+      self._error_log.log(err)
+    else:
+      _LOGGER.error('Kafka consumer: %s', err.str())
 
   def _on_error(self, p: _PartitionState, message, err) -> None:
     code = err.code()
@@ -301,10 +354,53 @@ class LocalKafkaReader:
       resume = recover_out_of_range(self._consumer, p.topic, p.partition,
                                     p.next_offset, err, self.out_of_range,
                                     self.deleted_offsets)
+      if resume == p.next_offset and p.recent and p.verify is None:
+        # The offset is still "in the log", but a broker that lost
+        # acknowledged writes (a restart without durable storage, an
+        # unclean leader election) hands out the lost offsets again to new
+        # records. Re-read what was read recently and compare: records
+        # that match are skipped, the first that differs and everything
+        # after it are read as new (nothing lost, nothing doubled).
+        p.verify = dict(p.recent)
+        p.verify_until = p.next_offset
+        resume = p.recent[0][0]
       p.next_offset = resume
-      self._consumer.seek(TopicPartition(p.topic, p.partition, resume))
+      # Not seek(): librdkafka refuses it (_STATE) for a partition whose
+      # fetcher stopped on the error; a new assignment restarts it.
+      self._reassign()
+      return
+    if is_recoverable(err):
+      # E.g. a broker restart: librdkafka reconnects by itself.
+      self.recoverable_errors.inc()
+      self._error_log.log(err)
       return
     raise KafkaException(err)
+
+  def _already_emitted(self, p: _PartitionState, offset: int,
+                       fingerprint: int) -> bool:
+    """While verifying: True for a record emitted before (skip it)."""
+    if offset >= p.verify_until:
+      p.verify = p.verify_until = None
+      return False
+    if p.verify.get(offset) == fingerprint:
+      return True
+    _LOGGER.warning(
+        '%s[%d]: the broker\'s record at offset %d is not the one read '
+        'before: it lost records that were read and reused their offsets '
+        '(e.g. a restart without durable writes). Offsets from %d on are '
+        'read again as new records.', p.topic, p.partition, offset, offset)
+    self.log_truncations.inc()
+    while p.recent and p.recent[-1][0] >= offset:
+      p.recent.pop()
+    p.verify = p.verify_until = None
+    return False
+
+  def _reassign(self) -> None:
+    """Assigns every unfinished partition at its next offset."""
+    self._consumer.assign([
+        TopicPartition(p.topic, p.partition, p.next_offset)
+        for p in self._partitions.values() if not p.done
+    ])
 
   def _finish_partition(self, p: _PartitionState) -> None:
     if p.done:
@@ -458,8 +554,11 @@ class LocalStreamingResult(PipelineResult):
   def _wait_inner(self) -> None:
     try:
       self._outcome['state'] = self._inner.wait_until_finish()
-    except BaseException as e:  # pylint: disable=broad-except
-      self._outcome['error'] = e
+    except:  # pylint: disable=bare-except
+      # Bare: librdkafka can raise KafkaError objects (not exceptions).
+      error = sys.exc_info()[1]
+      self._outcome['error'] = (error if isinstance(error, BaseException)
+                                else RuntimeError(str(error)))
     finally:
       self._finished.set()
 

@@ -44,6 +44,7 @@ from confluent_kafka import (Consumer, KafkaError, KafkaException, Message,
                              TopicPartition)
 
 from transforms.kafka import admin
+from transforms.kafka.errors import RecoverableErrorLog, is_recoverable
 from transforms.kafka import config_refs
 from transforms.kafka import offsets as offsets_lib
 from transforms.kafka.offsets import PartitionRange, StopAt
@@ -383,6 +384,9 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
     self.deleted_offsets = Metrics.counter(_NAMESPACE,
                                            'offsets_deleted_before_read')
     self.batch_sizes = Metrics.distribution(_NAMESPACE, 'consume_batch_size')
+    self.recoverable_errors = Metrics.counter(_NAMESPACE,
+                                              'recoverable_consumer_errors')
+    self._error_log = RecoverableErrorLog()
 
   def process(self,
               element: PartitionRange,
@@ -514,6 +518,10 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
             self._out_of_range(consumer, topic, partition, next_offset, err)
             repositioned = True
             break
+          elif is_recoverable(err):
+            # E.g. a broker restart: librdkafka reconnects by itself.
+            self.recoverable_errors.inc()
+            self._error_log.log(err)
           else:
             raise KafkaException(err)
           begin = end + 1

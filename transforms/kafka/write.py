@@ -1,6 +1,7 @@
 """WriteToKafka: asynchronous, idempotent produce that fails the bundle on loss."""
 
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -8,7 +9,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, Producer
 
 from transforms.kafka import config_refs
 
@@ -103,6 +104,13 @@ def _evict_idle_slots_locked(now: float) -> None:
     slot.producer.flush(0)
 
 
+def _discard_slot(transform_id: str) -> None:
+  """Forgets this thread's producer of a write (after a fatal error: a
+  fatal producer cannot be used again; the next setup builds a new one)."""
+  with _SLOTS_LOCK:
+    _SLOTS.pop((transform_id, threading.get_ident()), None)
+
+
 def _producer_slot(transform_id: str, config: dict) -> _ProducerSlot:
   key = (transform_id, threading.get_ident())
   with _SLOTS_LOCK:
@@ -146,6 +154,7 @@ class _ProduceFn(beam.DoFn):
     self._lock = threading.Lock()
     self._errors: list = []
     self._client_error: Optional[str] = None
+    self._fatal = False
     self._produced = 0
     self.written = Metrics.counter(_NAMESPACE, 'records_written')
     self.failed = Metrics.counter(_NAMESPACE, 'delivery_failures')
@@ -160,6 +169,9 @@ class _ProduceFn(beam.DoFn):
     self._producer = self._slot.producer
 
   def start_bundle(self):
+    if self._producer is None:
+      # The previous bundle's producer failed and was discarded.
+      self.setup()
     with self._lock:
       self._errors = []
       self._client_error = None
@@ -177,15 +189,55 @@ class _ProduceFn(beam.DoFn):
     with self._lock:
       self._client_error = err.str() if isinstance(err, KafkaError) else str(
           err)
+      if isinstance(err, KafkaError) and err.fatal():
+        # A fatal producer error (e.g. an idempotent producer whose sequence
+        # was rejected): every later record fails; replace the producer.
+        self._fatal = True
+
+  def _client_failure(self, e, doing: str):
+    """A KafkaDeliveryError (retried by the runner) for a client failure.
+
+    librdkafka can surface a fatal producer error (e.g. an idempotent
+    producer's sequence numbers rejected after a broker lost its producer
+    state) as a raised ``KafkaError`` object, which is not even a
+    BaseException subclass, or as a ``SystemError`` from a call that
+    "returned NULL"; either would kill the runner's worker thread instead of
+    failing the bundle. After any such
+    failure the producer is discarded, so the retry builds a fresh one: a
+    fatal producer refuses every later record, and a new producer costs one
+    connection.
+    """
+    err = e if isinstance(e, KafkaError) else (
+        e.args[0] if getattr(e, 'args', None) else None)
+    fatal = (isinstance(err, KafkaError) and err.fatal()) or self._fatal
+    self._drop_producer()
+    return KafkaDeliveryError(
+        f'{doing} failed ({"fatal" if fatal else "client error"}, producer '
+        f'replaced): {e}; the bundle will be retried')
+
+  def _drop_producer(self) -> None:
+    _discard_slot(self._transform_id)
+    self._slot = None
+    self._producer = None
+    self._fatal = False
 
   def process(self, element):
-    if self._batched:
-      for record in element:
-        self._produce(record)
-    else:
-      self._produce(element)
-    # Serve queued delivery reports (and make room in the local queue).
-    self._producer.poll(0)
+    try:
+      if self._batched:
+        for record in element:
+          self._produce(record)
+      else:
+        self._produce(element)
+      # Serve queued delivery reports (and make room in the local queue).
+      self._producer.poll(0)
+    except KafkaDeliveryError:
+      raise
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+      raise
+    except:  # pylint: disable=bare-except
+      # Bare on purpose: librdkafka raises fatal errors as KafkaError
+      # objects, which are not BaseException subclasses.
+      raise self._client_failure(sys.exc_info()[1], 'produce') from None
 
   def _produce(self, record) -> None:
     topic = self._topic(record) if callable(self._topic) else self._topic
@@ -203,15 +255,23 @@ class _ProduceFn(beam.DoFn):
       except BufferError:
         # Local queue full: serve delivery reports to make room, then retry.
         self._producer.poll(0.05)
-      except KafkaException as e:
-        raise KafkaDeliveryError(f'cannot produce to {topic!r}: {e}') from e
     self._produced += 1
 
   def finish_bundle(self):
-    remaining = self._producer.flush(self._flush_timeout_s)
+    try:
+      remaining = self._producer.flush(self._flush_timeout_s)
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+      raise
+    except:  # pylint: disable=bare-except
+      # Bare: fatal errors come as KafkaError objects (see process).
+      raise self._client_failure(sys.exc_info()[1], 'flush') from None
     with self._lock:
       errors = list(self._errors)
       client_error = self._client_error
+      fatal = self._fatal
+    if fatal:
+      raise self._client_failure(
+          KafkaDeliveryError(f'fatal producer error: {client_error}'), 'flush')
     brokers = self._config.get('bootstrap.servers')
     cause = f'; last client error: {client_error}' if client_error else ''
     if remaining:
@@ -231,7 +291,17 @@ class _ProduceFn(beam.DoFn):
 
   def teardown(self):
     if self._producer is not None:
-      left = self._producer.flush(min(self._flush_timeout_s, _TEARDOWN_FLUSH_S))
+      try:
+        left = self._producer.flush(
+            min(self._flush_timeout_s, _TEARDOWN_FLUSH_S))
+      except (KeyboardInterrupt, SystemExit):
+        raise
+      except:  # pylint: disable=bare-except
+        # Bare: fatal errors come as KafkaError objects (see process).
+        _LOGGER.warning('producer flush at teardown failed: %s',
+                        sys.exc_info()[1])
+        self._drop_producer()
+        return
       if left:
         _LOGGER.warning('%d record(s) of a failed bundle were still queued at '
                         'teardown; they are dropped (the bundle is retried)',

@@ -17,7 +17,7 @@ import time
 from typing import Optional
 
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from models import susy
 from transforms.kafka import admin
@@ -33,20 +33,28 @@ class Outcome:
   malformed: int
   scored: int          # distinct event ids with a prediction
   dead_lettered: int   # distinct dead-letter keys
-  lost: int            # produced ids with neither
+  lost: int            # ids on the input topic with neither
   duplicates: int      # predictions beyond one per id
   notes: str = ''
+  # Produced ids the input topic does not hold (lost by the producer or the
+  # broker, before the job could read them); not counted in ``lost``.
+  not_on_broker: int = 0
+  dead_reasons: Optional[dict] = None   # dead letters per stage/reason
+  # Ids whose output was on the output topics once and then lost by the
+  # broker (see OutputAuditor); not counted in ``lost``.
+  outputs_lost_by_broker: int = 0
   exit_code: Optional[int] = None   # of the last, gracefully stopped run
   lag_after: Optional[int] = None   # consumer lag after it
 
   def row(self) -> str:
     return (f'{self.scenario:34} {self.produced:>8} {self.scored:>8} '
-            f'{self.dead_lettered:>6} {self.lost:>5} {self.duplicates:>6}  '
+            f'{self.dead_lettered:>6} {self.lost:>5} {self.duplicates:>6} '
+            f'{self.not_on_broker:>6} {self.outputs_lost_by_broker:>5}  '
             f'{self.notes}')
 
 
 HEADER = (f'{"scenario":34} {"in":>8} {"scored":>8} {"dead":>6} {"lost":>5} '
-          f'{"dups":>6}  notes')
+          f'{"dups":>6} {"!in":>6} {"!out":>5}  notes')
 
 
 class SteadyProducer(threading.Thread):
@@ -113,9 +121,14 @@ class JobProcess:
     self.proc.wait(30)
 
   def stop_gracefully(self, timeout_s: float = 120) -> int:
-    """SIGINT: the job stops reading, drains, commits and exits."""
+    """SIGINT: the job stops reading, drains, commits and exits. A job that
+    does not exit in time is killed; its exit code is then -SIGKILL."""
     self.proc.send_signal(signal.SIGINT)
-    return self.proc.wait(timeout_s)
+    try:
+      return self.proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+      self.kill()
+      return self.proc.returncode
 
   def alive(self) -> bool:
     return self.proc is not None and self.proc.poll() is None
@@ -173,18 +186,92 @@ def read_all(config: dict, topic: str) -> list:
   return out
 
 
+def _dead_letter_reason(message) -> str:
+  """stage/reason from a dead-letter record's headers (its value is the
+  original bytes)."""
+  headers = dict(message.headers() or [])
+  return (f'{headers.get("dlq.stage", b"?").decode()}/'
+          f'{headers.get("dlq.reason", b"?").decode()}')
+
+
+class OutputAuditor(threading.Thread):
+  """Reads the output and dead-letter topics while a scenario runs and
+  remembers every event id it ever saw there.
+
+  A broker that loses acknowledged writes when it restarts (noida loses
+  its last ~100 ms: docs/operations.md) also loses outputs the job wrote
+  and committed correctly. The audit separates those from outputs the job
+  never wrote. After an out-of-range answer (the log got shorter) it
+  re-reads the topics from the start; the sets absorb the repeats.
+  """
+
+  def __init__(self, config: dict, topics: dict):
+    super().__init__(daemon=True)
+    self._config = config
+    self._topics = [topics['out'], topics['dlq']]
+    self._dlq = topics['dlq']
+    self.seen_out: set[str] = set()
+    self.seen_dead: set[str] = set()
+    self._halt = threading.Event()
+
+  def _assign_from_start(self, consumer) -> None:
+    parts = []
+    for topic in self._topics:
+      for p in admin.end_offsets(self._config, topic):
+        parts.append(TopicPartition(topic, p, 0))
+    consumer.assign(parts)
+
+  def run(self):
+    consumer = Consumer(dict(self._config, **{
+        'group.id': f'audit-{random.random()}', 'enable.auto.commit': False,
+        'auto.offset.reset': 'error', 'fetch.wait.max.ms': 10}))
+    try:
+      self._assign_from_start(consumer)
+      while not self._halt.is_set():
+        for m in consumer.consume(num_messages=2000, timeout=0.2):
+          err = m.error()
+          if err is not None:
+            if err.code() == KafkaError._AUTO_OFFSET_RESET:
+              self._assign_from_start(consumer)
+            continue
+          if m.topic() == self._dlq:
+            self.seen_dead.add(m.key().decode('utf-8', 'replace'))
+          else:
+            self.seen_out.add(orjson.loads(m.value())['event_id'])
+    finally:
+      consumer.close()
+
+  def stop(self) -> None:
+    self._halt.set()
+    self.join(30)
+
+
 def account(scenario: str, config: dict, topics: dict, produced: int,
-            malformed_ids: set, notes: str = '') -> Outcome:
+            malformed_ids: set, notes: str = '',
+            auditor: Optional[OutputAuditor] = None) -> Outcome:
   predictions = collections.Counter(
       orjson.loads(m.value())['event_id'] for m in read_all(config,
                                                            topics['out']))
-  dead = {m.key().decode('utf-8', 'replace')
-          for m in read_all(config, topics['dlq'])}
+  dead_records = read_all(config, topics['dlq'])
+  dead = {m.key().decode('utf-8', 'replace') for m in dead_records}
+  reasons = collections.Counter(
+      _dead_letter_reason(m) for m in dead_records)
   ids = {f'e{i}' for i in range(produced)}
-  lost = len(ids - set(predictions) - dead)
+  on_topic = {m.key().decode('utf-8', 'replace')
+              for m in read_all(config, topics['in'])}
+  written = set(predictions) | dead
+  lost_by_broker = 0
+  if auditor is not None:
+    seen = auditor.seen_out | auditor.seen_dead
+    lost_by_broker = len((seen - written) & ids)
+    written |= seen
+  lost = len((ids & on_topic) - written)
   return Outcome(scenario, produced, len(malformed_ids), len(predictions),
                  len(dead), lost,
-                 sum(c - 1 for c in predictions.values() if c > 1), notes)
+                 sum(c - 1 for c in predictions.values() if c > 1), notes,
+                 not_on_broker=len(ids - on_topic),
+                 dead_reasons=dict(reasons),
+                 outputs_lost_by_broker=lost_by_broker)
 
 
 def consumer_lag(config: dict, group: str, topic: str) -> int:
@@ -202,6 +289,20 @@ def wait_for_zero_lag(config: dict, group: str, topic: str,
     if consumer_lag(config, group, topic) == 0:
       return
     time.sleep(1.0)
+
+
+def _wait_for_zero_lag_while_alive(job: 'JobProcess', config: dict,
+                                   group: str, topic: str,
+                                   timeout_s: float) -> bool:
+  """Like wait_for_zero_lag; False as soon as the job process has died."""
+  deadline = time.monotonic() + timeout_s
+  while time.monotonic() < deadline:
+    if not job.alive():
+      return False
+    if consumer_lag(config, group, topic) == 0:
+      return True
+    time.sleep(1.0)
+  return job.alive()
 
 
 def crash_restart(config: dict, bootstrap: str, topics: dict, model_dir: str,
@@ -238,3 +339,86 @@ def crash_restart(config: dict, bootstrap: str, topics: dict, model_dir: str,
   outcome.lag_after = consumer_lag(config, group, topics['in'])
   outcome.notes += f'; final stop exit {code}, lag {outcome.lag_after}'
   return outcome
+
+
+def _diagnose(config: dict, topics: dict, produced: int, group: str) -> None:
+  """Prints where the ids without output sit in the input topic."""
+  outs = {orjson.loads(m.value())['event_id']
+          for m in read_all(config, topics['out'])}
+  dead = {m.key().decode('utf-8', 'replace')
+          for m in read_all(config, topics['dlq'])}
+  inputs = read_all(config, topics['in'])
+  where = collections.defaultdict(list)
+  for m in inputs:
+    key = m.key().decode()
+    if key not in outs and key not in dead:
+      where[m.partition()].append(m.offset())
+  seen = collections.Counter(m.key().decode() for m in inputs)
+  print('input records', len(inputs), 'distinct', len(seen),
+        'dup keys on input', sum(c - 1 for c in seen.values() if c > 1))
+  missing = {f'e{i}' for i in range(produced)} - set(seen)
+  print('not on input (sample)', sorted(missing)[:20])
+  for part, offs in sorted(where.items()):
+    print(f'partition {part}: {len(offs)} without output, offsets '
+          f'{offs[:5]}..{offs[-5:]}')
+  print('end offsets', admin.end_offsets(config, topics['in']),
+        'committed', admin.committed_offsets(config, group, topics['in']))
+
+
+def broker_restart(model_dir: str, log_path: str, work_dir: str, *, n: int,
+                   rate: float, down_s: float, kind: str = 'noida'
+                   ) -> Outcome:
+  """A broker restart mid-stream: the job and the producer keep running
+  while the broker stops for ``down_s`` seconds and comes back on the same
+  port and data directory."""
+  from beam_jobs import local_broker
+  data_dir = os.path.join(work_dir, 'broker-data')
+  broker = local_broker.start(kind, data_dir=data_dir)
+  config = broker.client_config(log_level=0)
+  topics = {'in': 'restart-in', 'out': 'restart-out', 'dlq': 'restart-dlq'}
+  try:
+    for name, topic in topics.items():
+      admin.create_topic(config, topic, 4 if name == 'in' else 1,
+                         config={'retention.ms': '-1'})
+    group = 'g-restart'
+    job = JobProcess(job_args(broker.bootstrap_servers, topics, model_dir,
+                              group, config), log_path)
+    job.start()
+    job.wait_until_reading()
+    auditor = OutputAuditor(config, topics)
+    auditor.start()
+    producer = SteadyProducer(config, topics['in'], n, rate,
+                              malformed_fraction=0.01)
+    producer.start()
+    time.sleep(n / rate / 3)
+    down_at = time.strftime('%X')
+    local_broker.stop(broker)
+    time.sleep(down_s)
+    broker = local_broker.start(kind, port=broker.port, data_dir=data_dir)
+    producer.join()
+    rode_through = _wait_for_zero_lag_while_alive(job, config, group,
+                                                  topics['in'], 180)
+    how = 'rode through'
+    if not rode_through:
+      # The documented alternative: the job failed; a restart resumes from
+      # the committed offsets, and nothing may be lost.
+      how = f'failed (exit {job.proc.poll()}), restarted and resumed'
+      job.start()
+      job.wait_until_reading()
+      wait_for_zero_lag(config, group, topics['in'], timeout_s=180)
+    code = job.stop_gracefully()
+    time.sleep(1.0)  # the auditor's last fetch
+    auditor.stop()
+    outcome = account(f'broker restart ({kind}, {down_s:.0f} s down)',
+                      config, topics, producer.produced,
+                      producer.malformed_ids, auditor=auditor, notes=
+                      f'stopped at {down_at}; job {how}; final stop exit '
+                      f'{code}; producer delivery failures '
+                      f'{producer.failed}')
+    if os.environ.get('RELIABILITY_DIAGNOSE'):
+      _diagnose(config, topics, producer.produced, group)
+    outcome.exit_code = code
+    outcome.lag_after = consumer_lag(config, group, topics['in'])
+    return outcome
+  finally:
+    local_broker.stop(broker)
