@@ -44,7 +44,8 @@ class RateProducer(threading.Thread):
   """Produces SUSY-like events at a steady rate until stopped."""
 
   def __init__(self, client_config: dict, topic: str, rate: float, *,
-               malformed_fraction: float, seed: int = 7):
+               malformed_fraction: float, seed: int = 7,
+               start_index: int = 0):
     super().__init__(name='demo-producer', daemon=True)
     self._producer = Producer(dict(client_config, **{
         'linger.ms': 5, 'compression.type': 'lz4'}))
@@ -52,6 +53,8 @@ class RateProducer(threading.Thread):
     self._rate = rate
     self._malformed_fraction = malformed_fraction
     self._seed = seed
+    # Ids e<start_index>, e<start_index+1>, ...
+    self._start_index = start_index
     self._halt = threading.Event()
     self.produced = 0
     self.malformed = 0
@@ -63,9 +66,10 @@ class RateProducer(threading.Thread):
 
   def _events(self):
     """An endless deterministic stream, generated a chunk at a time."""
-    start_time = time.time()
+    # Event times are start_time + index / rate: the first event's is now.
+    start_time = time.time() - self._start_index / self._rate
     chunk = 10_000
-    for first in range(0, 10**12, chunk):
+    for first in range(self._start_index, 10**15, chunk):
       yield from susy.iter_encoded_events(
           chunk, seed=self._seed, start_index=first, start_time=start_time,
           rate=self._rate, malformed_fraction=self._malformed_fraction)

@@ -1,0 +1,419 @@
+"""The scoring job against its raw limits and the hand-written alternatives.
+
+In one run, on one broker and one model (issue: the streaming scoring job):
+
+1. raw consume: confluent-kafka ``consume(num_messages=...)`` over a backlog;
+2. raw model: the SavedModel signature on batches of ``--model_batch`` rows;
+3. hand-written loop: consume -> orjson parse -> batched predict -> produce
+   (what users glue together by hand; no windows, no dead letters);
+4. per-message loop: consume one -> parse -> predict one row -> produce
+   (the embedded-model / Kafka-ML style), over ``--per_message_events``;
+5. score_stream bounded (``--max_records``) over the same backlog;
+6. score_stream unbounded on the local streaming path: sustained rate while
+   it catches up with a backlog, then event->prediction latency (prediction
+   received - event time) at a steady ``--latency_rate`` events/s.
+
+Job rates are steady-state: outputs divided by the span from the first read
+to the last scoring time recorded in the output rows, so the ~5-10 s of
+process start, TensorFlow import and pipeline build are reported apart
+("wall").
+
+  python -m bench.score_stream_bench                 # embedded noida broker
+  python -m bench.score_stream_bench --events 300000 --latency_rate 5000
+  KAFKA_BOOTSTRAP_SERVERS=host:9092 python -m bench.score_stream_bench
+"""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from typing import Optional
+
+import numpy as np
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from beam_jobs import demo, local_broker
+from models import export, susy
+from models.handler import LoadedSignature
+from transforms.kafka import admin
+
+PARTITIONS = 4
+
+
+def _consumer(config: dict, topic: str) -> Consumer:
+  consumer = Consumer(dict(config, **{
+      'group.id': f'bench-{uuid.uuid4().hex[:8]}', 'enable.auto.commit': False,
+      'enable.partition.eof': False, 'fetch.queue.backoff.ms': 1}))
+  consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+  return consumer
+
+
+def produce_backlog(config: dict, topic: str, n: int, malformed: float) -> None:
+  """``n`` SUSY-like events with event times spread over the last n/5000 s."""
+  producer = Producer(dict(config, **{'linger.ms': 20,
+                                      'compression.type': 'lz4'}))
+  start = time.time() - n / 5000
+  for e in susy.iter_encoded_events(n, seed=11, start_time=start, rate=5000,
+                                    malformed_fraction=malformed):
+    while True:
+      try:
+        producer.produce(topic, key=e.key, value=e.value,
+                         timestamp=e.timestamp_ms)
+        break
+      except BufferError:
+        producer.poll(0.01)
+  producer.flush(120)
+
+
+def raw_consume(config: dict, topic: str, n: int) -> float:
+  consumer = _consumer(config, topic)
+  got, t0 = 0, None
+  while got < n:
+    batch = consumer.consume(num_messages=10_000, timeout=1.0)
+    if t0 is None and batch:
+      t0 = time.perf_counter()
+    got += sum(1 for m in batch if m.error() is None)
+  rate = got / (time.perf_counter() - t0)
+  consumer.close()
+  return rate
+
+
+def raw_model(model: LoadedSignature, batch: int, rows: int) -> float:
+  data = susy.generate(batch, seed=3).features.astype(np.float32)
+  model(data)  # warm-up: the first call traces
+  t0 = time.perf_counter()
+  done = 0
+  while done < rows:
+    model(data)
+    done += batch
+  return done / (time.perf_counter() - t0)
+
+
+def _features(doc: dict) -> Optional[list]:
+  try:
+    values = [float(doc[name]) for name in susy.FEATURE_NAMES]
+  except (KeyError, TypeError, ValueError):
+    return None
+  return values if all(np.isfinite(values)) else None
+
+
+def hand_loop(config: dict, topic: str, out_topic: str, n: int,
+              model: LoadedSignature, batch: int) -> float:
+  """consume -> parse -> batched predict -> produce, as users write it."""
+  consumer = _consumer(config, topic)
+  producer = Producer(dict(config, **{'linger.ms': 20}))
+  seen, t0 = 0, None
+  while seen < n:
+    messages = consumer.consume(num_messages=batch, timeout=1.0)
+    if t0 is None and messages:
+      t0 = time.perf_counter()
+    ids, rows = [], []
+    for m in messages:
+      if m.error() is not None:
+        continue
+      seen += 1
+      try:
+        doc = orjson.loads(m.value())
+      except orjson.JSONDecodeError:
+        continue
+      values = _features(doc) if isinstance(doc, dict) else None
+      if values is not None:
+        ids.append(m.key())
+        rows.append(values)
+    if rows:
+      scores = model(np.asarray(rows, dtype=np.float32))
+      for key, score in zip(ids, scores.tolist()):
+        while True:
+          try:
+            producer.produce(out_topic, key=key,
+                             value=orjson.dumps({'score': score}))
+            break
+          except BufferError:
+            producer.poll(0.01)
+      producer.poll(0)
+  producer.flush(60)
+  rate = seen / (time.perf_counter() - t0)
+  consumer.close()
+  return rate
+
+
+def per_message_loop(config: dict, topic: str, out_topic: str, n: int,
+                     model: LoadedSignature) -> float:
+  """One poll, one parse, one model call, one produce per message."""
+  consumer = _consumer(config, topic)
+  producer = Producer(config)
+  seen, t0 = 0, None
+  while seen < n:
+    m = consumer.poll(1.0)
+    if m is None or m.error() is not None:
+      continue
+    if t0 is None:
+      t0 = time.perf_counter()
+    seen += 1
+    try:
+      doc = orjson.loads(m.value())
+    except orjson.JSONDecodeError:
+      continue
+    values = _features(doc) if isinstance(doc, dict) else None
+    if values is None:
+      continue
+    score = float(model(np.asarray([values], dtype=np.float32))[0])
+    producer.produce(out_topic, key=m.key(), value=orjson.dumps(
+        {'score': score}))
+    producer.poll(0)
+  producer.flush(60)
+  rate = seen / (time.perf_counter() - t0)
+  consumer.close()
+  return rate
+
+
+def _job_args(bootstrap: str, config: dict, topics: dict, model_dir: str,
+              group: str) -> list[str]:
+  return [
+      sys.executable, '-m', 'beam_jobs.score_stream',
+      '--bootstrap_servers', bootstrap, '--input_topic', topics['in'],
+      '--output_topic', topics['out'], '--dead_letter_topic', topics['dlq'],
+      '--consumer_group', group, '--start', 'earliest',
+      '--model_dir', model_dir, '--window_size_s', '10',
+      '--idle_timeout_s', '2'] + [
+          f'--kafka_config={k}={v}' for k, v in config.items()
+          if k != 'bootstrap.servers']
+
+
+def _read_outputs(config: dict, topic: str, expected: int,
+                  timeout_s: float) -> list[dict]:
+  consumer = Consumer(dict(config, **{
+      'group.id': f'bench-{uuid.uuid4().hex[:8]}',
+      'enable.auto.commit': False}))
+  consumer.assign([TopicPartition(topic, p, 0)
+                   for p in admin.end_offsets(config, topic)])
+  rows, deadline = [], time.monotonic() + timeout_s
+  while len(rows) < expected and time.monotonic() < deadline:
+    for m in consumer.consume(num_messages=10_000, timeout=0.5):
+      if m.error() is None:
+        rows.append(orjson.loads(m.value()))
+  consumer.close()
+  return rows
+
+
+def _steady_rate(rows: list[dict], dead: int) -> float:
+  """(scored + dead-lettered) / (last scoring time - first read time)."""
+  first = min(r['read_time'] for r in rows)
+  last = max(r['scored_time'] for r in rows)
+  return (len(rows) + dead) / max(last - first, 1e-6)
+
+
+def job_bounded(config: dict, bootstrap: str, topics: dict, model_dir: str,
+                n: int, log) -> tuple[float, float, int]:
+  """score_stream --max_records n; returns (steady rate, wall rate, rows)."""
+  args = _job_args(bootstrap, config, topics, model_dir,
+                   f'bench-bounded-{uuid.uuid4().hex[:6]}')
+  t0 = time.perf_counter()
+  subprocess.run(args + ['--max_records', str(n)], check=True, stdout=log,
+                 stderr=log, timeout=1800)
+  wall = time.perf_counter() - t0
+  dead = sum(admin.end_offsets(config, topics['dlq']).values())
+  rows = _read_outputs(config, topics['out'], n - dead, 120)
+  return _steady_rate(rows, dead), n / wall, len(rows)
+
+
+def job_unbounded(config: dict, bootstrap: str, topics: dict,
+                  model_dir: str, n: int, latency_rate: float,
+                  latency_s: float, log) -> dict:
+  """The job unbounded: first a backlog of n, then a steady input rate."""
+  group = f'bench-unbounded-{uuid.uuid4().hex[:6]}'
+  watcher = demo.OutputWatcher(config, topics['out'], topics['dlq'])
+  watcher.start()
+  proc = subprocess.Popen(_job_args(bootstrap, config, topics, model_dir,
+                                    group), stdout=log, stderr=log)
+  try:
+    deadline = time.monotonic() + 1800
+    while time.monotonic() < deadline:
+      snap = watcher.snapshot()
+      if snap['scored'] + snap['dead'] >= n:
+        break
+      if proc.poll() is not None:
+        raise RuntimeError(f'score_stream exited with {proc.returncode}')
+      time.sleep(0.5)
+    with watcher._lock:  # pylint: disable=protected-access
+      watcher.latencies.clear()
+    backlog_dead = watcher.snapshot()['dead']
+    rows = _read_outputs(config, topics['out'], n - backlog_dead, 120)
+    backlog_rate = _steady_rate(rows, backlog_dead)
+    # Steady input: the backlog is scored; now a fixed rate, measured after
+    # a warm-up of a fifth of the time.
+    producer = demo.RateProducer(config, topics['in'], latency_rate,
+                                 malformed_fraction=0.01, seed=12,
+                                 start_index=10**9)
+    producer.start()
+    time.sleep(latency_s / 5)
+    with watcher._lock:  # pylint: disable=protected-access
+      watcher.latencies.clear()
+    measured_from = time.time()
+    time.sleep(latency_s * 4 / 5)
+    with watcher._lock:  # pylint: disable=protected-access
+      lat = np.asarray(watcher.latencies)
+    producer.stop()
+    stages = _stage_latencies(config, topics['out'], measured_from)
+  finally:
+    proc.send_signal(signal.SIGINT)
+    try:
+      proc.wait(120)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+    watcher.stop()
+  return {'backlog_rate': backlog_rate, 'latencies': lat,
+          'produced': producer.produced, 'stages': stages}
+
+
+def _stage_latencies(config: dict, topic: str, since: float) -> dict:
+  """Per-stage delays of the predictions of events after ``since``:
+  event time -> read, read -> scored, scored -> on the output topic
+  (the output record's create time, set when the job produced it)."""
+  consumer = Consumer(dict(config, **{
+      'group.id': f'bench-{uuid.uuid4().hex[:8]}',
+      'enable.auto.commit': False}))
+  ends = admin.end_offsets(config, topic)
+  consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+  left = dict(ends)
+  stages = {'event->read': [], 'read->scored': [], 'scored->produced': []}
+  deadline = time.monotonic() + 120
+  while any(v > 0 for v in left.values()) and time.monotonic() < deadline:
+    for m in consumer.consume(num_messages=10_000, timeout=0.5):
+      if m.error() is not None:
+        continue
+      left[m.partition()] = ends[m.partition()] - m.offset() - 1
+      row = orjson.loads(m.value())
+      if row['event_time'] < since:
+        continue
+      stages['event->read'].append(row['read_time'] - row['event_time'])
+      stages['read->scored'].append(row['scored_time'] - row['read_time'])
+      stages['scored->produced'].append(m.timestamp()[1] / 1000 -
+                                        row['scored_time'])
+  consumer.close()
+  return {k: np.asarray(v) for k, v in stages.items()}
+
+
+def _throughput_rows(args, config, bootstrap, topics, n, model, log,
+                     results) -> None:
+  shared = topics('shared')
+  produce_backlog(config, shared['in'], n, 0.01)
+  results.append(('raw consume (confluent-kafka, batches of 10k)',
+                  raw_consume(config, shared['in'], n), ''))
+  results.append((f'raw model (SavedModel signature, {args.model_batch} '
+                  f'rows/call)',
+                  raw_model(model, args.model_batch, 2_000_000), ''))
+  results.append(('hand loop: consume->parse->batch predict->produce',
+                  hand_loop(config, shared['in'], shared['out'], n, model,
+                            args.model_batch), 'no windows/dead letters'))
+  per_msg = per_message_loop(config, shared['in'], shared['dlq'],
+                             args.per_message_events, model)
+  results.append(('per-message loop: poll->parse->predict 1->produce',
+                  per_msg, f'{args.per_message_events} events'))
+  bounded = topics('bounded')
+  produce_backlog(config, bounded['in'], n, 0.01)
+  steady, wall, rows = job_bounded(config, bootstrap, bounded,
+                                   args.model_dir, n, log)
+  results.append(('score_stream bounded (--max_records, local engine)',
+                  steady, f'wall incl. startup {wall:,.0f}/s; {rows} '
+                  f'predictions'))
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--events', type=int, default=200_000,
+                      help='backlog size for the throughput rows '
+                      '(default: 200000)')
+  parser.add_argument('--per_message_events', type=int, default=10_000,
+                      help='events for the per-message loop (default: 10000)')
+  parser.add_argument('--model_batch', type=int, default=4096,
+                      help='rows per model call in the batched rows '
+                      '(default: 4096)')
+  parser.add_argument('--latency_rate', type=float, default=5000,
+                      help='events/s for the latency row (default: 5000)')
+  parser.add_argument('--latency_s', type=float, default=30,
+                      help='seconds of steady input (default: 30)')
+  parser.add_argument('--latency_only', action='store_true',
+                      help='only the unbounded job and its latency rows')
+  parser.add_argument('--broker_kind', choices=local_broker.KINDS,
+                      default='noida', help='embedded broker (default: noida)')
+  parser.add_argument('--model_dir', default=demo.DEFAULT_MODEL_DIR,
+                      help=f'model root; a demo model is trained if empty '
+                      f'(default: {demo.DEFAULT_MODEL_DIR})')
+  args = parser.parse_args(argv)
+
+  print(demo.ensure_demo_model(args.model_dir), flush=True)
+  version = export.latest_version(args.model_dir)
+  model = LoadedSignature(export.version_dir(args.model_dir, version), version,
+                          'serving_default', susy.FEATURE_NAMES, None)
+  broker = None
+  external = os.environ.get('KAFKA_BOOTSTRAP_SERVERS')
+  if external:
+    config = {'bootstrap.servers': external}
+  else:
+    broker = local_broker.start(args.broker_kind)
+    config = broker.client_config()
+  config['log_level'] = 0
+  bootstrap = config['bootstrap.servers']
+  run = uuid.uuid4().hex[:6]
+
+  def topics(name: str) -> dict:
+    t = {k: f'bench-{name}-{k}-{run}' for k in ('in', 'out', 'dlq')}
+    for kind, topic in t.items():
+      admin.create_topic(config, topic, PARTITIONS if kind == 'in' else 1,
+                         config={'retention.ms': '-1'})
+    return t
+
+  n = args.events
+  log = tempfile.NamedTemporaryFile('w', prefix='score-stream-bench-',
+                                    suffix='.log', delete=False)
+  results = []
+  try:
+    print(f'broker {bootstrap} ({"external" if external else broker.kind}); '
+          f'model version {version}; {n} events, 1% malformed; job logs in '
+          f'{log.name}', flush=True)
+    per_msg = float('nan')
+    if args.latency_only:
+      n = min(n, 20_000)
+    else:
+      _throughput_rows(args, config, bootstrap, topics, n, model, log,
+                       results)
+      per_msg = results[3][1]
+    unbounded = topics('unbounded')
+    produce_backlog(config, unbounded['in'], n, 0.01)
+    out = job_unbounded(config, bootstrap, unbounded, args.model_dir, n,
+                        args.latency_rate, args.latency_s, log)
+    results.append(('score_stream unbounded, catching up a backlog',
+                    out['backlog_rate'], ''))
+  finally:
+    if broker is not None:
+      local_broker.stop(broker)
+    log.close()
+
+  print(f'\n{"path":52} {"events/s":>10}  x per-message  notes')
+  for name, rate, note in results:
+    print(f'{name:52} {rate:10,.0f}  {rate / per_msg:12.1f}  {note}')
+  lat = out['latencies']
+  if len(lat):
+    print(f'\nlatency at {args.latency_rate:,.0f} events/s for '
+          f'{args.latency_s * 4 / 5:.0f} s (after {args.latency_s / 5:.0f} s '
+          f'warm-up), prediction received - event time, {len(lat)} '
+          f'predictions: p50 {np.percentile(lat, 50) * 1000:.0f} ms, p99 '
+          f'{np.percentile(lat, 99) * 1000:.0f} ms, max '
+          f'{lat.max() * 1000:.0f} ms')
+    for name, values in out['stages'].items():
+      if len(values):
+        print(f'  {name:18} p50 {np.percentile(values, 50) * 1000:6.0f} ms  '
+              f'p99 {np.percentile(values, 99) * 1000:6.0f} ms')
+  else:
+    print('\nlatency: no predictions arrived during the steady-rate phase')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
