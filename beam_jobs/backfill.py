@@ -67,9 +67,7 @@ competes with both workers. It can pay off with more cores than workers;
 measure before using it.
 """
 
-import contextlib
 import datetime
-import gc
 import logging
 import sys
 import threading
@@ -92,7 +90,6 @@ from transforms.output import output_columns
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_GC_GEN0_THRESHOLD = 50_000
 
 
 class BackfillOptions(PipelineOptions):
@@ -132,14 +129,6 @@ class BackfillOptions(PipelineOptions):
         help='Uncompressed line files larger than this many MiB are read '
         'in splits of about this size, in parallel (default: '
         f'{sources.DEFAULT_SPLIT_BYTES >> 20}).')
-    parser.add_argument(
-        '--gc_gen0_threshold', type=int, default=DEFAULT_GC_GEN0_THRESHOLD,
-        help='While a local run executes in this process: Python\'s '
-        'generation-0 garbage-collection threshold, with the objects '
-        'loaded before the run frozen (gc.freeze). Parsing allocates ~25 '
-        'objects per event; at Python\'s default (700) collections take '
-        '~20%% of a local backfill. 0 keeps Python\'s settings (default: '
-        f'{DEFAULT_GC_GEN0_THRESHOLD}).')
     parser.add_argument(
         '--progress_interval_s', type=float, default=10.0,
         help='Seconds between progress lines of each worker (and of the '
@@ -195,9 +184,9 @@ def validate(options: PipelineOptions) -> None:
     raise ValueError(f'--chunk_records must be >= 1, got {job.chunk_records}')
   if not job.split_mb > 0:
     raise ValueError(f'--split_mb must be > 0, got {job.split_mb}')
-  if job.gc_gen0_threshold < 0:
-    raise ValueError(f'--gc_gen0_threshold must be >= 0, got '
-                     f'{job.gc_gen0_threshold}')
+  threshold = options.view_as(opts.LocalTuningOptions).gc_gen0_threshold
+  if threshold < 0:
+    raise ValueError(f'--gc_gen0_threshold must be >= 0, got {threshold}')
   if job.progress_interval_s < 0:
     raise ValueError(f'--progress_interval_s must be >= 0, got '
                      f'{job.progress_interval_s}')
@@ -370,24 +359,6 @@ def _poll_progress(result, started: float, interval_s: float,
                  c[scoring.DEAD], c['events_per_s'])
 
 
-@contextlib.contextmanager
-def _tuned_gc(gen0_threshold: int):
-  """Fewer garbage collections while a local run executes in this process
-  (the FnApiRunner's workers are threads here); settings restored after.
-  Other runners' workers keep Python's settings."""
-  if not gen0_threshold:
-    yield
-    return
-  before = gc.get_threshold()
-  gc.freeze()  # what is loaded by now (TensorFlow, Beam) is never garbage
-  gc.set_threshold(gen0_threshold, before[1], before[2])
-  try:
-    yield
-  finally:
-    gc.set_threshold(*before)
-    gc.unfreeze()
-
-
 def run(argv: Optional[list[str]] = None, *, block: bool = True):
   """Parses flags, validates, checks model and inputs, runs the job.
 
@@ -414,7 +385,7 @@ def run(argv: Optional[list[str]] = None, *, block: bool = True):
   p = beam.Pipeline(runner=engine.runner, options=options)
   build_pipeline(p, options)
   started = time.monotonic()
-  with _tuned_gc(job.gc_gen0_threshold):
+  with opts.tuned_gc(options):
     result = p.run()
   if not block:
     return result

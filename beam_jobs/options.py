@@ -7,6 +7,8 @@ the default. ``validate_*`` functions reject bad values before a pipeline
 starts, with a ValueError that names the flag.
 """
 
+import contextlib
+import gc
 import os
 import re
 
@@ -164,6 +166,45 @@ class FileInputOptions(PipelineOptions):
         help='Files to read: a path or glob, local or gs:// (e.g. '
         '\'gs://b/events/*.jsonl.gz\'); compressed files are read by their '
         'extension. Instead of --input_topic (default: none).')
+
+
+DEFAULT_GC_GEN0_THRESHOLD = 50_000
+
+
+class LocalTuningOptions(PipelineOptions):
+  """Settings of a local run executing in this process."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--gc_gen0_threshold', type=int, default=DEFAULT_GC_GEN0_THRESHOLD,
+        help='While a local run executes in this process: Python\'s '
+        'generation-0 garbage-collection threshold, with the objects '
+        'loaded before the run frozen (gc.freeze). Parsing allocates ~25 '
+        'objects per event; at Python\'s default (700) collections take '
+        '~20%% of a local backfill and add pauses of hundreds of ms to '
+        'streaming latency. 0 keeps Python\'s settings (default: '
+        f'{DEFAULT_GC_GEN0_THRESHOLD}).')
+
+
+@contextlib.contextmanager
+def tuned_gc(options: PipelineOptions):
+  """Fewer garbage collections while a local run executes in this process
+  (the local engines' workers are threads here); settings restored after.
+  Other runners' workers keep Python's settings."""
+  threshold = options.view_as(LocalTuningOptions).gc_gen0_threshold
+  _check(threshold >= 0, f'--gc_gen0_threshold must be >= 0, got {threshold}')
+  if not threshold:
+    yield
+    return
+  before = gc.get_threshold()
+  gc.freeze()  # what is loaded by now (TensorFlow, Beam) is never garbage
+  gc.set_threshold(threshold, before[1], before[2])
+  try:
+    yield
+  finally:
+    gc.set_threshold(*before)
+    gc.unfreeze()
 
 
 class BoundedRunOptions(PipelineOptions):

@@ -88,6 +88,9 @@ def validate(options: PipelineOptions) -> None:
   opts.validate_model(options.view_as(opts.ModelOptions))
   opts.validate_bounded(options.view_as(opts.BoundedRunOptions))
   opts.window_spec(options.view_as(opts.WindowOptions))
+  threshold = options.view_as(opts.LocalTuningOptions).gc_gen0_threshold
+  if threshold < 0:
+    raise ValueError(f'--gc_gen0_threshold must be >= 0, got {threshold}')
   schema = opts.event_schema(options.view_as(opts.EventOptions))
   events = options.view_as(opts.EventOptions)
   if events.input_format == 'avro' and not schema.avro_schema:
@@ -193,10 +196,12 @@ def run(argv: Optional[list[str]] = None, *, block: bool = True):
       engine.name)
   p = beam.Pipeline(runner=engine.runner, options=options)
   build_pipeline(p, options)
-  result = p.run()
-  # A Dataflow streaming job runs until drained or cancelled: the launcher
-  # returns once it is submitted.
-  if block and not opts.is_dataflow(options):
+  if not block or opts.is_dataflow(options):
+    # A Dataflow streaming job runs until drained or cancelled: the
+    # launcher returns once it is submitted.
+    return p.run()
+  with opts.tuned_gc(options):
+    result = p.run()
     _wait(result)
   return result
 

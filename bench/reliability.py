@@ -130,6 +130,11 @@ class JobProcess:
       self.kill()
       return self.proc.returncode
 
+  def kill_if_alive(self) -> None:
+    """Never leave a job behind (a scenario that raised)."""
+    if self.alive():
+      self.kill()
+
   def alive(self) -> bool:
     return self.proc is not None and self.proc.poll() is None
 
@@ -320,18 +325,21 @@ def crash_restart(config: dict, bootstrap: str, topics: dict, model_dir: str,
   producer.start()
   job = JobProcess(args, log_path)
   kill_times = []
-  for _ in range(kills):
+  try:
+    for _ in range(kills):
+      job.start()
+      # Long enough for the job to start and score a little, short enough to
+      # catch it mid-stream.
+      time.sleep(rng.uniform(8.0, 14.0))
+      kill_times.append(time.strftime('%X'))
+      job.kill()
     job.start()
-    # Long enough for the job to start and score a little, short enough to
-    # catch it mid-stream.
-    time.sleep(rng.uniform(8.0, 14.0))
-    kill_times.append(time.strftime('%X'))
-    job.kill()
-  job.start()
-  producer.join()
-  job.wait_until_reading()
-  wait_for_zero_lag(config, group, topics['in'], timeout_s=180)
-  code = job.stop_gracefully()
+    producer.join()
+    job.wait_until_reading()
+    wait_for_zero_lag(config, group, topics['in'], timeout_s=180)
+    code = job.stop_gracefully()
+  finally:
+    job.kill_if_alive()
   outcome = account(scenario, config, topics, producer.produced,
                     producer.malformed_ids,
                     f'{kills} SIGKILLs at {",".join(kill_times)}')
@@ -376,6 +384,7 @@ def broker_restart(model_dir: str, log_path: str, work_dir: str, *, n: int,
   broker = local_broker.start(kind, data_dir=data_dir)
   config = broker.client_config(log_level=0)
   topics = {'in': 'restart-in', 'out': 'restart-out', 'dlq': 'restart-dlq'}
+  job = None
   try:
     for name, topic in topics.items():
       admin.create_topic(config, topic, 4 if name == 'in' else 1,
@@ -421,4 +430,6 @@ def broker_restart(model_dir: str, log_path: str, work_dir: str, *, n: int,
     outcome.lag_after = consumer_lag(config, group, topics['in'])
     return outcome
   finally:
+    if job is not None:
+      job.kill_if_alive()
     local_broker.stop(broker)

@@ -11,7 +11,7 @@ In one run, on one broker and one model (issue: the streaming scoring job):
 5. score_stream bounded (``--max_records``) over the same backlog;
 6. score_stream unbounded on the local streaming path: sustained rate while
    it catches up with a backlog, then event->prediction latency (prediction
-   received - event time) at a steady ``--latency_rate`` events/s.
+   received - event time) at each steady rate of ``--latency_rates``.
 
 Job rates are steady-state: outputs divided by the span from the first read
 to the last scoring time recorded in the output rows, so the ~5-10 s of
@@ -19,7 +19,7 @@ process start, TensorFlow import and pipeline build are reported apart
 ("wall").
 
   python -m bench.score_stream_bench                 # embedded noida broker
-  python -m bench.score_stream_bench --events 300000 --latency_rate 5000
+  python -m bench.score_stream_bench --events 300000 --latency_rates 5000
   KAFKA_BOOTSTRAP_SERVERS=host:9092 python -m bench.score_stream_bench
 """
 
@@ -223,7 +223,7 @@ def job_bounded(config: dict, bootstrap: str, topics: dict, model_dir: str,
 
 
 def job_unbounded(config: dict, bootstrap: str, topics: dict,
-                  model_dir: str, n: int, latency_rate: float,
+                  model_dir: str, n: int, latency_rates: list[float],
                   latency_s: float, log) -> dict:
   """The job unbounded: first a backlog of n, then a steady input rate."""
   group = f'bench-unbounded-{uuid.uuid4().hex[:6]}'
@@ -245,21 +245,27 @@ def job_unbounded(config: dict, bootstrap: str, topics: dict,
     backlog_dead = watcher.snapshot()['dead']
     rows = _read_outputs(config, topics['out'], n - backlog_dead, 120)
     backlog_rate = _steady_rate(rows, backlog_dead)
-    # Steady input: the backlog is scored; now a fixed rate, measured after
-    # a warm-up of a fifth of the time.
-    producer = demo.RateProducer(config, topics['in'], latency_rate,
-                                 malformed_fraction=0.01, seed=12,
-                                 start_index=10**9)
-    producer.start()
-    time.sleep(latency_s / 5)
-    with watcher._lock:  # pylint: disable=protected-access
-      watcher.latencies.clear()
-    measured_from = time.time()
-    time.sleep(latency_s * 4 / 5)
-    with watcher._lock:  # pylint: disable=protected-access
-      lat = np.asarray(watcher.latencies)
-    producer.stop()
-    stages = _stage_latencies(config, topics['out'], measured_from)
+    # Steady input: the backlog is scored; now each fixed rate in turn,
+    # measured after a warm-up of a fifth of the time.
+    phases = []
+    next_id = 10**9
+    for rate in latency_rates:
+      producer = demo.RateProducer(config, topics['in'], rate,
+                                   malformed_fraction=0.01, seed=12,
+                                   start_index=next_id)
+      next_id += 10**8
+      producer.start()
+      time.sleep(latency_s / 5)
+      with watcher._lock:  # pylint: disable=protected-access
+        watcher.latencies.clear()
+      measured_from = time.time()
+      time.sleep(latency_s * 4 / 5)
+      with watcher._lock:  # pylint: disable=protected-access
+        lat = np.asarray(watcher.latencies)
+      producer.stop()
+      phases.append((rate, lat, _stage_latencies(config, topics['out'],
+                                                 measured_from)))
+      time.sleep(2)  # the tail of this phase drains
   finally:
     proc.send_signal(signal.SIGINT)
     try:
@@ -267,8 +273,7 @@ def job_unbounded(config: dict, bootstrap: str, topics: dict,
     except subprocess.TimeoutExpired:
       proc.kill()
     watcher.stop()
-  return {'backlog_rate': backlog_rate, 'latencies': lat,
-          'produced': producer.produced, 'stages': stages}
+  return {'backlog_rate': backlog_rate, 'phases': phases}
 
 
 def _stage_latencies(config: dict, topic: str, since: float) -> dict:
@@ -334,8 +339,9 @@ def main(argv=None) -> int:
   parser.add_argument('--model_batch', type=int, default=4096,
                       help='rows per model call in the batched rows '
                       '(default: 4096)')
-  parser.add_argument('--latency_rate', type=float, default=5000,
-                      help='events/s for the latency row (default: 5000)')
+  parser.add_argument('--latency_rates', default='1000,5000',
+                      help='events/s of the latency rows, comma-separated '
+                      '(default: 1000,5000)')
   parser.add_argument('--latency_s', type=float, default=30,
                       help='seconds of steady input (default: 30)')
   parser.add_argument('--latency_only', action='store_true',
@@ -387,7 +393,8 @@ def main(argv=None) -> int:
     unbounded = topics('unbounded')
     produce_backlog(config, unbounded['in'], n, 0.01)
     out = job_unbounded(config, bootstrap, unbounded, args.model_dir, n,
-                        args.latency_rate, args.latency_s, log)
+                        [float(r) for r in args.latency_rates.split(',')],
+                        args.latency_s, log)
     results.append(('score_stream unbounded, catching up a backlog',
                     out['backlog_rate'], ''))
   finally:
@@ -398,20 +405,20 @@ def main(argv=None) -> int:
   print(f'\n{"path":52} {"events/s":>10}  x per-message  notes')
   for name, rate, note in results:
     print(f'{name:52} {rate:10,.0f}  {rate / per_msg:12.1f}  {note}')
-  lat = out['latencies']
-  if len(lat):
-    print(f'\nlatency at {args.latency_rate:,.0f} events/s for '
-          f'{args.latency_s * 4 / 5:.0f} s (after {args.latency_s / 5:.0f} s '
-          f'warm-up), prediction received - event time, {len(lat)} '
-          f'predictions: p50 {np.percentile(lat, 50) * 1000:.0f} ms, p99 '
+  for rate, lat, stages in out['phases']:
+    if not len(lat):
+      print(f'\nlatency at {rate:,.0f} events/s: no predictions arrived')
+      continue
+    print(f'\nlatency at {rate:,.0f} events/s for {args.latency_s * 4 / 5:.0f}'
+          f' s (after {args.latency_s / 5:.0f} s warm-up), prediction '
+          f'received - event time, {len(lat)} predictions: p50 '
+          f'{np.percentile(lat, 50) * 1000:.0f} ms, p99 '
           f'{np.percentile(lat, 99) * 1000:.0f} ms, max '
           f'{lat.max() * 1000:.0f} ms')
-    for name, values in out['stages'].items():
+    for name, values in stages.items():
       if len(values):
         print(f'  {name:18} p50 {np.percentile(values, 50) * 1000:6.0f} ms  '
               f'p99 {np.percentile(values, 99) * 1000:6.0f} ms')
-  else:
-    print('\nlatency: no predictions arrived during the steady-rate phase')
   return 0
 
 

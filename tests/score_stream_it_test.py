@@ -97,6 +97,7 @@ def test_bad_flags_fail_before_the_pipeline_starts_naming_the_flag(
       (['--max_batch_size', '0'], '--max_batch_size must be >= 1'),
       (['--schema', str(tmp_path / 'nope.json')], '--schema'),
       (['--max_records', '0'], '--max_records must be >= 1'),
+      (['--gc_gen0_threshold', '-1'], '--gc_gen0_threshold must be >= 0'),
   ]
   for extra, message in cases:
     with pytest.raises(ValueError, match=message):
