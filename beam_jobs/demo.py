@@ -126,7 +126,13 @@ class OutputWatcher(threading.Thread):
 
   def run(self):
     while not self._halt.is_set():
-      for m in self._consumer.consume(num_messages=1000, timeout=0.2):
+      # poll() returns on the first record; consume() with a timeout would
+      # wait for a full batch and add that wait to the measured latency.
+      first = self._consumer.poll(0.2)
+      if first is None:
+        continue
+      batch = [first] + self._consumer.consume(num_messages=1000, timeout=0)
+      for m in batch:
         if m.error() is not None:
           continue
         now = time.time()

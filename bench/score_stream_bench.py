@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from typing import Optional
@@ -180,7 +181,7 @@ def _job_args(bootstrap: str, config: dict, topics: dict, model_dir: str,
       '--output_topic', topics['out'], '--dead_letter_topic', topics['dlq'],
       '--consumer_group', group, '--start', 'earliest',
       '--model_dir', model_dir, '--window_size_s', '10',
-      '--idle_timeout_s', '2'] + [
+      '--idle_timeout_s', '2'] + os.environ.get('BENCH_JOB_ARGS', '').split() + [
           f'--kafka_config={k}={v}' for k, v in config.items()
           if k != 'bootstrap.servers']
 
@@ -250,19 +251,20 @@ def job_unbounded(config: dict, bootstrap: str, topics: dict,
     phases = []
     next_id = 10**9
     for rate in latency_rates:
-      producer = demo.RateProducer(config, topics['in'], rate,
-                                   malformed_fraction=0.01, seed=12,
-                                   start_index=next_id)
+      producer = PacedProducer(config, topics['in'], rate, latency_s,
+                               first_index=next_id)
       next_id += 10**8
       producer.start()
-      time.sleep(latency_s / 5)
+      time.sleep(max(0.0, producer.start_time - time.time()) + latency_s / 5)
       with watcher._lock:  # pylint: disable=protected-access
         watcher.latencies.clear()
       measured_from = time.time()
-      time.sleep(latency_s * 4 / 5)
+      producer.join()
+      time.sleep(1.0)  # the last predictions arrive
       with watcher._lock:  # pylint: disable=protected-access
         lat = np.asarray(watcher.latencies)
-      producer.stop()
+      if os.environ.get('BENCH_DUMP_LATENCIES'):
+        np.save(f'{os.environ["BENCH_DUMP_LATENCIES"]}-{rate:.0f}.npy', lat)
       phases.append((rate, lat, _stage_latencies(config, topics['out'],
                                                  measured_from)))
       time.sleep(2)  # the tail of this phase drains
@@ -274,6 +276,50 @@ def job_unbounded(config: dict, bootstrap: str, topics: dict,
       proc.kill()
     watcher.stop()
   return {'backlog_rate': backlog_rate, 'phases': phases}
+
+
+class PacedProducer(threading.Thread):
+  """Sends pre-generated events at a steady rate.
+
+  Events are generated before the clock starts (generating them on the fly
+  costs ~20 ms per 1,000 and stalls the sending in bursts, which would be
+  measured as the job's latency); event times are the scheduled send times.
+  """
+
+  def __init__(self, config: dict, topic: str, rate: float, seconds: float,
+               *, first_index: int, seed: int = 12):
+    super().__init__(daemon=True)
+    self._producer = Producer(dict(config, **{'linger.ms': 1}))
+    self._topic = topic
+    self._rate = rate
+    n = int(rate * seconds)
+    # After the generation (~40k events/s here), with room to spare.
+    self.start_time = time.time() + 1.0 + n / 25_000
+    self._events = list(susy.iter_encoded_events(
+        n, seed=seed, start_index=first_index,
+        start_time=self.start_time - first_index / rate, rate=rate,
+        malformed_fraction=0.01))
+    self.produced = 0
+
+  def run(self):
+    delay = self.start_time - time.time()
+    if delay > 0:
+      time.sleep(delay)
+    start = time.monotonic()
+    for e in self._events:
+      ahead = self.produced / self._rate - (time.monotonic() - start)
+      if ahead > 0.001:
+        self._producer.poll(0)
+        time.sleep(ahead)
+      while True:
+        try:
+          self._producer.produce(self._topic, key=e.key, value=e.value,
+                                 timestamp=e.timestamp_ms)
+          break
+        except BufferError:
+          self._producer.poll(0.01)
+      self.produced += 1
+    self._producer.flush(60)
 
 
 def _stage_latencies(config: dict, topic: str, since: float) -> dict:
