@@ -255,7 +255,8 @@ def job_unbounded(config: dict, bootstrap: str, topics: dict,
                                first_index=next_id)
       next_id += 10**8
       producer.start()
-      time.sleep(max(0.0, producer.start_time - time.time()) + latency_s / 5)
+      producer.started.wait()
+      time.sleep(latency_s / 5)
       with watcher._lock:  # pylint: disable=protected-access
         watcher.latencies.clear()
       measured_from = time.time()
@@ -279,11 +280,12 @@ def job_unbounded(config: dict, bootstrap: str, topics: dict,
 
 
 class PacedProducer(threading.Thread):
-  """Sends pre-generated events at a steady rate.
+  """Sends pre-generated events at a steady rate, stamped when sent.
 
-  Events are generated before the clock starts (generating them on the fly
-  costs ~20 ms per 1,000 and stalls the sending in bursts, which would be
-  measured as the job's latency); event times are the scheduled send times.
+  Generating SUSY-like events costs ~20 ms per 1,000, in chunks: generated
+  on the fly, sending stalls in bursts and the stall would be measured as
+  the job's latency. The rows are generated first; each event gets its
+  event time (its scheduled send time) and is encoded as it is sent.
   """
 
   def __init__(self, config: dict, topic: str, rate: float, seconds: float,
@@ -292,29 +294,31 @@ class PacedProducer(threading.Thread):
     self._producer = Producer(dict(config, **{'linger.ms': 1}))
     self._topic = topic
     self._rate = rate
-    n = int(rate * seconds)
-    # After the generation (~40k events/s here), with room to spare.
-    self.start_time = time.time() + 1.0 + n / 25_000
-    self._events = list(susy.iter_encoded_events(
-        n, seed=seed, start_index=first_index,
-        start_time=self.start_time - first_index / rate, rate=rate,
-        malformed_fraction=0.01))
+    self._events = []
+    for first, data in susy.iter_chunks(int(rate * seconds),
+                                        start_index=first_index, seed=seed):
+      self._events.extend(susy.to_events(data, start_index=first,
+                                         rate=rate))
     self.produced = 0
+    self.started = threading.Event()
 
   def run(self):
-    delay = self.start_time - time.time()
-    if delay > 0:
-      time.sleep(delay)
-    start = time.monotonic()
-    for e in self._events:
-      ahead = self.produced / self._rate - (time.monotonic() - start)
+    start = time.time()
+    self.started.set()
+    dumps = orjson.dumps
+    for i, event in enumerate(self._events):
+      scheduled = start + i / self._rate
+      ahead = scheduled - time.time()
       if ahead > 0.001:
         self._producer.poll(0)
         time.sleep(ahead)
+      event['event_time'] = scheduled
+      value = dumps(event)
       while True:
         try:
-          self._producer.produce(self._topic, key=e.key, value=e.value,
-                                 timestamp=e.timestamp_ms)
+          self._producer.produce(self._topic, key=event['event_id'].encode(),
+                                 value=value,
+                                 timestamp=int(scheduled * 1000))
           break
         except BufferError:
           self._producer.poll(0.01)
