@@ -928,5 +928,18 @@ def test_script_dry_run_builds_the_job_offline(tmp_path):
   assert '--model_dir' in result.stderr and 'gs://' in result.stderr
 
 
+
+def test_script_dry_run_of_ingest_examples_needs_no_gcs(tmp_path):
+  # The next span number comes from listing --output, which a dry run
+  # (offline) cannot do: it builds span 0 (or --span) without listing.
+  result = run_script(
+      '--dry-run', 'ingest_examples', '--bootstrap_servers', '10.0.0.2:9092',
+      '--input_topic', 'events', '--output', 'gs://my-bucket/data',
+      env=dict(ENV, DRY_RUN_OUT=str(tmp_path)))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'JOB_TYPE_BATCH' in result.stdout
+  assert 'FinishSpan' in result.stdout
+
+
 if __name__ == '__main__':
   _build_main(sys.argv[1:])
