@@ -150,6 +150,14 @@ def test_tfrecord_is_readable_by_tensorflow(tmp_path):
   # None -> an empty list: absent for VarLen parsing.
   assert [g['label'].values.numpy().tolist() for g in got] == [
       [] if r['label'] is None else [1.0] for r in rows]
+  # Times are float32 (128 s apart today) plus exact int64 microseconds.
+  exact = {'event_time_us': tf.io.FixedLenFeature([], tf.int64),
+           'window_start_us': tf.io.FixedLenFeature([], tf.int64)}
+  got = [tf.io.parse_single_example(r, exact)
+         for r in tf.data.TFRecordDataset(path)]
+  assert [int(g['event_time_us'].numpy()) for g in got] == [
+      round(r['event_time'] * 1e6) for r in rows]
+  assert {int(g['window_start_us'].numpy()) for g in got} == {int(T0 * 1e6)}
 
 
 # --- batch --------------------------------------------------------------------

@@ -270,6 +270,13 @@ def tfrecord_records(data: bytes) -> list[bytes]:
   return out
 
 
+# Epoch-second columns of the output rows; TFRecord adds exact <name>_us.
+TIME_COLUMNS = frozenset(('event_time', 'read_time', 'scored_time',
+                          'window_start', 'window_end'))
+# Largest epoch second whose microseconds fit in an int64.
+_MAX_US_SECONDS = (2**63 - 1) / 1e6
+
+
 class _RowCodec:
   """One file format: ``encode(rows) -> bytes`` before the shuffle,
   ``writer(fh)`` after it. Picklable; heavy state is built lazily.
@@ -278,9 +285,9 @@ class _RowCodec:
   STRING -> bytes_list (UTF-8), INTEGER -> int64_list, BOOLEAN -> int64_list
   (0/1), FLOAT -> float_list (float32: the only float type of tf.Example),
   None -> the feature with an empty list. float32 keeps ~7 significant
-  digits: right for scores and features, NOT for epoch-second times
-  (``event_time`` etc. are rounded to 128 s around 2026): use jsonl or
-  parquet when exact times matter.
+  digits: right for scores and features, not for epoch-second times (128 s
+  apart around 2026), so each time column (``TIME_COLUMNS``) also gets an
+  exact int64 feature ``<name>_us`` (epoch microseconds).
   """
 
   def __init__(self, file_format: str, columns):
@@ -348,6 +355,11 @@ class _RowCodec:
           f.float_list.SetInParent()
         else:
           f.float_list.value.append(v)
+          # The global window's bounds are beyond int64 microseconds: no
+          # exact twin for those.
+          if name in TIME_COLUMNS and math.isfinite(v) and (
+              abs(v) < _MAX_US_SECONDS):
+            features[f'{name}_us'].int64_list.value.append(round(v * 1e6))
       else:  # INTEGER, BOOLEAN
         if v is None:
           f.int64_list.SetInParent()
