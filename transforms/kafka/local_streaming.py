@@ -287,6 +287,9 @@ class LocalKafkaReader:
   def _read_locked(self, wait: bool) -> list:
     out = []
     n = 0
+    # Partitions that delivered records in this call: active, whatever
+    # their EOF state at the end of the call.
+    active = set()
     t_end = time.monotonic() + self._call_budget_s
     while n < self._records_per_call and not self.finished:
       messages = self._next_messages(wait)
@@ -316,6 +319,7 @@ class LocalKafkaReader:
           self._finish_partition(p)
           continue
         runs.setdefault(key, []).append(message)
+        active.add(key)
         p.recent.append((offset, fingerprint))
         p.next_offset = offset + 1
         p.caught_up = False
@@ -346,10 +350,17 @@ class LocalKafkaReader:
     # then, and a watermark moving on with the clock would make the records
     # that producers buffered during a broker restart late.
     reachable = now - self._unreachable_at >= self._s['idle_timeout_s']
-    for p in self._partitions.values():
+    for key, p in self._partitions.items():
       if not p.done:
-        p.estimator.record_activity(caught_up=p.caught_up and reachable,
-                                    now=now)
+        # A partition that got records restarts its idle clock even if it
+        # reached its end again within the call: at modest rates nearly
+        # every fetch ends in an EOF, and counting only the EOF would call
+        # a busy partition idle after idle_timeout_s. Its watermark would
+        # then jump to the wall clock, ahead of records still in flight,
+        # which would arrive too late.
+        p.estimator.record_activity(
+            caught_up=p.caught_up and reachable and key not in active,
+            now=now)
     return out
 
   def _on_client_error(self, err) -> None:
