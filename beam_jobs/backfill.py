@@ -91,7 +91,6 @@ from transforms.output import output_columns
 _LOGGER = logging.getLogger(__name__)
 
 
-
 class BackfillOptions(PipelineOptions):
   """Options of this job only (the shared groups are in beam_jobs/options)."""
 
