@@ -183,9 +183,7 @@ def validate(options: PipelineOptions) -> None:
     raise ValueError(f'--chunk_records must be >= 1, got {job.chunk_records}')
   if not job.split_mb > 0:
     raise ValueError(f'--split_mb must be > 0, got {job.split_mb}')
-  threshold = options.view_as(opts.LocalTuningOptions).gc_gen0_threshold
-  if threshold < 0:
-    raise ValueError(f'--gc_gen0_threshold must be >= 0, got {threshold}')
+  opts.validate_local_tuning(options)
   if job.progress_interval_s < 0:
     raise ValueError(f'--progress_interval_s must be >= 0, got '
                      f'{job.progress_interval_s}')

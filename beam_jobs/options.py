@@ -187,13 +187,19 @@ class LocalTuningOptions(PipelineOptions):
         f'{DEFAULT_GC_GEN0_THRESHOLD}).')
 
 
+def validate_local_tuning(options: PipelineOptions) -> None:
+  """ValueError naming the flag for a bad --gc_gen0_threshold."""
+  threshold = options.view_as(LocalTuningOptions).gc_gen0_threshold
+  _check(threshold >= 0, f'--gc_gen0_threshold must be >= 0, got {threshold}')
+
+
 @contextlib.contextmanager
 def tuned_gc(options: PipelineOptions):
   """Fewer garbage collections while a local run executes in this process
   (the local engines' workers are threads here); settings restored after.
   Other runners' workers keep Python's settings."""
+  validate_local_tuning(options)
   threshold = options.view_as(LocalTuningOptions).gc_gen0_threshold
-  _check(threshold >= 0, f'--gc_gen0_threshold must be >= 0, got {threshold}')
   if not threshold:
     yield
     return

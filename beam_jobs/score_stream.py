@@ -88,9 +88,7 @@ def validate(options: PipelineOptions) -> None:
   opts.validate_model(options.view_as(opts.ModelOptions))
   opts.validate_bounded(options.view_as(opts.BoundedRunOptions))
   opts.window_spec(options.view_as(opts.WindowOptions))
-  threshold = options.view_as(opts.LocalTuningOptions).gc_gen0_threshold
-  if threshold < 0:
-    raise ValueError(f'--gc_gen0_threshold must be >= 0, got {threshold}')
+  opts.validate_local_tuning(options)
   schema = opts.event_schema(options.view_as(opts.EventOptions))
   events = options.view_as(opts.EventOptions)
   if events.input_format == 'avro' and not schema.avro_schema:
