@@ -3,10 +3,12 @@
 ``score_records`` applies the same transforms, with the same labels, in
 score_stream (unbounded Kafka input) and backfill (files or a Kafka range):
 ParseEvents -> WindowFeatures -> ScoreEvents -> ToPredictionRows, and the
-flatten of every stage's dead letters. Batch and streaming differ only in
+flatten of every stage's dead letters. Batch and streaming differ in
 WindowFeatures' implementation (exact per-key event-time order for bounded
 input, running state for unbounded input), which it picks from the input's
-boundedness unless told. The jobs add their source in front and
+boundedness unless told, and in its place: a batch scores first and joins
+the window features to the scored events (ParseEvents -> ScoreEvents ->
+WindowFeatures -> ToPredictionRows; same outputs, see score_records). The jobs add their source in front and
 ``beam_jobs.outputs.write_outputs`` behind.
 
 The transforms are applied to the pipeline directly (not inside a composite)
@@ -112,11 +114,25 @@ def score_records(records: beam.PCollection, options: PipelineOptions, *,
   events_in = parsed.events
   if event_filter is not None:
     events_in = events_in | 'FilterEvents' >> event_filter
-  windowed = events_in | 'WindowFeatures' >> WindowFeatures(
-      spec, len(schema.window_features), bounded=bounded)
-  scored = windowed.events | 'ScoreEvents' >> ScoreEvents(
-      model_handler(options))
-  predictions = scored.scored | 'ToPredictionRows' >> beam.ParDo(
+  if bounded is None:
+    bounded = records.is_bounded
+  window_features = WindowFeatures(spec, len(schema.window_features),
+                                   bounded=bounded)
+  if bounded:
+    # Scored first, window features joined to the scores: the model does
+    # not take window features, a batch has no late events to drop before
+    # scoring, and the join's stage boundary then moves ids and scores
+    # instead of payloads and model inputs (~5x fewer bytes, which the
+    # FnApiRunner copies several times).
+    scored = events_in | 'ScoreEvents' >> ScoreEvents(model_handler(options))
+    windowed = scored.scored | 'WindowFeatures' >> window_features
+    scored_rows = windowed.events
+  else:
+    windowed = events_in | 'WindowFeatures' >> window_features
+    scored = windowed.events | 'ScoreEvents' >> ScoreEvents(
+        model_handler(options))
+    scored_rows = scored.scored
+  predictions = scored_rows | 'ToPredictionRows' >> beam.ParDo(
       ToPredictionRows(schema))
   dead_letters = ((parsed[dl.DEAD_LETTER_TAG], windowed.dead_letters,
                    scored.dead_letters)

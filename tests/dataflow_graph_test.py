@@ -73,8 +73,9 @@ SCORE_STREAM_INNER = ['ReadFromKafka/Impulse', 'ReadFromKafka/ResolvePartitions'
                       'ReadFromKafka/ReadPartitions', 'ScoreEvents/RunInference',
                       'WritePredictions/ProduceToKafka',
                       'WriteDeadLetters/ProduceToKafka']
-BACKFILL_STEPS = ['ReadFiles', 'ProgressRead', 'ParseEvents', 'WindowFeatures',
-                  'ScoreEvents', 'ToPredictionRows', 'FlattenDeadLetters',
+# A batch scores before it joins the window features (beam_jobs/scoring.py).
+BACKFILL_STEPS = ['ReadFiles', 'ProgressRead', 'ParseEvents', 'ScoreEvents',
+                  'WindowFeatures', 'ToPredictionRows', 'FlattenDeadLetters',
                   'ProgressScored', 'WritePredictionFiles',
                   'WriteDeadLetterFiles', 'ProgressDead']
 INGEST_STEPS = ['ReadFromKafka', 'ParseEvents', 'WindowFeatures',

@@ -180,3 +180,42 @@ def test_batch_equals_streaming_for_in_order_events(spec):
     assert_that(batch_rows, equal_to(streamed))
   per_event = 2 if spec.kind == 'sliding' else 1
   assert len(streamed) >= len(rows) * per_event
+
+
+def _explode_scored(scored):
+  """Rows of a windowed ScoredBatch, with each row's score and what the
+  batch still carries."""
+  b = scored.batch
+  for row, score in zip(explode(b), scored.scores.tolist()):
+    yield row + (round(score, 4), scored.model_version, len(b.raw),
+                 b.features.shape[1])
+
+
+@pytest.mark.parametrize('spec', [
+    WindowSpec('fixed', size_s=7),
+    WindowSpec('sliding', size_s=10, period_s=4),
+    WindowSpec('session', gap_s=0.5),
+], ids=['fixed', 'sliding', 'session'])
+def test_batch_joins_window_features_to_scored_events(spec):
+  # A batch job scores first and joins the window features to the scores:
+  # the same window features as for the events, each score on its own row
+  # (sliding windows and three keys per batch split batches into parts),
+  # payloads and model inputs dropped on the way.
+  from models.handler import ScoredBatch
+  rows = _in_order_rows()
+  batches = [make_batch(rows[i:i + 37], start_pos=i)
+             for i in range(0, len(rows), 37)]
+  score_of = {r[0]: round(r[3] * 10 + 1, 4) for r in rows}
+  scored = [ScoredBatch(b, np.asarray([score_of[i] for i in b.ids],
+                                      dtype=np.float32), 3, 1.0)
+            for b in batches]
+  _COLLECTED.clear()
+  with beam.Pipeline(runner=FnApiRunner()) as p:
+    _ = ((p | beam.Create(batches) | WindowFeatures(spec, 1, bounded=True))
+         .events | beam.FlatMap(explode) | beam.Map(_collect))
+  expected = [r + (score_of[r[0]], 3, 0, 0) for r in _COLLECTED]
+  assert len(expected) >= len(rows)
+  with beam.Pipeline(runner=FnApiRunner()) as p:
+    got = ((p | beam.Create(scored) | WindowFeatures(spec, 1, bounded=True))
+           .events | beam.FlatMap(_explode_scored))
+    assert_that(got, equal_to(expected))

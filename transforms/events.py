@@ -38,7 +38,8 @@ class EventBatch:
     source: where all rows came from (see RawRecord.source).
     positions: int64 offsets/line numbers, one per row.
     raw: original payloads, one per row (kept so that a later stage can
-      dead-letter a row with its original bytes).
+      dead-letter a row with its original bytes); empty once dropped by
+      ``without_payloads``.
     ids: event ids.
     keys: grouping keys (window features are per key).
     event_time: float64 epoch seconds.
@@ -82,13 +83,21 @@ class EventBatch:
     pick = lambda seq: [seq[i] for i in idx]
     opt = lambda a: None if a is None else a[idx]
     return EventBatch(
-        source=self.source, positions=self.positions[idx], raw=pick(self.raw),
+        source=self.source, positions=self.positions[idx],
+        raw=pick(self.raw) if self.raw else [],
         ids=pick(self.ids), keys=pick(self.keys),
         event_time=self.event_time[idx], features=self.features[idx],
         window_values=self.window_values[idx], labels=opt(self.labels),
         read_time=self.read_time[idx], window=self.window,
         win_count=opt(self.win_count), win_mean=opt(self.win_mean),
         win_std=opt(self.win_std), late=opt(self.late))
+
+  def without_payloads(self) -> 'EventBatch':
+    """A copy without the payloads and model inputs (``features`` of width
+    0): what scored events still need is a fraction of the bytes."""
+    return dataclasses.replace(
+        self, raw=[],
+        features=np.empty((len(self), 0), dtype=self.features.dtype))
 
   def min_time(self) -> float:
     return float(self.event_time.min())

@@ -24,7 +24,10 @@ Only a slim copy of each event (time, position, window-feature values) is
 grouped by key; the aggregates are joined back to the events by batch, so
 the events are never gathered on one worker per key. An output EventBatch
 holds the rows of one input batch and one window: one key's rows in
-streaming, any keys' in batch.
+streaming, any keys' in batch. In batch the elements may also be
+ScoredBatches (a batch job scores before it joins the window features:
+beam_jobs/scoring.py); they come out split by window the same way, without
+their payloads and model inputs.
 
 Window kinds: fixed(size), sliding(size, period) — an event gets one output
 row per window it belongs to, as Beam's SlidingWindows — session(gap): a
@@ -201,7 +204,11 @@ def _cumulative(agg: _Agg, values: np.ndarray):
 
 def _with_window(batch: EventBatch, idx: np.ndarray, window, counts, mean,
                  std, late) -> EventBatch:
-  sub = batch.take(idx)
+  """The rows ``idx`` (ascending, unique) with their window and features."""
+  if len(idx) == len(batch) and (not len(idx) or idx[-1] == len(idx) - 1):
+    sub = dataclasses.replace(batch)  # all rows, in order: no copies
+  else:
+    sub = batch.take(idx)
   sub.window = window
   sub.win_count = counts
   sub.win_mean = mean
@@ -412,8 +419,14 @@ def _key_groups(keys: list) -> list[tuple[str, Optional[np.ndarray]]]:
   return [(k, np.asarray(idx)) for k, idx in groups.items()]
 
 
-def _to_slims(batch: EventBatch):
-  """EventBatch -> (key, _Slim) per key of its rows."""
+def _events_of(item) -> EventBatch:
+  """The EventBatch of an EventBatch or a ScoredBatch."""
+  return item if isinstance(item, EventBatch) else item.batch
+
+
+def _to_slims(item):
+  """EventBatch or ScoredBatch -> (key, _Slim) per key of its rows."""
+  batch = _events_of(item)
   batch_id = _batch_id(batch)
   for key, idx in _key_groups(batch.keys):
     if idx is None:
@@ -437,8 +450,11 @@ class _BatchAggregatesFn(beam.DoFn):
     self._width = width
 
   def process(self, element):
-    unused_key, slims = element
+    key, slims = element
     slims = list(slims)
+    if len({b.batch_id for b in slims}) != len(slims):
+      raise RuntimeError(f'key {key!r}: two EventBatches with the same first '
+                         f'record: are records read twice?')
     sizes = np.asarray([len(b.times) for b in slims])
     times = np.concatenate([b.times for b in slims])
     values = np.concatenate([b.values for b in slims])
@@ -497,13 +513,13 @@ class _BatchAggregatesFn(beam.DoFn):
     return starts, ends
 
 
-# The join of events and aggregates groups bytes (pickled once by these
-# steps) under string keys: the runner then moves and groups opaque bytes
-# instead of decoding and re-encoding every EventBatch (on the FnApiRunner
-# that round trip, done in the runner's own thread, cost more than the
-# aggregation itself).
-_EVENTS_TAG = b'E'
-_AGGREGATES_TAG = b'A'
+# The join of events and aggregates: the aggregates (small: no payloads or
+# model features) are a dict side input keyed by batch (a dict, not a
+# multimap: the worker's state cache sizes every value it loads, which per
+# key cost ~1 ms), looked up by each packed batch. The events cross one stage boundary as opaque bytes (pickled
+# once by these steps): no shuffle and no Flatten stage of their own, which
+# on the FnApiRunner cost more than the aggregation itself (the runner's
+# thread decoding, partitioning and re-encoding ~300 bytes per event).
 
 
 def _join_key(batch_id: tuple) -> str:
@@ -516,7 +532,7 @@ _TEXT_CODEC = None
 
 def _text_codec():
   """zstd level 1 (pyarrow's): ~4x smaller JSON payloads at ~450 MB/s; the
-  bytes it saves are copied several times on their way through a shuffle."""
+  bytes it saves are copied several times on their way between stages."""
   global _TEXT_CODEC
   if _TEXT_CODEC is None:
     import pyarrow as pa  # pylint: disable=import-outside-toplevel
@@ -525,54 +541,56 @@ def _text_codec():
   return _TEXT_CODEC
 
 
-def _pack_events(batch: EventBatch):
-  """EventBatch -> (join key, tagged bytes): the payloads, ids and keys
-  compressed, the numeric columns as they are."""
+def _pack_item(item) -> bytes:
+  """EventBatch or ScoredBatch -> bytes: ids, keys and payloads compressed,
+  the numeric columns as they are. A ScoredBatch's events lose their
+  payloads and model inputs on the way (scored: nothing downstream needs
+  them, and they are most of the bytes)."""
+  batch = _events_of(item)
+  scored = None
+  if batch is not item:
+    batch = batch.without_payloads()
+    scored = dataclasses.replace(item, batch=None)
   texts = pickle.dumps((batch.raw, batch.ids, batch.keys),
                        pickle.HIGHEST_PROTOCOL)
   codec = _text_codec()
   if codec:
     texts = (len(texts), codec.compress(texts, asbytes=True))
   rest = dataclasses.replace(batch, raw=[], ids=[], keys=[])
-  return _join_key(_batch_id(batch)), _EVENTS_TAG + pickle.dumps(
-      (rest, texts), pickle.HIGHEST_PROTOCOL)
+  return pickle.dumps((rest, texts, scored), pickle.HIGHEST_PROTOCOL)
 
 
-def _unpack_events(blob: bytes) -> EventBatch:
-  rest, texts = pickle.loads(blob)
+def _unpack_item(blob: bytes):
+  rest, texts, scored = pickle.loads(blob)
   if isinstance(texts, tuple):
     size, packed = texts
     texts = _text_codec().decompress(packed, decompressed_size=size,
                                      asbytes=True)
   raw, ids, keys = pickle.loads(texts)
-  return dataclasses.replace(rest, raw=raw, ids=ids, keys=keys)
+  batch = dataclasses.replace(rest, raw=raw, ids=ids, keys=keys)
+  if scored is None:
+    return batch
+  return dataclasses.replace(scored, batch=batch)
 
 
 def _pack_aggregates(element):
   batch_id, aggregates = element
-  return _join_key(batch_id), _AGGREGATES_TAG + pickle.dumps(
-      aggregates, pickle.HIGHEST_PROTOCOL)
+  return _join_key(batch_id), pickle.dumps(aggregates,
+                                           pickle.HIGHEST_PROTOCOL)
 
 
 class _JoinAggregatesFn(beam.DoFn):
-  """(join key, [packed EventBatch, packed aggregates]) -> one EventBatch
-  per window, rows in original order."""
+  """Packed EventBatch/ScoredBatch + its aggregates (side input: join key
+  -> list of packed aggregates, one per key of the batch's rows) -> one
+  item per window, rows in original order."""
 
-  def process(self, element):
-    key, packed = element
-    batch = None
-    parts = []  # one per key of the batch's rows
-    for blob in packed:
-      if blob[:1] == _AGGREGATES_TAG:
-        parts.append(pickle.loads(blob[1:]))
-      elif batch is None:
-        batch = _unpack_events(blob[1:])
-      else:
-        raise RuntimeError(f'batch {key}: two EventBatches with the same '
-                           f'first record: are records read twice?')
-    if batch is None or not parts:
-      raise RuntimeError(f'batch {key}: no '
-                         f'{"events" if batch is None else "aggregates"}')
+  def process(self, blob, aggregates):
+    item = _unpack_item(blob)
+    batch = _events_of(item)
+    key = _join_key(_batch_id(batch))
+    parts = [pickle.loads(p) for p in aggregates.get(key, ())]
+    if not parts:
+      raise RuntimeError(f'batch {key}: no aggregates')
     if len(parts) == 1:
       rows, starts, ends, counts, mean, std = parts[0]
     else:
@@ -594,15 +612,17 @@ class _JoinAggregatesFn(beam.DoFn):
       sub = _with_window(batch, idx, (float(start), float(end)),
                          counts[sel], mean[sel], std[sel],
                          np.zeros(len(idx), dtype=bool))
-      yield beam.window.TimestampedValue(sub, sub.min_time())
+      if item is not batch:
+        scores = item.scores if sub.ids is batch.ids else item.scores[idx]
+        sub = dataclasses.replace(item, batch=sub, scores=scores)
+      yield beam.window.TimestampedValue(sub, _events_of(sub).min_time())
 
 
 class _AssignEventWindows(window_lib.NonMergingWindowFn):
   """Assigns each EventBatch the window its rows were aggregated in."""
 
   def assign(self, context):
-    batch: EventBatch = context.element
-    return [_beam_window(*batch.window)]
+    return [_beam_window(*_events_of(context.element).window)]
 
   def get_window_coder(self):
     return coders.IntervalWindowCoder()
@@ -625,6 +645,9 @@ class WindowOutputs(NamedTuple):
 
 class WindowFeatures(beam.PTransform):
   """EventBatch -> EventBatch with window features, in event-time windows.
+
+  Bounded input may also be ScoredBatches (-> ScoredBatches whose batch has
+  the window features; payloads and model inputs dropped).
 
   Returns WindowOutputs: ``events`` (EventBatch with window, win_count,
   win_mean, win_std, late set; assigned to their Beam windows) and
@@ -669,14 +692,17 @@ class WindowFeatures(beam.PTransform):
                     | 'AggregateInTimeOrder' >> beam.ParDo(
                         _BatchAggregatesFn(self._spec, self._width))
                     | 'PackAggregates' >> beam.Map(
-                        _pack_aggregates).with_output_types(tuple[str, bytes]))
-      packed = batches | 'PackEvents' >> beam.Map(
-          _pack_events).with_output_types(tuple[str, bytes])
-      events = ((packed, aggregates)
-                | 'EventsAndAggregates' >> beam.Flatten()
-                | 'GroupByBatch' >> beam.GroupByKey()
+                        _pack_aggregates).with_output_types(tuple[str, bytes])
+                    | 'GroupAggregatesByBatch' >> beam.GroupByKey()
+                    | 'ListAggregates' >> beam.MapTuple(
+                        lambda key, parts: (key, list(parts))
+                    ).with_output_types(tuple[str, list[bytes]]))
+      events = (batches
+                | 'PackEvents' >> beam.Map(_pack_item).with_output_types(
+                    bytes)
                 | 'JoinAggregates' >> beam.ParDo(
-                    _JoinAggregatesFn()).with_output_types(EventBatch))
+                    _JoinAggregatesFn(), beam.pvalue.AsDict(aggregates)
+                ).with_output_types(pcoll.element_type))
       dead = (pcoll.pipeline
               | 'NoLateEventsInBatch' >> beam.Create([]))
     else:
