@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     'tfx-bsl>=1.21,<2',
     'confluent-kafka>=2.16,<3',
     'orjson>=3.10',
+    'msgspec>=0.18',
     'fastavro>=1.9',
     'numpy>=1.26',
     'pyarrow>=14',

@@ -294,3 +294,49 @@ def test_arrow_and_python_read_plain_numerals_alike(text):
     got = None
   assert got == expected or (got is not None and expected is not None and
                              math.isnan(got) and math.isnan(expected))
+
+
+# --- JSON objects decoded straight into typed values (msgspec) ---------------
+
+
+def test_events_with_every_field_take_the_typed_decoder():
+  p = parser()
+  payloads = [orjson.dumps(event(i)) for i in range(5)]
+  payloads.append(orjson.dumps({k: v for k, v in event(5).items()
+                                if k != 'label'}))  # optional field absent
+  payloads.append(orjson.dumps(event(6, MT2=True)))  # wrong type
+  payloads.append(b'{"event_id": "e7", ')  # malformed
+  docs_, (taken, _) = p._typed.decode_all(payloads, 10_000)  # pylint: disable=protected-access
+  assert taken == [0, 1, 2, 3, 4]
+  assert [d is None for d in docs_] == [True] * 5 + [False, False, True]
+  records = [RawRecord('kafka:t/0', i, b) for i, b in enumerate(payloads)]
+  got = outcome(*p.parse(records))
+  assert got == reference_outcome(p, records)
+  assert sorted(got[0]) == [0, 1, 2, 3, 4, 5] and got[1] == {
+      6: (dl.WRONG_TYPE, dl.VALIDATE), 7: (dl.MALFORMED, dl.PARSE)}
+
+
+numerals = st.one_of(
+    st.text('0123456789eE+-.', min_size=1, max_size=25),
+    st.floats(allow_nan=False).map(repr),
+    st.floats(allow_nan=False).map(lambda x: '%.17g' % x),
+    st.integers(-2**80, 2**80).map(str),
+    st.sampled_from(['-0', '-0.0', '1E400', '4.9e-324', '2.5e-324',
+                     '9007199254740993', '9007199254740993.0', '1e-400',
+                     '0.1e1', '01', '1.', '.5', '+1', '1e+2', 'true',
+                     '"1.5"', 'null', '[1]', '{}', '"\\u00e9"',
+                     '"\\ud800"']))
+
+
+@settings(max_examples=1500, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(numerals, st.sampled_from(['MT2', 'label', 'event_time', 'event_id']))
+def test_typed_decoder_reads_values_as_the_general_path(text, field):
+  """Whatever the typed decoder takes, it reads as orjson and the full
+  validation do: numerals in float, timestamp and string fields."""
+  p = parser()
+  e = event(3)
+  e[field] = '__VALUE__'
+  payload = orjson.dumps(e).replace(b'"__VALUE__"', text.encode())
+  records = [RawRecord('kafka:t/0', 0, payload)]
+  assert outcome(*p.parse(records)) == reference_outcome(p, records)
