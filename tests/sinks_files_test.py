@@ -208,6 +208,32 @@ def test_batch_two_windows_files_per_window_and_shard(tmp_path, file_format):
              for d in os.listdir(tmp_root))
 
 
+@pytest.mark.parametrize('file_format', ['jsonl', 'parquet'])
+def test_many_small_lists_are_encoded_in_bounded_blobs(tmp_path, monkeypatch,
+                                                       file_format):
+  # Blobs of at most 8 rows per shard, every window flushed at 20 buffered
+  # rows: rows still land once each, in their window's files only.
+  monkeypatch.setattr(files_lib, '_ENCODE_BLOB_ROWS', 8)
+  monkeypatch.setattr(files_lib, '_ENCODE_BUFFER_ROWS', 20)
+  out = str(tmp_path / 'out')
+  batches = [(T0 + 1 + i, make_rows(f'a{i}', 3 + i % 4, W1, i))
+             for i in range(12)]
+  batches += [(T0 + 61 + i, make_rows(f'b{i}', 5, W2, 50 + i))
+              for i in range(5)]
+  want = [r for _, rows in batches for r in rows]
+  with beam.Pipeline(runner=FnApiRunner()) as p:
+    _ = windowed_input(p, batches) | WritePredictionFiles(
+        out, file_format, COLUMNS, num_shards=3)
+  names = listing(out)
+  assert len(names) == 6
+  assert_same_rows(read_dir(out, file_format), want, file_format)
+  for name in names:
+    start = name.split('-')[1]
+    rows = read_row_file(os.path.join(out, name), file_format, COLUMNS)
+    assert rows and {r['event_id'][0] for r in rows} == {
+        'a' if start == '20261124T080000Z' else 'b'}
+
+
 def test_batch_global_window_uses_the_same_layout(tmp_path):
   out = str(tmp_path / 'out')
   rows = make_rows('g', 25)

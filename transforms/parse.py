@@ -24,6 +24,7 @@ forever and goes to the dead-letter output at once.
 import csv
 import datetime
 import io
+import itertools
 import logging
 import math
 import operator
@@ -704,8 +705,11 @@ class RecordParser:
     try:
       floats = None
       if shape.floats:
-        floats = np.array(list(map(shape.floats, vals)),
-                          dtype=np.float64).reshape(m, -1)
+        width = shape.float_count
+        # From one flat iterator: no per-row sequences for numpy to walk.
+        floats = np.fromiter(itertools.chain.from_iterable(
+            map(shape.floats, vals)), dtype=np.float64,
+                             count=m * width).reshape(m, width)
         ok &= np.isfinite(floats).all(axis=1)
         if typed:
           # A JSON integer beyond 2**53 in a float field was rounded to a
@@ -791,7 +795,7 @@ class RecordParser:
     """Fast path where it applies, the full validation elsewhere; returns
     one EventBatch per source and the dead letters, in record order.
 
-    ``typed``: (record indices, value tuples) of rows _TypedJson decoded
+    ``typed``: (record indices, structs) of rows _TypedJson decoded
     (their ``docs`` entries are None), one more fast-path group.
     """
     n = len(items)
@@ -838,14 +842,22 @@ class RecordParser:
       # Its own group even if another has the same field set: a group's
       # rows must be in record order.
       group_list.insert(0, (self._typed.shape, typed[0], typed[1], True))
-    fast_rows = {}  # record index -> (group columns, row in group)
     columns = []
     for shape, idx, vals, from_typed in group_list:
-      cols = self._fast_columns(shape, [items[i] for i in idx], vals, now,
-                                default_time, typed=from_typed)
-      if cols is None:
-        continue
-      columns.append((idx, cols))
+      cols = self._fast_columns(
+          shape, items if len(idx) == n else [items[i] for i in idx], vals,
+          now, default_time, typed=from_typed)
+      if cols is not None:
+        columns.append((idx, cols))
+    if len(columns) == 1 and len(columns[0][0]) == n and columns[0][1][
+        0].all():
+      # The common chunk: every record in one group, all accepted.
+      sources = set(map(_SOURCE_OF, items))
+      if len(sources) == 1:
+        return self._batch_from_columns(sources.pop(), items, payloads,
+                                        columns[0][1], np.arange(n), now, [])
+    fast_rows = {}  # record index -> (group columns, row in group)
+    for idx, cols in columns:
       ok = cols[0]
       for j, i in enumerate(idx):
         if ok[j]:
@@ -998,21 +1010,24 @@ class _Shape:
   """Rows with exactly one set of the schema's fields, for the fast path.
 
   ``getter(doc)`` gives the values of those fields (schema order) as a
-  tuple; the other attributes pick a role's value(s) out of that tuple.
-  Only field sets the full validation can accept get a shape: no unknown
-  fields, every required field, and the id, key, time, feature and window
-  fields present.
+  tuple; the other attributes pick a role's value(s) out of that tuple
+  (or, with ``positions_getter=_attr_getter``, out of a _TypedJson struct
+  whose attribute ``f<i>`` is the i-th value). Only field sets the full
+  validation can accept get a shape: no unknown fields, every required
+  field, and the id, key, time, feature and window fields present.
   """
 
-  def __init__(self, parser: 'RecordParser', present: tuple[str, ...]):
+  def __init__(self, parser: 'RecordParser', present: tuple[str, ...],
+               positions_getter=None):
     s = parser.schema
+    positions_getter = positions_getter or _tuple_getter
     self.names = frozenset(present)
     self.getter = _getter(present)
     self.kinds = tuple(parser._types[n] for n in present)
     index = {n: i for i, n in enumerate(present)}
-    pick = lambda positions: _tuple_getter(positions)
+    pick = lambda positions: positions_getter(positions)
     role = lambda name: (None if not name or name not in index else
-                         _tuple_getter([index[name]], scalar=True))
+                         positions_getter([index[name]], scalar=True))
     self.id = role(s.id_field)
     self.key = role(s.key_field)
     self.time = role(s.time_field)
@@ -1024,6 +1039,7 @@ class _Shape:
     self.window = pick([index[n] for n in parser._window_features])
     floats = [i for i, k in enumerate(self.kinds) if k == 'float']
     self.floats = pick(floats) if floats else None
+    self.float_count = len(floats)
     # Features and window features as columns of the float matrix, when
     # they are all float fields.
     column = {p: j for j, p in enumerate(floats)}
@@ -1081,18 +1097,19 @@ class _TypedJson:
   gives (tests/parse_documents_test.py checks both on hostile input).
   """
 
-  def __init__(self, parser: 'RecordParser', shape: '_Shape'):
+  def __init__(self, parser: 'RecordParser'):
     names = parser.schema.field_names
     # Attribute names f0, f1, ...: field names need not be identifiers.
     attrs = [f'f{i}' for i in range(len(names))]
     struct = msgspec.defstruct(
         'TypedEvent', [(a, _TYPED_KINDS[parser._types[n]])
                        for a, n in zip(attrs, names)],
-        rename=dict(zip(attrs, names)), forbid_unknown_fields=True)
+        rename=dict(zip(attrs, names)), forbid_unknown_fields=True,
+        # Flat values only: nothing for the garbage collector to track.
+        gc=False)
     self._decode = msgspec.json.Decoder(struct).decode
-    self._values = (operator.attrgetter(*attrs) if len(attrs) > 1 else
-                    (lambda ev: (ev.f0,)))
-    self.shape = shape
+    # The shape's getters read the structs' attributes: no value tuples.
+    self.shape = _Shape(parser, tuple(names), positions_getter=_attr_getter)
 
   @classmethod
   def build(cls, parser: 'RecordParser') -> Optional['_TypedJson']:
@@ -1101,25 +1118,32 @@ class _TypedJson:
     names = parser.schema.field_names
     if not names or any(parser._types[n] not in _TYPED_KINDS for n in names):
       return None
-    shape = _Shape.build(parser, frozenset(names))
-    if shape is None or shape.names != frozenset(names):
+    if _Shape.build(parser, frozenset(names)) is None:
       return None
-    return cls(parser, shape)
+    return cls(parser)
 
   def decode_all(self, payloads: list, limit: int
                 ) -> tuple[list, tuple[list, list]]:
     """-> (docs: orjson's dict, or None, for the records not taken here;
-    (indices, value tuples) of the records taken)."""
+    (indices, structs) of the records taken)."""
+    decode, loads = self._decode, orjson.loads
+    n = len(payloads)
+    try:
+      # The common chunk: every record taken, in a C-level loop.
+      if n and 0 < min(map(len, payloads)) and max(map(len,
+                                                       payloads)) <= limit:
+        return [None] * n, (list(range(n)), list(map(decode, payloads)))
+    except Exception:  # pylint: disable=broad-except
+      pass  # a record to look at: one by one
     docs = []
     append = docs.append
     idx, vals = [], []
-    decode, values, loads = self._decode, self._values, orjson.loads
     for i, payload in enumerate(payloads):
       if not payload or len(payload) > limit:
         append(None)
         continue
       try:
-        vals.append(values(decode(payload)))
+        vals.append(decode(payload))
         idx.append(i)
         append(None)
         continue
@@ -1140,6 +1164,23 @@ def _time_only_decoder(field: str) -> Callable[[bytes], Any]:
   struct = msgspec.defstruct('EventTime', [('t', Union[int, float, str])],
                              rename={'t': field})
   return msgspec.json.Decoder(struct).decode
+
+
+_SOURCE_OF = operator.attrgetter('source')
+
+
+def _attr_getter(positions: Sequence[int], scalar: bool = False):
+  """A _TypedJson struct -> its values at ``positions`` (attributes f<i>),
+  as _tuple_getter gives them from a values tuple."""
+  names = tuple(f'f{p}' for p in positions)
+  if scalar:
+    return operator.attrgetter(names[0])
+  if not names:
+    return lambda values: ()
+  if len(names) == 1:
+    get = operator.attrgetter(names[0])
+    return lambda values: (get(values),)
+  return operator.attrgetter(*names)
 
 
 def _tuple_getter(positions: Sequence[int], scalar: bool = False):

@@ -30,9 +30,9 @@ documents that it "does not support multiple firings per window" in
 streaming: an early and an on-time pane (or a late pane) of one window get the
 same names and overwrite each other. Its shard count is not honoured either
 (files per window = bundles that saw the window), and its temporary files
-live under the output path by default. This module encodes rows into one
-bytes blob per batch and shard, groups them with one GroupByKey on the shard
-key, and writes each (window, pane, shard) firing in one DoFn call.
+live under the output path by default. This module encodes rows into a few
+bytes blobs per window and bundle, groups them with one GroupByKey on the
+shard key, and writes each (window, pane, shard) firing in one DoFn call.
 
 Triggers are not set here: the jobs set them upstream (``WindowFeatures(...,
 trigger=...)``). The default fires once when the watermark passes the end of
@@ -75,7 +75,7 @@ from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms import trigger as trigger_lib
 from apache_beam.transforms import window as window_lib
 from apache_beam.utils.timestamp import Timestamp
-from apache_beam.utils.windowed_value import PaneInfoTiming
+from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
 _LOGGER = logging.getLogger(__name__)
 _NAMESPACE = 'file_sink'
@@ -96,6 +96,10 @@ GLOBAL_WINDOW_LABEL = 'global'
 PARQUET_ROW_GROUP_ROWS = 65536
 # String columns with one value per row: no Parquet dictionary for them.
 _UNIQUE_COLUMNS = frozenset({'event_id'})
+# Encoding buffers (_EncodeShards): rows per blob, and rows held per bundle
+# before every window's rows are encoded.
+_ENCODE_BLOB_ROWS = 32768
+_ENCODE_BUFFER_ROWS = 131072
 
 
 def _processing_delay(seconds: float) -> int:
@@ -194,9 +198,9 @@ def default_temp_directory(output_path: str) -> str:
 # --- Row formats ---------------------------------------------------------------
 #
 # Rows are encoded in the step before the GroupByKey: what the shuffle moves
-# is one bytes blob per batch (JSONL lines, framed TFRecords, or an Arrow IPC
-# stream for Parquet), not thousands of dicts: per-element coder work is the
-# cost of a Python pipeline. The writer after the GroupByKey only
+# is a few bytes blobs per window and bundle (JSONL lines, framed TFRecords,
+# or an Arrow IPC stream for Parquet), not thousands of dicts: per-element
+# coder work is the cost of a Python pipeline. The writer after the GroupByKey only
 # concatenates blobs (JSONL, TFRecord) or turns Arrow batches into row groups
 # (Parquet).
 
@@ -326,18 +330,27 @@ class _RowCodec:
       opt = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
       return b''.join([dumps(r, option=opt) for r in rows])
     if self.file_format == 'parquet':
-      to_record_batch = getattr(rows, 'to_record_batch', None)
-      if to_record_batch is not None:
-        # Columnar rows (transforms.output.PredictionRows): no dicts.
-        batch = to_record_batch(self.schema)
-      else:
-        batch = pa.RecordBatch.from_pylist(list(rows), schema=self.schema)
-      sink = pa.BufferOutputStream()
-      with pa.ipc.new_stream(sink, self.schema) as w:
-        w.write_batch(batch)
-      return sink.getvalue().to_pybytes()
+      return self.encode_many([rows])
     return b''.join([tfrecord_frame(self._example(r).SerializeToString())
                      for r in rows])
+
+  def encode_many(self, row_lists: Sequence[Sequence[dict]]) -> bytes:
+    """Several row lists as one blob (Parquet: one Arrow IPC stream of one
+    record batch per list)."""
+    if self.file_format != 'parquet':
+      return b''.join([self.encode(rows) for rows in row_lists])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, self.schema) as w:
+      for rows in row_lists:
+        w.write_batch(self._record_batch(rows))
+    return sink.getvalue().to_pybytes()
+
+  def _record_batch(self, rows) -> pa.RecordBatch:
+    to_record_batch = getattr(rows, 'to_record_batch', None)
+    if to_record_batch is not None:
+      # Columnar rows (transforms.output.PredictionRows): no dicts.
+      return to_record_batch(self.schema)
+    return pa.RecordBatch.from_pylist(list(rows), schema=self.schema)
 
   def writer(self, fh) -> _FileWriter:
     if self.file_format == 'parquet':
@@ -431,11 +444,16 @@ class WrittenFile(NamedTuple):
 
 
 class _EncodeShards(beam.DoFn):
-  """list of rows -> (shard, (row count, encoded blob)), at most one
-  contiguous slice per shard.
+  """Row lists -> (shard, (row count, encoded blob)) per window.
 
-  Slices go round-robin from a random start per DoFn instance, so shards
-  fill evenly across batches and workers.
+  Rows are buffered per window within a bundle and encoded in blobs of up
+  to ``_ENCODE_BLOB_ROWS`` rows (at the bundle's end, or earlier when a
+  window or the whole buffer is full): the GroupByKey behind then moves a
+  few large blobs instead of one or two per input batch (per-element work
+  and per-blob framing dominate otherwise). A window's rows go to the
+  shards in about equal runs of whole lists (a list is sliced only when
+  there are fewer lists than shards), round-robin from a random start per
+  DoFn instance, so shards fill evenly across bundles and workers.
   """
 
   def __init__(self, num_shards: int, codec: _RowCodec):
@@ -445,18 +463,62 @@ class _EncodeShards(beam.DoFn):
   def setup(self):
     self._next = random.randrange(self._num_shards)
 
-  def process(self, rows):
+  def start_bundle(self):
+    # window -> [min timestamp, rows, [row lists]]
+    self._buffer: dict = {}
+    self._buffered = 0
+
+  def process(self, rows, window=beam.DoFn.WindowParam,
+              timestamp=beam.DoFn.TimestampParam):
     if not isinstance(rows, collections.abc.Sequence):
       rows = list(rows)
     n = len(rows)
     if not n:
       return
-    parts = min(self._num_shards, n)
-    size = -(-n // parts)
-    for start in range(0, n, size):
-      part = rows[start:start + size]
-      yield self._next, (len(part), self._codec.encode(part))
-      self._next = (self._next + 1) % self._num_shards
+    entry = self._buffer.get(window)
+    if entry is None:
+      entry = self._buffer[window] = [timestamp, 0, []]
+    entry[0] = min(entry[0], timestamp)
+    entry[1] += n
+    entry[2].append(rows)
+    self._buffered += n
+    if entry[1] >= _ENCODE_BLOB_ROWS * self._num_shards:
+      yield from self._flush(window)
+    elif self._buffered >= _ENCODE_BUFFER_ROWS:
+      for w in list(self._buffer):
+        yield from self._flush(w)
+
+  def finish_bundle(self):
+    for w in list(self._buffer):
+      yield from self._flush(w)
+
+  def _flush(self, window):
+    timestamp, total, lists = self._buffer.pop(window)
+    self._buffered -= total
+    if len(lists) < self._num_shards:
+      # Too few lists to spread: contiguous slices of them.
+      parts = min(self._num_shards, total)
+      size = -(-total // parts)
+      lists = [rows[i:i + size] for rows in lists
+               for i in range(0, len(rows), size)]
+    per_shard = -(-total // self._num_shards)
+    group, count = [], 0
+    for rows in lists:
+      group.append(rows)
+      count += len(rows)
+      if count >= per_shard:
+        yield self._output(group, count, timestamp, window)
+        group, count = [], 0
+    if group:
+      yield self._output(group, count, timestamp, window)
+
+  def _output(self, group, count, timestamp, window):
+    shard = self._next
+    self._next = (self._next + 1) % self._num_shards
+    # The earliest input timestamp: never behind the output watermark of
+    # a bundle that still holds these rows.
+    return WindowedValue((shard, (count, self._codec.encode_many(group))),
+                         timestamp, [window])
 
 
 class _WriteShardFile(beam.DoFn):
