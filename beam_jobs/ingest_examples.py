@@ -731,7 +731,7 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
         kafka.kafka_io, consumer_config, [kafka.input_topic],
         start=kafka.start, stop=_stop(options),
         max_batch_records=kafka.read_batch_records,
-        timestamp_policy=parser.event_time_of, max_delay_s=wopts.max_delay_s,
+        timestamp_policy=parser.event_time_fn(), max_delay_s=wopts.max_delay_s,
         idle_timeout_s=wopts.idle_timeout_s)
   parsed = records | 'ParseEvents' >> ParseEvents(
       schema, events.input_format,

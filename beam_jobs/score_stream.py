@@ -137,7 +137,7 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
   if kafka.start == offsets.START_COMMITTED:
     # A group without committed offsets starts at the beginning of the log.
     consumer_config.setdefault('auto.offset.reset', 'earliest')
-  timestamp_policy = (parser.event_time_of if job.timestamp_source ==
+  timestamp_policy = (parser.event_time_fn() if job.timestamp_source ==
                       'payload' else 'create_time')
 
   records = p | 'ReadFromKafka' >> xlang.build_read(

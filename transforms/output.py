@@ -7,6 +7,7 @@ Times are epoch seconds (floats) so latencies are simple differences:
 """
 
 import collections.abc
+import itertools
 import math
 from typing import Sequence
 
@@ -132,37 +133,29 @@ class PredictionRows(collections.abc.Sequence):
   def _build_rows(self) -> list[dict]:
     c = self._cols
     n = self._n
-    start, end = c['window_start'], c['window_end']
-    ids, keys = c['event_id'], c['key']
-    scores = c['score'].tolist()
-    times = c['event_time'].tolist()
-    read = c['read_time'].tolist()
-    late = c['late'].tolist()
-    counts = c['win_count'].tolist()
-    means = c['win_mean'].tolist() if c['win_mean'] is not None else None
-    stds = c['win_std'].tolist() if c['win_std'] is not None else None
-    labels = c['label'].tolist() if c['label'] is not None else None
-    version = c['model_version']
-    scored_time = c['scored_time']
-    names = self._names
-    with_label = self._with_label
-    rows = []
-    for i in range(n):
-      row = {
-          'event_id': ids[i], 'key': keys[i], 'window_start': start,
-          'window_end': end, 'score': scores[i], 'model_version': version,
-          'event_time': times[i], 'read_time': read[i],
-          'scored_time': scored_time, 'late': late[i], 'win_count': counts[i],
-      }
-      if means is not None:
-        for j, name in enumerate(names):
-          row[f'win_mean_{name}'] = means[i][j]
-          row[f'win_std_{name}'] = stds[i][j]
-      if with_label:
-        row['label'] = (None if labels is None or not math.isfinite(labels[i])
-                        else labels[i])
-      rows.append(row)
-    return rows
+    # Column lists zipped into rows with one key tuple: no per-row key
+    # formatting or per-key stores (this ran per event for the Kafka sink).
+    names = ['event_id', 'key', 'window_start', 'window_end', 'score',
+             'model_version', 'event_time', 'read_time', 'scored_time',
+             'late', 'win_count']
+    columns = [
+        c['event_id'], c['key'], itertools.repeat(c['window_start'], n),
+        itertools.repeat(c['window_end'], n), c['score'].tolist(),
+        itertools.repeat(c['model_version'], n), c['event_time'].tolist(),
+        c['read_time'].tolist(), itertools.repeat(c['scored_time'], n),
+        c['late'].tolist(), c['win_count'].tolist()]
+    if c['win_mean'] is not None:
+      for j, name in enumerate(self._names):
+        names += [f'win_mean_{name}', f'win_std_{name}']
+        columns += [c['win_mean'][:, j].tolist(), c['win_std'][:, j].tolist()]
+    if self._with_label:
+      names.append('label')
+      labels = c['label']
+      columns.append(
+          itertools.repeat(None, n) if labels is None else
+          [None if not math.isfinite(v) else v for v in labels.tolist()])
+    names = tuple(names)
+    return [dict(zip(names, values)) for values in zip(*columns)]
 
   def to_record_batch(self, schema):
     """The rows as a pyarrow RecordBatch of ``schema`` (built from the

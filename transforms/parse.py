@@ -23,6 +23,7 @@ forever and goes to the dead-letter output at once.
 
 import csv
 import datetime
+import functools
 import io
 import itertools
 import logging
@@ -66,11 +67,17 @@ class _Invalid(Exception):
     self.event_id = event_id
 
 
+@functools.lru_cache(maxsize=4096)
+def kafka_source(topic: str, partition: int) -> str:
+  """The ``source`` of a Kafka partition's records (one string each)."""
+  return f'kafka:{topic}/{partition}'
+
+
 def _to_raw(record) -> RawRecord:
   if isinstance(record, RawRecord):
     return record
   if isinstance(record, KafkaRecord):
-    return RawRecord(f'kafka:{record.topic}/{record.partition}',
+    return RawRecord(kafka_source(record.topic, record.partition),
                      record.offset, record.value,
                      record.timestamp_ms / 1000.0
                      if record.timestamp_ms >= 0 else None, record.key)
@@ -405,24 +412,47 @@ class RecordParser:
     dead letter at parse) gets its Kafka timestamp, else the wall clock, so
     one bad record cannot move the watermark (e.g. to the year 9999).
     """
-    raw = _to_raw(record)
+    return self.event_times_of([record])[0]
+
+  def event_times_of(self, records: Sequence) -> list[float]:
+    """``event_time_of`` of each record (KafkaRecord or RawRecord), in one
+    call for a run of records (the local read's timestamps)."""
     now = self._now_fn()
-    fallback = raw.timestamp if raw.timestamp is not None else now
+    lo = self.schema.min_event_time
+    hi = now + self.schema.max_future_s
     field = self.schema.time_field
-    if not field or not raw.payload or len(raw.payload) > self._max_payload:
-      return fallback
-    try:
-      if self._time_only is not None:
-        # Only the time field is built; the rest is checked, not decoded.
-        value = self._time_only(raw.payload).t
+    limit = self._max_payload
+    read = self._time
+    time_only = self._time_only
+    out = []
+    append = out.append
+    for r in records:
+      if type(r) is KafkaRecord:
+        payload = r.value
+        fallback = r.timestamp_ms / 1000.0 if r.timestamp_ms >= 0 else now
       else:
-        value = self._decode(raw.payload)[field]
-      t = self._time(value)
-    except Exception:  # pylint: disable=broad-except
-      return fallback
-    if not self.schema.min_event_time <= t <= now + self.schema.max_future_s:
-      return fallback
-    return t
+        raw = _to_raw(r)
+        payload = raw.payload
+        fallback = raw.timestamp if raw.timestamp is not None else now
+      if not field or not payload or len(payload) > limit:
+        append(fallback)
+        continue
+      try:
+        if time_only is not None:
+          # Only the time field is built; the rest is checked, not decoded.
+          t = read(time_only(payload).t)
+        else:
+          t = read(self._decode(payload)[field])
+      except Exception:  # pylint: disable=broad-except
+        append(fallback)
+        continue
+      append(t if lo <= t <= hi else fallback)
+    return out
+
+  def event_time_fn(self) -> 'EventTimeFn':
+    """``event_time_of`` as a read's timestamp policy, with ``many`` for
+    runs of records."""
+    return EventTimeFn(self)
 
   def _validate(self, doc: dict, raw, now: float,
                 default_time: Optional[float]) -> tuple:
@@ -1195,6 +1225,21 @@ def _tuple_getter(positions: Sequence[int], scalar: bool = False):
     p = positions[0]
     return lambda values: (values[p],)
   return operator.itemgetter(*positions)
+
+
+class EventTimeFn:
+  """A RecordParser's ``event_time_of`` as a ReadFromKafka timestamp
+  policy; ``many(records)`` gives a whole run's times in one call (the
+  readers use it when present). Picklable with its parser."""
+
+  def __init__(self, parser: 'RecordParser'):
+    self._parser = parser
+
+  def __call__(self, record) -> float:
+    return self._parser.event_time_of(record)
+
+  def many(self, records: Sequence) -> list[float]:
+    return self._parser.event_times_of(records)
 
 
 class Document(NamedTuple):

@@ -70,7 +70,7 @@ from transforms.kafka import offsets as offsets_lib
 from transforms.kafka.read import (TS_FUNCTION, TS_PROCESSING_TIME,
                                    OffsetCommitter, ReadFromKafka,
                                    reader_config, recover_out_of_range)
-from transforms.kafka.records import records_from_messages
+from transforms.kafka.records import micros_of, records_from_messages
 from transforms.kafka.watermark import KafkaWatermarkEstimator
 
 _LOGGER = logging.getLogger(__name__)
@@ -446,8 +446,7 @@ class LocalKafkaReader:
     records = records_from_messages(run, p.topic, p.partition)
     mode = s['timestamp_mode']
     if mode == TS_FUNCTION:
-      ts_fn = s['timestamp_fn']
-      stamps = [ts_fn(r).micros for r in records]
+      stamps = micros_of(s['timestamp_fn'], records)
     elif mode == TS_PROCESSING_TIME:
       stamps = [Timestamp.of(time.time()).micros] * len(records)
     else:

@@ -49,7 +49,7 @@ from transforms.kafka import config_refs
 from transforms.kafka import offsets as offsets_lib
 from transforms.kafka.offsets import PartitionRange, StopAt
 from transforms.kafka.records import (KafkaRecord, TimestampPolicy,
-                                      records_from_messages,
+                                      micros_of, records_from_messages,
                                       resolve_timestamp_fn)
 from transforms.kafka.watermark import KafkaWatermarkEstimatorProvider
 
@@ -458,7 +458,7 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
     # The next offset this restriction has not read (what a commit covers).
     next_offset = start
     # Records consumed and claimed but not yet emitted, and their element
-    # timestamps (integer micros, or Timestamps for a user function).
+    # timestamps (integer micros, whatever the policy).
     items: list = []
     stamps: list = []
     try:
@@ -601,8 +601,7 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
       return
     if mode == TS_FUNCTION:
       records = records_from_messages(run, topic, partition)
-      ts_fn = self._timestamp_fn
-      stamps.extend([ts_fn(r) for r in records])
+      stamps.extend(micros_of(self._timestamp_fn, records))
       items.extend(records if self._with_metadata else
                    [(r[3], r[4]) for r in records])
       return
@@ -628,14 +627,12 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
       return
     from_records = (self._timestamp_mode == TS_RECORD_TIME
                     and self._with_metadata)
-    micros = self._timestamp_mode != TS_FUNCTION
     size = self._max_batch_records
     if size <= 0:
       if from_records:
         stamps = [_record_micros(r[5]) for r in items]
       for item, ts in zip(items, stamps):
-        yield beam.window.TimestampedValue(
-            item, Timestamp(micros=ts) if micros else ts)
+        yield beam.window.TimestampedValue(item, Timestamp(micros=ts))
       items.clear()
       del stamps[:]
       return
@@ -652,9 +649,8 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
         low, high = Timestamp(micros=low), Timestamp(micros=high)
       else:
         chunk_stamps = stamps[i:i + size]
-        low, high = min(chunk_stamps), max(chunk_stamps)
-        if micros:
-          low, high = Timestamp(micros=low), Timestamp(micros=high)
+        low = Timestamp(micros=min(chunk_stamps))
+        high = Timestamp(micros=max(chunk_stamps))
       watermark.observe_timestamp(high)
       yield beam.window.TimestampedValue(chunk, low)
     del items[:n]

@@ -81,6 +81,18 @@ class TimestampPolicy(enum.Enum):
 TimestampFn = Callable[[KafkaRecord], Union[float, Timestamp]]
 
 
+def micros_of(timestamp_fn: Callable[[KafkaRecord], Timestamp],
+              records: list) -> list[int]:
+  """Element timestamps (epoch micros) of ``records`` by a resolved
+  timestamp function; one call for the run when it has ``many``."""
+  many = getattr(timestamp_fn, 'many', None)
+  if many is None:
+    return [timestamp_fn(r).micros for r in records]
+  # Numbers as Timestamp.of(t).micros computes them, without the objects.
+  return [int(t * 1000000) if type(t) in (float, int) else
+          Timestamp.of(t).micros for t in many(records)]
+
+
 def resolve_timestamp_fn(
     policy: Union[str, TimestampPolicy, TimestampFn]
 ) -> Callable[[KafkaRecord], Timestamp]:
@@ -99,6 +111,9 @@ def resolve_timestamp_fn(
       ts = user_fn(record)
       return ts if isinstance(ts, Timestamp) else Timestamp.of(ts)
 
+    # A function with ``many(records) -> times`` (e.g. transforms.parse.
+    # EventTimeFn) times a whole run of records per call: see micros_of.
+    from_user.many = getattr(user_fn, 'many', None)
     return from_user
   try:
     policy = TimestampPolicy(policy)
