@@ -228,24 +228,27 @@ def job_unbounded(config: dict, bootstrap: str, topics: dict,
                   latency_s: float, log) -> dict:
   """The job unbounded: first a backlog of n, then a steady input rate."""
   group = f'bench-unbounded-{uuid.uuid4().hex[:6]}'
-  watcher = demo.OutputWatcher(config, topics['out'], topics['dlq'])
-  watcher.start()
+  watcher = None
   proc = subprocess.Popen(_job_args(bootstrap, config, topics, model_dir,
                                     group), stdout=log, stderr=log)
   try:
-    deadline = time.monotonic() + 1800
+    # The backlog: only counted while the job works (the outputs are read
+    # and checked after); a reader decoding every prediction meanwhile
+    # would take most of a core from the job on a 2-core machine.
+    backlog_dead = _count_outputs(config, topics, n, proc, 1800)
+    rows = _read_outputs(config, topics['out'], n - backlog_dead, 120)
+    backlog_rate = _steady_rate(rows, backlog_dead)
+    # From here on the latency of each prediction is taken as it arrives.
+    watcher = demo.OutputWatcher(config, topics['out'], topics['dlq'])
+    watcher.start()
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
       snap = watcher.snapshot()
       if snap['scored'] + snap['dead'] >= n:
         break
-      if proc.poll() is not None:
-        raise RuntimeError(f'score_stream exited with {proc.returncode}')
-      time.sleep(0.5)
+      time.sleep(0.2)
     with watcher._lock:  # pylint: disable=protected-access
       watcher.latencies.clear()
-    backlog_dead = watcher.snapshot()['dead']
-    rows = _read_outputs(config, topics['out'], n - backlog_dead, 120)
-    backlog_rate = _steady_rate(rows, backlog_dead)
     # Steady input: the backlog is scored; now each fixed rate in turn,
     # measured after a warm-up of a fifth of the time.
     phases = []
@@ -275,8 +278,35 @@ def job_unbounded(config: dict, bootstrap: str, topics: dict,
       proc.wait(120)
     except subprocess.TimeoutExpired:
       proc.kill()
-    watcher.stop()
+    if watcher is not None:
+      watcher.stop()
   return {'backlog_rate': backlog_rate, 'phases': phases}
+
+
+def _count_outputs(config: dict, topics: dict, n: int, proc,
+                   timeout_s: float) -> int:
+  """Waits until predictions + dead letters reach ``n`` (counted, not
+  decoded); returns the dead letters."""
+  consumer = Consumer(dict(config, **{
+      'group.id': f'bench-{uuid.uuid4().hex[:8]}',
+      'enable.auto.commit': False}))
+  consumer.assign([TopicPartition(t, p, 0) for t, p in admin.topic_partitions(
+      config, [topics['out'], topics['dlq']])])
+  counts = {topics['out']: 0, topics['dlq']: 0}
+  deadline = time.monotonic() + timeout_s
+  try:
+    while sum(counts.values()) < n:
+      if time.monotonic() > deadline:
+        raise RuntimeError(f'{sum(counts.values())} of {n} outputs after '
+                           f'{timeout_s:.0f} s')
+      if proc.poll() is not None:
+        raise RuntimeError(f'score_stream exited with {proc.returncode}')
+      for m in consumer.consume(num_messages=10_000, timeout=0.5):
+        if m.error() is None:
+          counts[m.topic()] += 1
+  finally:
+    consumer.close()
+  return counts[topics['dlq']]
 
 
 class PacedProducer(threading.Thread):

@@ -189,3 +189,29 @@ def test_event_time_of_never_lets_a_bad_time_move_the_watermark():
               None):
     assert parser.event_time_of(rec(bad)) == pytest.approx(NOW - 3)
   assert math.isfinite(parser.event_time_of(rec(b'{}')))
+
+
+def test_kafka_records_parse_as_their_raw_records():
+  """The read's KafkaRecords go to the parser as they are: the same
+  batches and dead letters as the RawRecords they stand for."""
+  payloads = [orjson.dumps(good_event(0)), b'{"event_id": "e1"',
+              orjson.dumps(good_event(2, MT2='x')), None,
+              orjson.dumps(good_event(4))]
+  kafka = [KafkaRecord('t', 3, 10 + i, b'k', p, int((NOW - 5) * 1000), 1)
+           for i, p in enumerate(payloads)]
+  raw = [RawRecord('kafka:t/3', 10 + i, p, NOW - 5, b'k')
+         for i, p in enumerate(payloads)]
+  for schema in (SUSY, schema_lib.susy_csv_schema()):
+    fmt = 'json' if schema is SUSY else 'csv'
+    parser = RecordParser(schema, fmt, now_fn=lambda: NOW)
+    (from_kafka, dead_kafka), (from_raw, dead_raw) = (
+        parser.parse(kafka), parser.parse(raw))
+    assert [(b.source, b.positions.tolist(), b.ids, b.event_time.tolist())
+            for b in from_kafka] == [
+                (b.source, b.positions.tolist(), b.ids, b.event_time.tolist())
+                for b in from_raw]
+    assert [(d.source, d.position, d.reason, d.payload, d.record_key)
+            for d in dead_kafka] == [
+                (d.source, d.position, d.reason, d.payload, d.record_key)
+                for d in dead_raw]
+  assert parser.event_times_of(kafka) == parser.event_times_of(raw)

@@ -23,7 +23,6 @@ forever and goes to the dead-letter output at once.
 
 import csv
 import datetime
-import functools
 import io
 import itertools
 import logging
@@ -43,7 +42,7 @@ from apache_beam.metrics import Metrics
 
 from transforms import dead_letters as dl
 from transforms.events import EventBatch, RawRecord
-from transforms.kafka.records import KafkaRecord
+from transforms.kafka.records import KafkaRecord, kafka_source
 from transforms.schema import EventSchema
 
 _LOGGER = logging.getLogger(__name__)
@@ -67,10 +66,9 @@ class _Invalid(Exception):
     self.event_id = event_id
 
 
-@functools.lru_cache(maxsize=4096)
-def kafka_source(topic: str, partition: int) -> str:
-  """The ``source`` of a Kafka partition's records (one string each)."""
-  return f'kafka:{topic}/{partition}'
+# Records the parser reads as they are (a KafkaRecord reads as a RawRecord:
+# source, position, payload, timestamp, key).
+_RECORD_TYPES = frozenset((RawRecord, KafkaRecord))
 
 
 def _to_raw(record) -> RawRecord:
@@ -488,7 +486,9 @@ class RecordParser:
         no record timestamp); the wall clock when None.
     """
     now = self._now_fn()
-    raws = [r if type(r) is RawRecord else _to_raw(r) for r in records]
+    raws = records if isinstance(records, list) else list(records)
+    if not set(map(type, raws)) <= _RECORD_TYPES:
+      raws = [_to_raw(r) for r in raws]
     payloads = [r.payload for r in raws]
     if self._numeric_csv is not None and raws:
       parsed = self._parse_numeric_csv(raws, payloads, now, default_time)

@@ -1,6 +1,7 @@
 """The record type read from Kafka and the policies that give it an event time."""
 
 import enum
+import functools
 import time
 from typing import Callable, NamedTuple, Optional, Union
 
@@ -33,6 +34,32 @@ class KafkaRecord(NamedTuple):
   timestamp_ms: int
   timestamp_type: int
   headers: tuple[tuple[str, Optional[bytes]], ...] = ()
+
+  # The record read as a transforms.events.RawRecord (what the parser
+  # reads), without building one per record.
+
+  @property
+  def source(self) -> str:
+    return kafka_source(self.topic, self.partition)
+
+  @property
+  def position(self) -> int:
+    return self.offset
+
+  @property
+  def payload(self) -> Optional[bytes]:
+    return self.value
+
+  @property
+  def timestamp(self) -> Optional[float]:
+    """Epoch seconds, or None without a broker timestamp."""
+    return self.timestamp_ms / 1000.0 if self.timestamp_ms >= 0 else None
+
+
+@functools.lru_cache(maxsize=4096)
+def kafka_source(topic: str, partition: int) -> str:
+  """The ``source`` of a Kafka partition's records (one string each)."""
+  return f'kafka:{topic}/{partition}'
 
 
 _new_tuple = tuple.__new__

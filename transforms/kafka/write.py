@@ -224,8 +224,13 @@ class _ProduceFn(beam.DoFn):
   def process(self, element):
     try:
       if self._batched:
-        for record in element:
-          self._produce(record)
+        if (self._key_fn is _default_key and
+            self._value_fn is _default_value and self._headers_fn is None
+            and not callable(self._topic)):
+          self._produce_pairs(element)
+        else:
+          for record in element:
+            self._produce(record)
       else:
         self._produce(element)
       # Serve queued delivery reports (and make room in the local queue).
@@ -239,6 +244,27 @@ class _ProduceFn(beam.DoFn):
       # objects, which are not BaseException subclasses.
       raise self._client_failure(sys.exc_info()[1], 'produce') from None
 
+  def _produce_pairs(self, records) -> None:
+    """``_produce`` of each record with the default key and value functions
+    and a fixed topic, in one loop (this runs per output record)."""
+    produce, topic = self._producer.produce, self._topic
+    n = 0
+    for record in records:
+      if type(record) is tuple and len(record) == 2:
+        key, value = record
+      else:
+        key, value = _default_key(record), _default_value(record)
+      if isinstance(key, str):
+        key = key.encode('utf-8')
+      if isinstance(value, str):
+        value = value.encode('utf-8')
+      try:
+        produce(topic, value, key)
+      except BufferError:
+        self._produce_when_room(topic, value, key, None)
+      n += 1
+    self._produced += n
+
   def _produce(self, record) -> None:
     topic = self._topic(record) if callable(self._topic) else self._topic
     key = self._key_fn(record)
@@ -248,14 +274,22 @@ class _ProduceFn(beam.DoFn):
       key = key.encode('utf-8')
     if isinstance(value, str):
       value = value.encode('utf-8')
+    try:
+      self._producer.produce(topic, value=value, key=key, headers=headers)
+    except BufferError:
+      self._produce_when_room(topic, value, key, headers)
+    self._produced += 1
+
+  def _produce_when_room(self, topic, value, key, headers) -> None:
+    """Local queue full: serves delivery reports to make room, then
+    produces."""
     while True:
+      self._producer.poll(0.05)
       try:
         self._producer.produce(topic, value=value, key=key, headers=headers)
-        break
+        return
       except BufferError:
-        # Local queue full: serve delivery reports to make room, then retry.
-        self._producer.poll(0.05)
-    self._produced += 1
+        pass
 
   def finish_bundle(self):
     try:
