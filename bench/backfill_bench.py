@@ -26,31 +26,38 @@ pass for a fast run.
   python -m bench.backfill_bench --engine in_memory --engine multi_processing
   python -m bench.backfill_bench --susy_csv               # + 1M-row SUSY CSV
 
-Measured on the 2-core development machine, 2026-11-24, shared with other
-engineers' test runs (load average 1.0-1.9 during these runs), 1M events:
+Measured on the 2-core development machine, 2026-11-24 (load average
+0.7-1.6 during these runs), 1M events, best of 3:
 
-  parse_only    590-630k events/s;  parse_stage 176-203k events/s;
-  model         11-14M rows/s
-  backfill      in process: 13.7-18.0 s = 55-73k events/s (0.09-0.12 of
-                parse_only, ~0.35 of parse_stage). Paired with the same job
-                on the shared transforms as they were before this change
-                (same load, alternating): 30.5 s before, 15.5 s after.
-  multi_processing (2 workers): 22.9-27.0 s = 37-44k events/s: slower,
-                every element between stages goes through the runner
-                process over gRPC, and on two cores the runner competes
-                with both workers (more cores than workers: not measured).
-  susy_csv      1M-row UCI-format CSV (.gz, one split): 15.3-16.6 s =
-                60-65k events/s (33.9 s before the chunked numeric parse).
+  parse_only    630-640k events/s;  parse_stage 290-300k events/s;
+  model         13-15M rows/s
+  backfill      in process: 8.6-9.6 s = 104-116k events/s (0.16-0.18 of
+                parse_only, ~0.4 of parse_stage); 13.7-18.0 s (55-73k)
+                before the changes below, 21.6 s on a slower hour.
+  multi_processing (2 workers): 19.7 s = 51k events/s: slower, every
+                element between stages goes through the runner process over
+                gRPC, and on two cores the runner competes with both workers.
+  susy_csv      1M-row UCI-format CSV (.gz, one split): 10.4 s = 96k
+                events/s (15.3-16.6 s before).
 
-Where the in-process time goes (1M events, from the runner's stage log
-and cProfile): reading, parsing and packing the events ~7.5 s (parse ~4
-us/event: orjson ~1, per-row field-set/type check ~1.3, columns ~1;
-pack = pickle + zstd of payloads ~1.6 us); per-key aggregation 0.5 s;
-the runner moving the packed events into the join (a Flatten stage of its
-own on the FnApiRunner) ~1.4 s; join, inference (~0.4 s), prediction rows
-and Parquet encoding ~3.5 s; the Parquet writes ~1.1 s. The 100k events/s
-target is not reached on this machine: what is left is per-event Python
-work of the parse and the runner's per-stage copies of the events.
+What made the difference (each measured on the whole run):
+  * The FnApiRunner copies a PCollection several times between stages
+    (one buffer per PCollection, then protobuf copies), at ~1-2 GB/s on this
+    VM: ~300 MB of packed events into the window join cost ~3 s. A batch
+    now scores first and joins the window features to the scores (ids,
+    keys, times, scores: ~60 MB), the aggregates are a dict side input
+    (no Flatten stage, no shuffle of the events): 17.5 -> 11.7-12.5 s.
+  * Parse: msgspec decodes JSON objects with every schema field straight
+    into typed values (syntax, field set and types checked in C), columns
+    from one flat iterator: ~4.0 -> ~2.3 us/event: -> 9-9.5 s.
+  * The file sink encodes a few blobs per window and bundle instead of
+    one or two per 1000-row batch; Parquet dictionaries only for repeating
+    strings (0.82 -> 0.30 s for the Parquet writes).
+
+Where the in-process time goes now (py-spy): read + parse + score + slim
+~5 s (parse ~2.3 us/event), join + prediction rows + Arrow encoding
+~1.3 s, Parquet writes ~1.1 s, aggregation ~0.5 s; the rest is the
+runner moving data between those stages.
 """
 
 import argparse
