@@ -78,6 +78,9 @@ def test_ten_thousand_events_one_percent_malformed(broker, make_topic,
     assert p['window_start'] <= p['event_time'] < p['window_end']
     assert p['win_count'] >= 1
     assert p['scored_time'] >= p['read_time'] > 0
+  print(f'\nscore_stream: {N_EVENTS} events -> {len(predictions)} '
+        f'predictions (one per valid id, offline scores within 1e-6), '
+        f'{len(dead)} dead letters (every malformed one)')
   # The group's offsets are committed: nothing left to read.
   from transforms.kafka import admin
   config = broker.client_config()
