@@ -190,12 +190,14 @@ def ensure_demo_model(model_dir: str) -> str:
 
 def _consumer_lag(client_config: dict, group: str, topic: str) -> int:
   try:
-    ends = admin.end_offsets(client_config, topic, timeout_s=5)
+    # Commits first: end offsets only grow, so a commit made between the
+    # two requests cannot make the lag negative.
     committed = admin.committed_offsets(client_config, group, topic,
                                         timeout_s=5)
+    ends = admin.end_offsets(client_config, topic, timeout_s=5)
   except Exception:  # pylint: disable=broad-except
     return -1
-  return sum(end - (committed.get(p) or 0) for p, end in ends.items())
+  return sum(max(0, end - (committed.get(p) or 0)) for p, end in ends.items())
 
 
 def main(argv: Optional[list[str]] = None) -> int:
