@@ -516,10 +516,11 @@ class _BatchAggregatesFn(beam.DoFn):
 # The join of events and aggregates: the aggregates (small: no payloads or
 # model features) are a dict side input keyed by batch (a dict, not a
 # multimap: the worker's state cache sizes every value it loads, which per
-# key cost ~1 ms), looked up by each packed batch. The events cross one stage boundary as opaque bytes (pickled
-# once by these steps): no shuffle and no Flatten stage of their own, which
-# on the FnApiRunner cost more than the aggregation itself (the runner's
-# thread decoding, partitioning and re-encoding ~300 bytes per event).
+# key cost ~1 ms), looked up by each packed batch. The events cross one
+# stage boundary as opaque bytes (pickled once by these steps): no shuffle
+# and no Flatten stage of their own, which on the FnApiRunner cost more
+# than the aggregation itself (the runner copies each PCollection between
+# stages several times).
 
 
 def _join_key(batch_id: tuple) -> str:
