@@ -425,13 +425,11 @@ class RecordParser:
     out = []
     append = out.append
     for r in records:
-      if type(r) is KafkaRecord:
-        payload = r.value
-        fallback = r.timestamp_ms / 1000.0 if r.timestamp_ms >= 0 else now
-      else:
-        raw = _to_raw(r)
-        payload = raw.payload
-        fallback = raw.timestamp if raw.timestamp is not None else now
+      if type(r) not in _RECORD_TYPES:
+        r = _to_raw(r)
+      payload = r.payload
+      ts = r.timestamp
+      fallback = ts if ts is not None else now
       if not field or not payload or len(payload) > limit:
         append(fallback)
         continue
