@@ -41,12 +41,11 @@ DEFAULT_MODEL_DIR = os.path.join('.run', 'models', 'susy-demo')
 
 
 class RateProducer(threading.Thread):
-  """Produces SUSY-like events at a steady rate until stopped, or until
-  ``count`` events when given."""
+  """Produces SUSY-like events at a steady rate until stopped."""
 
   def __init__(self, client_config: dict, topic: str, rate: float, *,
                malformed_fraction: float, seed: int = 7,
-               start_index: int = 0, count: Optional[int] = None):
+               start_index: int = 0):
     super().__init__(name='demo-producer', daemon=True)
     self._producer = Producer(dict(client_config, **{
         'linger.ms': 5, 'compression.type': 'lz4'}))
@@ -56,11 +55,9 @@ class RateProducer(threading.Thread):
     self._seed = seed
     # Ids e<start_index>, e<start_index+1>, ...
     self._start_index = start_index
-    self._count = count
     self._halt = threading.Event()
     self.produced = 0
     self.malformed = 0
-    self.malformed_ids: set[str] = set()
     self.failed = 0
 
   def _on_delivery(self, err, unused_msg):
@@ -80,7 +77,7 @@ class RateProducer(threading.Thread):
   def run(self):
     started = time.monotonic()
     for event in self._events():
-      if self._halt.is_set() or self.produced == self._count:
+      if self._halt.is_set():
         break
       ahead = self.produced / self._rate - (time.monotonic() - started)
       if ahead > 0.005:
@@ -96,9 +93,7 @@ class RateProducer(threading.Thread):
         except BufferError:
           self._producer.poll(0.01)
       self.produced += 1
-      if event.malformed is not None:
-        self.malformed += 1
-        self.malformed_ids.add(event.key.decode())
+      self.malformed += event.malformed is not None
     self.failed += self._producer.flush(30)
 
   def stop(self):

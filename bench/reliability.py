@@ -17,9 +17,9 @@ import time
 from typing import Optional
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from beam_jobs import demo
+from models import susy
 from transforms.kafka import admin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,11 +57,46 @@ HEADER = (f'{"scenario":34} {"in":>8} {"scored":>8} {"dead":>6} {"lost":>5} '
           f'{"dups":>6} {"!in":>6} {"!out":>5}  notes')
 
 
-def steady_producer(config: dict, topic: str, n: int,
-                    rate: float) -> demo.RateProducer:
-  """``n`` SUSY-like events at ``rate``/s (ids e0..e<n-1>), 1% malformed."""
-  return demo.RateProducer(config, topic, rate, malformed_fraction=0.01,
-                           seed=5, count=n)
+class SteadyProducer(threading.Thread):
+  """Produces ``n`` SUSY-like events at ``rate``/s (ids e0..e<n-1>)."""
+
+  def __init__(self, config: dict, topic: str, n: int, rate: float, *,
+               malformed_fraction: float = 0.0, seed: int = 5):
+    super().__init__(daemon=True)
+    self._producer = Producer(dict(config, **{'linger.ms': 5}))
+    self._topic, self._n, self._rate = topic, n, rate
+    self._malformed_fraction = malformed_fraction
+    self._seed = seed
+    self.produced = 0
+    self.malformed_ids: set[str] = set()
+    self.failed = 0
+
+  def _on_delivery(self, err, unused_msg):
+    if err is not None:
+      self.failed += 1
+
+  def run(self):
+    start = time.monotonic()
+    events = susy.iter_encoded_events(
+        self._n, seed=self._seed, start_time=time.time(), rate=self._rate,
+        malformed_fraction=self._malformed_fraction)
+    for event in events:
+      ahead = self.produced / self._rate - (time.monotonic() - start)
+      if ahead > 0.005:
+        self._producer.poll(0)
+        time.sleep(ahead)
+      while True:
+        try:
+          self._producer.produce(self._topic, key=event.key, value=event.value,
+                                 timestamp=event.timestamp_ms,
+                                 on_delivery=self._on_delivery)
+          break
+        except BufferError:
+          self._producer.poll(0.01)
+      self.produced += 1
+      if event.malformed is not None:
+        self.malformed_ids.add(event.key.decode())
+    self.failed += self._producer.flush(60)
 
 
 class JobProcess:
@@ -285,7 +320,8 @@ def crash_restart(config: dict, bootstrap: str, topics: dict, model_dir: str,
   rng = random.Random(seed)
   group = f'g-{topics["in"]}'
   args = job_args(bootstrap, topics, model_dir, group, config, *extra_args)
-  producer = steady_producer(config, topics['in'], n, rate)
+  producer = SteadyProducer(config, topics['in'], n, rate,
+                            malformed_fraction=0.01)
   producer.start()
   job = JobProcess(args, log_path)
   kill_times = []
@@ -360,7 +396,8 @@ def broker_restart(model_dir: str, log_path: str, work_dir: str, *, n: int,
     job.wait_until_reading()
     auditor = OutputAuditor(config, topics)
     auditor.start()
-    producer = steady_producer(config, topics['in'], n, rate)
+    producer = SteadyProducer(config, topics['in'], n, rate,
+                              malformed_fraction=0.01)
     producer.start()
     time.sleep(n / rate / 3)
     down_at = time.strftime('%X')
