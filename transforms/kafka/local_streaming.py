@@ -156,6 +156,9 @@ class LocalKafkaReader:
     self._last_commit = 0.0
     # Wall time of the last "broker unreachable" report (0: none).
     self._unreachable_at = 0.0
+    # Set by such a report: check the recent records once the brokers
+    # answer again (see _verify_recent).
+    self._reverify = False
     self.records = Metrics.counter(_NAMESPACE, 'records')
     self.bytes = Metrics.counter(_NAMESPACE, 'bytes')
     self.out_of_range = Metrics.counter(_NAMESPACE, 'out_of_range_fetches')
@@ -292,6 +295,8 @@ class LocalKafkaReader:
     active = set()
     t_end = time.monotonic() + self._call_budget_s
     while n < self._records_per_call and not self.finished:
+      if self._reverify:
+        self._verify_recent()
       messages = self._next_messages(wait)
       if not messages:
         break
@@ -367,6 +372,7 @@ class LocalKafkaReader:
     """librdkafka's client-level errors (served inside consume())."""
     if err.code() in _UNREACHABLE_CODES:
       self._unreachable_at = time.time()
+      self._reverify = True
     if is_recoverable(err):
       self.recoverable_errors.inc()
       self._error_log.log(err)
@@ -390,12 +396,8 @@ class LocalKafkaReader:
         # The offset is still "in the log", but a broker that lost
         # acknowledged writes (a restart without durable storage, an
         # unclean leader election) hands out the lost offsets again to new
-        # records. Re-read what was read recently and compare: records
-        # that match are skipped, the first that differs and everything
-        # after it are read as new (nothing lost, nothing doubled).
-        p.verify = dict(p.recent)
-        p.verify_until = p.next_offset
-        resume = p.recent[0][0]
+        # records.
+        resume = self._start_verify(p)
       p.next_offset = resume
       # Not seek(): librdkafka refuses it (_STATE) for a partition whose
       # fetcher stopped on the error; a new assignment restarts it.
@@ -407,6 +409,31 @@ class LocalKafkaReader:
       self._error_log.log(err)
       return
     raise KafkaException(err)
+
+  @staticmethod
+  def _start_verify(p: _PartitionState) -> int:
+    """Re-read what was read recently and compare: records that match are
+    skipped, the first that differs and everything after it are read as
+    new (nothing lost, nothing doubled). Returns the offset to read from."""
+    p.verify = dict(p.recent)
+    p.verify_until = p.next_offset
+    return p.recent[0][0]
+
+  def _verify_recent(self) -> None:
+    """After the brokers were unreachable: a restarted broker that lost
+    records may already have given their offsets to new records (producers
+    send what they buffered during the outage), so no fetch ends out of
+    range (_on_error) and a fetch position past those offsets would skip
+    the new records. Every partition re-reads its recent records and
+    compares."""
+    self._reverify = False
+    moved = False
+    for p in self._partitions.values():
+      if not p.done and p.recent and p.verify is None:
+        p.next_offset = self._start_verify(p)
+        moved = True
+    if moved:
+      self._reassign()
 
   def _already_emitted(self, p: _PartitionState, offset: int,
                        fingerprint: int) -> bool:
