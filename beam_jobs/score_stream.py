@@ -150,8 +150,10 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
   if job.dedup_horizon_s:
     event_filter = DropScoredEvents(common, kafka.output_topic,
                                     job.dedup_horizon_s)
+  # A bounded run (--max_records, --max_read_time_s) is the streaming job
+  # stopping, not a batch job: the same window state, lateness and sinks.
   predictions, dead_letters = scoring.score_records(
-      records, options, event_filter=event_filter)
+      records, options, event_filter=event_filter, bounded=False)
 
   dead_letters = outputs.write_outputs(
       predictions, dead_letters, options, columns=output_columns(schema),

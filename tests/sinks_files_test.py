@@ -20,6 +20,7 @@ from apache_beam.transforms.window import IntervalWindow, TimestampedValue
 
 from transforms import output, schema
 from transforms.dead_letters import DeadLetter
+from transforms.outage import OutageError, OutagePolicy
 from transforms.sinks import files as files_lib
 from transforms.sinks.files import (WriteDeadLetterFiles, WritePredictionFiles,
                                     early_firing_trigger, read_row_file)
@@ -202,10 +203,8 @@ def test_batch_two_windows_files_per_window_and_shard(tmp_path, file_format):
       expected = ('20261124T080000Z' if r['event_id'][0] in 'ab' else
                   '20261124T080100Z')
       assert start == expected
-  # Nothing but final files, and the temporary files are gone.
-  tmp_root = out + '.tmp'
-  assert all(not os.listdir(os.path.join(tmp_root, d))
-             for d in os.listdir(tmp_root))
+  # Nothing but final files: no temporary file or directory is left.
+  assert not os.path.exists(out + '.tmp')
 
 
 @pytest.mark.parametrize('file_format', ['jsonl', 'parquet'])
@@ -271,10 +270,14 @@ def test_bad_arguments_are_rejected(tmp_path):
 
 # --- atomicity ------------------------------------------------------------------
 
-def _writer(out, tmp, file_format='jsonl'):
+_QUICK_RETRIES = OutagePolicy(max_outage_s=2.0, initial_backoff_s=0.01,
+                              max_backoff_s=0.05)
+
+
+def _writer(out, tmp, file_format='jsonl', policy=_QUICK_RETRIES):
   fn = files_lib._WriteShardFile(out, tmp, 'predictions', 2,
                                  files_lib._RowCodec(file_format, COLUMNS),
-                                 None)
+                                 None, policy)
   fn.setup()
   return fn
 
@@ -295,9 +298,11 @@ def test_failed_write_leaves_nothing_under_output_path(tmp_path, file_format,
   fn = _writer(out, tmp, file_format)
   from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
   pane = PaneInfo(True, True, PaneInfoTiming.ON_TIME, 0, 0)
-  with pytest.raises(IOError, match='cannot write'):
+  # An encoding error would repeat: no retry, an error naming the file.
+  with pytest.raises(RuntimeError, match='cannot write .*predictions-'):
     list(fn.process((0, blobs), window=IntervalWindow(*W1), pane=pane))
   assert listing(out) == []
+  fn.teardown()
   assert listing(tmp) == []  # the temporary file was deleted too
 
 
@@ -328,9 +333,53 @@ def test_final_name_appears_only_complete(tmp_path, monkeypatch):
   fn = _writer(out, tmp)
   (written,) = fn.process((1, _blobs('jsonl', rows[:120], rows[120:])),
                           window=IntervalWindow(*W1), pane=None)
-  assert seen == [([], tmp, 200)]
+  assert [(before, os.path.dirname(d), n) for before, d, n in seen] == [
+      ([], tmp, 200)]
   assert written.rows == 200 and os.path.exists(written.path)
+  fn.teardown()
   assert listing(tmp) == []
+
+
+def test_unwritable_output_is_retried_until_it_heals(tmp_path, monkeypatch):
+  """A write failing with filesystem errors is retried in place with
+  backoff; the file appears once, complete, when the output heals."""
+  out, tmp = str(tmp_path / 'out'), str(tmp_path / 'tmp')
+  rows = make_rows('r', 30, W1)
+  attempts = []
+  real_rename = FileSystems.rename
+
+  def rename(sources, destinations):
+    attempts.append(destinations[0])
+    if len(attempts) <= 3:
+      raise PermissionError(13, 'Permission denied', destinations[0])
+    return real_rename(sources, destinations)
+
+  monkeypatch.setattr(FileSystems, 'rename', staticmethod(rename))
+  fn = _writer(out, tmp)
+  (written,) = fn.process((0, _blobs('jsonl', rows)),
+                          window=IntervalWindow(*W1), pane=None)
+  assert len(attempts) == 4 and len(set(attempts)) == 1
+  assert written.rows == 30 and listing(out) == [os.path.basename(
+      written.path)]
+  assert len(read_row_file(written.path, 'jsonl')) == 30
+  fn.teardown()
+  assert listing(tmp) == []
+
+
+def test_output_down_longer_than_the_policy_fails_naming_it(tmp_path,
+                                                            monkeypatch):
+  out, tmp = str(tmp_path / 'out'), str(tmp_path / 'tmp')
+
+  def rename(sources, destinations):
+    raise PermissionError(13, 'Permission denied', destinations[0])
+
+  monkeypatch.setattr(FileSystems, 'rename', staticmethod(rename))
+  fn = _writer(out, tmp, policy=OutagePolicy(
+      max_outage_s=0.3, initial_backoff_s=0.01, max_backoff_s=0.05))
+  with pytest.raises(OutageError, match=f'file output {out} unavailable'):
+    list(fn.process((0, _blobs('jsonl', make_rows('r', 3, W1))),
+                    window=IntervalWindow(*W1), pane=None))
+  assert listing(out) == []
 
 
 # --- streaming (legacy DirectRunner + TestStream) -----------------------------

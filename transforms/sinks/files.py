@@ -58,6 +58,7 @@ the GlobalWindow).
 import collections.abc
 import logging
 import math
+import os
 import random
 import struct
 import time
@@ -76,6 +77,8 @@ from apache_beam.transforms import trigger as trigger_lib
 from apache_beam.transforms import window as window_lib
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
+
+from transforms.outage import OutagePolicy, call_through_outage
 
 _LOGGER = logging.getLogger(__name__)
 _NAMESPACE = 'file_sink'
@@ -521,35 +524,76 @@ class _EncodeShards(beam.DoFn):
                          timestamp, [window])
 
 
+def _is_transient_io_error(error: BaseException) -> bool:
+  """Filesystem and storage-API errors, which can heal (a full disk, a
+  permission fixed, a 503); not encoding errors, which would repeat."""
+  if isinstance(error, OSError):
+    return True
+  try:
+    from google.api_core import exceptions as gexc  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return False
+  return isinstance(error, (gexc.GoogleAPIError, gexc.RetryError))
+
+
+def _is_local(path: str) -> bool:
+  return '://' not in path
+
+
 class _WriteShardFile(beam.DoFn):
   """(shard, [(count, blob)]) of one window and pane -> one final file.
 
-  Retry policy: any error (filesystem, a corrupt blob) deletes the temporary
-  file and raises: the runner retries the bundle, which rewrites the same
+  Retry policy: a failed write (filesystem or storage API error) deletes
+  its temporary file and is attempted again in place, with capped backoff,
+  while ``outage_policy`` allows (transforms/outage.py); then it raises
+  naming the output. The runner's own retry of the bundle rewrites the same
   final name. Nothing is dead-lettered here: rows that reach this sink were
   already validated, and a file sink has no per-row rejection.
+
+  Temporary files go to a directory of this DoFn instance under the
+  transform's temporary directory; teardown removes the (empty) directories
+  it made, so a clean stop leaves none behind.
   """
 
   def __init__(self, output_path, temp_directory, prefix, num_shards,
-               codec: _RowCodec, run_tag):
+               codec: _RowCodec, run_tag, outage_policy: OutagePolicy,
+               owned_directories: tuple = ()):
     self._output_path = output_path
     self._temp_directory = temp_directory
+    # Directories this write created (the default temporary directory and
+    # its parent), removed at teardown when empty, innermost first.
+    self._owned_directories = tuple(owned_directories)
     self._prefix = prefix
     self._num_shards = num_shards
     self._codec = codec
     self._suffix = SUFFIXES[codec.file_format]
     self._mime_type = _MIME_TYPES[codec.file_format]
     self._run_tag = run_tag
+    self._outage_policy = outage_policy
+    self._instance_directory = None
     self._files = Metrics.counter(_NAMESPACE, 'files_written')
     self._rows = Metrics.counter(_NAMESPACE, 'rows_written')
     self._failures = Metrics.counter(_NAMESPACE, 'file_write_failures')
 
   def setup(self):
-    for d in (self._output_path, self._temp_directory):
+    try:
+      FileSystems.mkdirs(self._output_path)
+    except IOError:
+      pass  # exists already (local) or not needed (GCS)
+    self._instance_directory = FileSystems.join(self._temp_directory,
+                                                uuid.uuid4().hex[:16])
+
+  def teardown(self):
+    # Only local directories exist apart from their files; rmdir removes
+    # nothing but an empty directory, so files of other instances are safe.
+    if self._instance_directory is None or not _is_local(
+        self._temp_directory):
+      return
+    for d in (self._instance_directory,) + self._owned_directories:
       try:
-        FileSystems.mkdirs(d)
-      except IOError:
-        pass  # exists already (local) or not needed (GCS)
+        os.rmdir(d)
+      except OSError:
+        return  # not empty (another instance is writing) or gone
 
   def process(self, element, window=beam.DoFn.WindowParam,
               pane=beam.DoFn.PaneInfoParam):
@@ -560,7 +604,21 @@ class _WriteShardFile(beam.DoFn):
     name = file_name(self._prefix, window, pane_index, shard,
                      self._num_shards, self._suffix, self._run_tag)
     final = FileSystems.join(self._output_path, name)
-    temp = FileSystems.join(self._temp_directory,
+    blobs = blobs if isinstance(blobs, list) else list(blobs)
+    count = call_through_outage(
+        lambda: self._write(final, name, blobs),
+        f'file output {self._output_path}', self._outage_policy,
+        retriable=_is_transient_io_error,
+        on_failure=lambda unused_e: self._failures.inc())
+    self._files.inc()
+    self._rows.inc(count)
+    _LOGGER.debug('wrote %s (%d rows)', final, count)
+    yield WrittenFile(final, window_label(window), pane_index, timing, shard,
+                      self._num_shards, count)
+
+  def _write(self, final: str, name: str, blobs: list) -> int:
+    """One attempt: the temporary file, then the rename; the row count."""
+    temp = FileSystems.join(self._instance_directory,
                             f'{name}.{uuid.uuid4().hex}.tmp')
     count = 0
     try:
@@ -576,17 +634,14 @@ class _WriteShardFile(beam.DoFn):
         fh.close()
       FileSystems.rename([temp], [final])
     except Exception as e:
-      self._failures.inc()
       try:
         FileSystems.delete([temp])
       except Exception:  # pylint: disable=broad-except
         pass  # never created, or already renamed
-      raise IOError(f'cannot write {final}: {e}') from e
-    self._files.inc()
-    self._rows.inc(count)
-    _LOGGER.debug('wrote %s (%d rows)', final, count)
-    yield WrittenFile(final, window_label(window), pane_index, timing, shard,
-                      self._num_shards, count)
+      if _is_transient_io_error(e):
+        raise IOError(f'cannot write {final}: {e}') from e
+      raise RuntimeError(f'cannot write {final}: {e!r}') from e
+    return count
 
 
 def _is_streaming(pcoll, streaming: Optional[bool]) -> bool:
@@ -608,7 +663,7 @@ class _WriteRowFiles(beam.PTransform):
   """Lists of row dicts (in any windows) -> WrittenFile per window/pane/shard."""
 
   def __init__(self, output_path, file_format, columns, *, num_shards,
-               streaming, prefix, temp_directory, run_tag):
+               streaming, prefix, temp_directory, run_tag, outage_policy):
     super().__init__()
     if not output_path:
       raise ValueError('output path is empty')
@@ -625,6 +680,7 @@ class _WriteRowFiles(beam.PTransform):
     self._prefix = prefix
     self._temp_directory = temp_directory
     self._run_tag = run_tag
+    self._outage_policy = outage_policy or OutagePolicy()
 
   def expand(self, pcoll):
     streaming = _is_streaming(pcoll, self._streaming)
@@ -638,8 +694,11 @@ class _WriteRowFiles(beam.PTransform):
     run_tag = self._run_tag
     if run_tag is None and streaming:
       run_tag = _run_tag()
-    temp_directory = (self._temp_directory or
-                      default_temp_directory(self._output_path))
+    owned = ()
+    temp_directory = self._temp_directory
+    if not temp_directory:
+      temp_directory = default_temp_directory(self._output_path)
+      owned = (temp_directory, temp_directory.rsplit('/', 1)[0])
     codec = _RowCodec(self._format, self._columns)
     return (pcoll
             | 'EncodeShards' >> beam.ParDo(
@@ -648,8 +707,8 @@ class _WriteRowFiles(beam.PTransform):
             | 'GroupPerWindowPaneShard' >> beam.GroupByKey()
             | 'WriteAndRename' >> beam.ParDo(_WriteShardFile(
                 self._output_path, temp_directory, self._prefix,
-                self._num_shards, codec, run_tag)).with_output_types(
-                    WrittenFile))
+                self._num_shards, codec, run_tag, self._outage_policy,
+                owned)).with_output_types(WrittenFile))
 
 
 class WritePredictionFiles(beam.PTransform):
@@ -666,7 +725,8 @@ class WritePredictionFiles(beam.PTransform):
                streaming: Optional[bool] = None,
                prefix: str = 'predictions',
                temp_directory: Optional[str] = None,
-               run_tag: Optional[str] = None):
+               run_tag: Optional[str] = None,
+               outage_policy: Optional[OutagePolicy] = None):
     """Configures the write.
 
     Args:
@@ -686,12 +746,14 @@ class WritePredictionFiles(beam.PTransform):
         filesystem as output_path for an atomic rename).
       run_tag: overrides the run tag of streaming file names ('' for
         none; default ``run<UTC time the pipeline was built>``).
+      outage_policy: how long a failing write is retried in place
+        (default: transforms.outage.OutagePolicy()).
     """
     super().__init__()
     self._write = _WriteRowFiles(
         output_path, file_format, columns, num_shards=num_shards,
         streaming=streaming, prefix=prefix, temp_directory=temp_directory,
-        run_tag=run_tag)
+        run_tag=run_tag, outage_policy=outage_policy)
 
   def expand(self, pcoll):
     return pcoll | 'WriteRowFiles' >> self._write
@@ -733,7 +795,8 @@ class WriteDeadLetterFiles(beam.PTransform):
                flush_every_s: float = 60.0,
                prefix: str = 'dead-letters',
                temp_directory: Optional[str] = None,
-               run_tag: Optional[str] = None):
+               run_tag: Optional[str] = None,
+               outage_policy: Optional[OutagePolicy] = None):
     super().__init__()
     if not flush_every_s > 0:
       raise ValueError(f'flush_every_s must be > 0, got {flush_every_s}')
@@ -744,6 +807,7 @@ class WriteDeadLetterFiles(beam.PTransform):
     self._prefix = prefix
     self._temp_directory = temp_directory
     self._run_tag = run_tag
+    self._outage_policy = outage_policy
 
   def expand(self, pcoll):
     streaming = _is_streaming(pcoll, self._streaming)
@@ -763,7 +827,7 @@ class WriteDeadLetterFiles(beam.PTransform):
                 self._path, 'jsonl', DEAD_LETTER_COLUMNS,
                 num_shards=self._num_shards, streaming=streaming,
                 prefix=self._prefix, temp_directory=self._temp_directory,
-                run_tag=self._run_tag))
+                run_tag=self._run_tag, outage_policy=self._outage_policy))
 
 
 __all__: Sequence[str] = [
