@@ -174,6 +174,7 @@ def validate(options: PipelineOptions) -> None:
   events = options.view_as(opts.EventOptions)
   opts.validate_model(options.view_as(opts.ModelOptions))
   opts.window_spec(options.view_as(opts.WindowOptions))
+  opts.validate_sinks(sinks)
   schema = opts.event_schema(events)
   if bool(_input(options)) == bool(kafka.input_topic):
     raise ValueError('set exactly one input: --input (files) or '

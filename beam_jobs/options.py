@@ -20,6 +20,8 @@ from transforms import parse as parse_lib
 from transforms import schema as schema_lib
 from transforms import windows as windows_lib
 from transforms.kafka import config_refs
+from transforms.outage import DEFAULT_MAX_OUTAGE_S, OutagePolicy
+from transforms.sinks import files as files_sink
 from transforms.kafka import offsets as offsets_lib
 
 KAFKA_IO_CHOICES = ('python', 'xlang')
@@ -240,6 +242,13 @@ class SinkOptions(PipelineOptions):
     parser.add_argument('--dead_letter_path', default=None,
                         help='Directory or gs:// prefix for dead-letter JSONL '
                         'files (default: none).')
+    parser.add_argument(
+        '--dead_letter_flush_s', type=float,
+        default=files_sink.DEFAULT_DEAD_LETTER_FLUSH_S,
+        help='Streaming: dead-letter files are written per event-time '
+        'window of this many seconds, when the watermark passes its end; '
+        'shorter means more files and offsets committed sooner (default: '
+        f'{files_sink.DEFAULT_DEAD_LETTER_FLUSH_S:g}).')
     parser.add_argument('--bq_table', default=None,
                         help='BigQuery table PROJECT:DATASET.TABLE for '
                         'predictions (default: none).')
@@ -249,6 +258,14 @@ class SinkOptions(PipelineOptions):
                         help='BigQuery write method; auto = streaming inserts '
                         'for streaming jobs, file loads for batch (default: '
                         'auto).')
+    parser.add_argument(
+        '--max_outage_s', type=float, default=DEFAULT_MAX_OUTAGE_S,
+        help='How long an output (files, Kafka topic, BigQuery) may stay '
+        'unavailable: failed writes are retried in place with capped '
+        'backoff and a log line every 10 s, nothing after them is '
+        'committed, and only after this many seconds the job fails naming '
+        'the output; 0 retries forever, as a Dataflow streaming job does '
+        f'(default: {DEFAULT_MAX_OUTAGE_S:g}).')
     parser.add_argument('--bq_endpoint', default=None,
                         help='BigQuery API endpoint override, e.g. an emulator '
                         'or a private endpoint (default: Google\'s).')
@@ -407,6 +424,18 @@ def validate_model(m: ModelOptions) -> None:
   _check(m.min_batch_size <= m.max_batch_size,
          f'--min_batch_size {m.min_batch_size} exceeds --max_batch_size '
          f'{m.max_batch_size}')
+
+
+def validate_sinks(s: SinkOptions) -> None:
+  _check(s.dead_letter_flush_s > 0,
+         f'--dead_letter_flush_s must be > 0, got {s.dead_letter_flush_s}')
+  _check(s.max_outage_s >= 0,
+         f'--max_outage_s must be >= 0, got {s.max_outage_s}')
+
+
+def outage_policy(s: SinkOptions) -> OutagePolicy:
+  """The outputs' OutagePolicy of ``--max_outage_s``."""
+  return OutagePolicy.of_flag(s.max_outage_s)
 
 
 def validate_bounded(b: BoundedRunOptions) -> None:

@@ -44,6 +44,7 @@ def write_outputs(predictions: beam.PCollection,
   """
   sinks = options.view_as(opts.SinkOptions)
   kafka = options.view_as(opts.KafkaOptions)
+  outage = opts.outage_policy(sinks)
   if sinks.bq_table:
     rejected = predictions | 'WriteBigQuery' >> WritePredictionsToBigQuery(
         sinks.bq_table, columns, method=sinks.bq_method, streaming=streaming,
@@ -54,10 +55,11 @@ def write_outputs(predictions: beam.PCollection,
   if sinks.output_path:
     _ = predictions | 'WritePredictionFiles' >> WritePredictionFiles(
         sinks.output_path, sinks.output_file_format, columns,
-        streaming=streaming)
+        streaming=streaming, outage_policy=outage)
   if sinks.dead_letter_path:
     _ = dead_letters | 'WriteDeadLetterFiles' >> WriteDeadLetterFiles(
-        sinks.dead_letter_path, streaming=streaming)
+        sinks.dead_letter_path, streaming=streaming,
+        flush_every_s=sinks.dead_letter_flush_s, outage_policy=outage)
   if kafka.output_topic:
     _ = (predictions
          | 'ToKafkaRecords' >> beam.Map(kafka_records)

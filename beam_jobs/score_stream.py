@@ -41,6 +41,8 @@ from transforms.dedup import DropScoredEvents
 from transforms.kafka import StopAt, admin, offsets
 from transforms.kafka import xlang
 from transforms.output import output_columns
+from transforms.source_watermark import SourceWatermark
+from transforms.windows import BufferHorizon, WindowSpec
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -81,12 +83,24 @@ def _stop(bounded: opts.BoundedRunOptions):
   return None
 
 
+def buffer_horizon(spec: WindowSpec,
+                   sinks: opts.SinkOptions) -> BufferHorizon:
+  """How long the job's windowed sinks may hold a record's output: its
+  event windows (prediction files) and, with --dead_letter_path, the dead
+  letters' flush windows."""
+  specs = [spec]
+  if sinks.dead_letter_path:
+    specs.append(WindowSpec(kind='fixed', size_s=sinks.dead_letter_flush_s))
+  return BufferHorizon(tuple(specs))
+
+
 def validate(options: PipelineOptions) -> None:
   """Rejects bad flags before anything starts (ValueError names the flag)."""
   kafka = options.view_as(opts.KafkaOptions)
   opts.validate_kafka(options)
   opts.validate_model(options.view_as(opts.ModelOptions))
   opts.validate_bounded(options.view_as(opts.BoundedRunOptions))
+  opts.validate_sinks(options.view_as(opts.SinkOptions))
   opts.window_spec(options.view_as(opts.WindowOptions))
   opts.validate_local_tuning(options)
   schema = opts.event_schema(options.view_as(opts.EventOptions))
@@ -139,13 +153,20 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
     consumer_config.setdefault('auto.offset.reset', 'earliest')
   timestamp_policy = (parser.event_time_fn() if job.timestamp_source ==
                       'payload' else 'create_time')
+  # Locally, the read shows the window step its watermark (one lateness
+  # verdict for every sink) and commits offsets as the windowed sinks
+  # write what covers them.
+  source_watermark = SourceWatermark()
+  horizon = buffer_horizon(opts.window_spec(wopts),
+                           options.view_as(opts.SinkOptions))
 
   records = p | 'ReadFromKafka' >> xlang.build_read(
       kafka.kafka_io, consumer_config, [kafka.input_topic],
       start=kafka.start, stop=_stop(options.view_as(opts.BoundedRunOptions)),
       max_batch_records=kafka.read_batch_records,
       timestamp_policy=timestamp_policy, max_delay_s=wopts.max_delay_s,
-      idle_timeout_s=wopts.idle_timeout_s)
+      idle_timeout_s=wopts.idle_timeout_s, source_watermark=source_watermark,
+      buffer_horizon=horizon)
   event_filter = None
   if job.dedup_horizon_s:
     event_filter = DropScoredEvents(common, kafka.output_topic,
@@ -153,7 +174,8 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
   # A bounded run (--max_records, --max_read_time_s) is the streaming job
   # stopping, not a batch job: the same window state, lateness and sinks.
   predictions, dead_letters = scoring.score_records(
-      records, options, event_filter=event_filter, bounded=False)
+      records, options, event_filter=event_filter, bounded=False,
+      source_watermark=source_watermark)
 
   dead_letters = outputs.write_outputs(
       predictions, dead_letters, options, columns=output_columns(schema),

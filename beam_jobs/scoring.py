@@ -36,6 +36,7 @@ from transforms import parse as parse_lib
 from transforms.inference import ScoreEvents
 from transforms.output import ToPredictionRows
 from transforms.parse import ParseEvents
+from transforms.source_watermark import SourceWatermark
 from transforms.windows import WindowFeatures
 
 _LOGGER = logging.getLogger(__name__)
@@ -87,7 +88,8 @@ def model_handler(options: PipelineOptions) -> SavedModelHandler:
 def score_records(records: beam.PCollection, options: PipelineOptions, *,
                   payload_format: Optional[str] = None,
                   bounded: Optional[bool] = None,
-                  event_filter: Optional[beam.PTransform] = None
+                  event_filter: Optional[beam.PTransform] = None,
+                  source_watermark: Optional[SourceWatermark] = None
                   ) -> ScoringOutputs:
   """Parses, windows and scores chunks of raw records.
 
@@ -102,6 +104,8 @@ def score_records(records: beam.PCollection, options: PipelineOptions, *,
     event_filter: an EventBatch -> EventBatch transform applied after
       parsing, before windows (e.g. transforms.dedup.DropScoredEvents), so
       that what it drops does not count in window features either.
+    source_watermark: the read's published watermark, where it runs in
+      this process (lateness is then judged as the sinks will judge it).
   """
   events = options.view_as(opts.EventOptions)
   schema = opts.event_schema(events)
@@ -117,7 +121,8 @@ def score_records(records: beam.PCollection, options: PipelineOptions, *,
   if bounded is None:
     bounded = records.is_bounded
   window_features = WindowFeatures(spec, len(schema.window_features),
-                                   bounded=bounded)
+                                   bounded=bounded,
+                                   source_watermark=source_watermark)
   if bounded:
     # Scored first, window features joined to the scores: the model does
     # not take window features, a batch has no late events to drop before

@@ -21,7 +21,8 @@ SCHEMA = schema_lib.susy_schema()
 NOW = float(int(time.time()))
 KNOWN_REASONS = {dl.MALFORMED, dl.NOT_AN_OBJECT, dl.MISSING_FIELD,
                  dl.EXTRA_FIELD, dl.WRONG_TYPE, dl.EMPTY_VALUE, dl.NON_FINITE,
-                 dl.TIME_OUT_OF_RANGE, dl.TOO_LARGE}
+                 dl.TIME_OUT_OF_RANGE, dl.TIME_IN_FUTURE,
+                 dl.TOO_LARGE}
 
 
 def valid_event(i: int) -> dict:

@@ -102,7 +102,7 @@ def test_documents_validate_exactly_as_their_json_payloads():
   assert sorted(from_docs[0]) == [0, 1, 2, 3, 4]
   assert from_docs[1] == {
       5: (dl.WRONG_TYPE, dl.VALIDATE), 6: (dl.MISSING_FIELD, dl.VALIDATE),
-      7: (dl.EXTRA_FIELD, dl.VALIDATE), 8: (dl.TIME_OUT_OF_RANGE, dl.VALIDATE),
+      7: (dl.EXTRA_FIELD, dl.VALIDATE), 8: (dl.TIME_IN_FUTURE, dl.VALIDATE),
       9: (dl.EMPTY_VALUE, dl.VALIDATE), 10: (dl.NON_FINITE, dl.VALIDATE)}
 
 

@@ -72,9 +72,9 @@ def test_valid_json_events_become_one_columnar_batch():
     (orjson.dumps(good_event(event_time='0001-01-01T00:00:00Z')),
      dl.TIME_OUT_OF_RANGE, dl.VALIDATE),
     (orjson.dumps(good_event(event_time='9999-12-31T23:59:59Z')),
-     dl.TIME_OUT_OF_RANGE, dl.VALIDATE),
+     dl.TIME_IN_FUTURE, dl.VALIDATE),
     (orjson.dumps(good_event(event_time=253402300799000)),
-     dl.TIME_OUT_OF_RANGE, dl.VALIDATE),
+     dl.TIME_IN_FUTURE, dl.VALIDATE),
     (orjson.dumps(good_event(event_time='yesterday')), dl.WRONG_TYPE,
      dl.VALIDATE),
     (b'{"a": ' * 10 + b'1' + b'}' * 10, dl.MISSING_FIELD, dl.VALIDATE),
@@ -180,15 +180,43 @@ def test_schema_files_are_validated_with_clear_errors(tmp_path):
   assert loaded.features == ('v',) and loaded.time_field == 't'
 
 
-def test_event_time_of_never_lets_a_bad_time_move_the_watermark():
+def test_event_time_of_is_none_for_every_record_that_will_be_dead_lettered():
+  """Only records with a valid event time may feed the watermark: a bad
+  time, a malformed payload or a time further ahead than max_future_s
+  gives None (the readers then leave the watermark alone)."""
   parser = RecordParser(SUSY, now_fn=lambda: NOW)
   rec = lambda value: KafkaRecord('t', 0, 1, None, value,
                                   int((NOW - 3) * 1000), 1)
   assert parser.event_time_of(rec(orjson.dumps(good_event()))) == NOW - 10
-  for bad in (b'garbage', orjson.dumps(good_event(event_time=4e12 * 1000)),
-              None):
-    assert parser.event_time_of(rec(bad)) == pytest.approx(NOW - 3)
-  assert math.isfinite(parser.event_time_of(rec(b'{}')))
+  ahead = SUSY.max_future_s
+  assert parser.event_time_of(rec(orjson.dumps(good_event(
+      event_time=NOW + ahead - 1)))) == NOW + ahead - 1
+  for bad in (b'garbage', b'{}', b'', None, b'{"event_time": 1.0',
+              orjson.dumps(good_event(event_time=4e12 * 1000)),
+              orjson.dumps(good_event(event_time=NOW + ahead + 1)),
+              orjson.dumps(good_event(event_time='0001-01-01T00:00:00Z')),
+              orjson.dumps(good_event(event_time='yesterday')),
+              b'x' * (parser._max_payload + 1)):
+    assert parser.event_time_of(rec(bad)) is None, bad[:40] if bad else bad
+  # Without a time field: the record's timestamp, if it has a valid one.
+  csv = RecordParser(schema_lib.susy_csv_schema(), 'csv', now_fn=lambda: NOW)
+  line = b','.join([b'1'] + [b'0.5'] * 18)
+  assert csv.event_time_of(rec(line)) == pytest.approx(NOW - 3)
+  assert csv.event_time_of(KafkaRecord('t', 0, 1, None, line, -1, 0)) is None
+
+
+def test_future_times_have_their_own_reason():
+  parser = RecordParser(SUSY, now_fn=lambda: NOW)
+  batches, dead = parser.parse([
+      RawRecord('kafka:t/0', 0, orjson.dumps(good_event(
+          0, event_time=NOW + 20 * 60)), NOW, None),
+      RawRecord('kafka:t/0', 1, orjson.dumps(good_event(
+          1, event_time=NOW + 4 * 60)), NOW, None)])
+  assert [b.ids for b in batches] == [['e1']]
+  assert [(d.reason, d.event_id) for d in dead] == [
+      (dl.TIME_IN_FUTURE, None)] or [(d.reason, d.event_id) for d in dead
+                                     ] == [(dl.TIME_IN_FUTURE, 'e0')]
+  assert '1200 s ahead of the clock' in dead[0].detail
 
 
 def test_kafka_records_parse_as_their_raw_records():

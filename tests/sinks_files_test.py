@@ -509,26 +509,29 @@ def test_dead_letter_files_batch(tmp_path):
       d.payload for d in letters]
 
 
-def test_dead_letter_files_streaming_flush_on_processing_time(tmp_path):
+def test_dead_letter_files_streaming_windows_never_drop_late_letters(
+    tmp_path):
   out = str(tmp_path / 'dlq')
   first = [dead_letter(i) for i in range(3)]
-  # Far behind the watermark: event-time windows would drop it.
+  # Far behind the watermark: a dropping window would lose it.
   too_late = dataclasses.replace(dead_letter(3), reason='too_late')
   stream = (test_stream.TestStream()
             .advance_watermark_to(T0 + 1000)
             .add_elements([TimestampedValue(d, T0 + 1000) for d in first])
-            .advance_processing_time(61)
             .add_elements([TimestampedValue(too_late, T0)])
-            .advance_processing_time(61)
             .advance_watermark_to_infinity())
+  label = files_lib.window_label
   with streaming_pipeline() as p:
     written = (p | stream
                | WriteDeadLetterFiles(out, flush_every_s=60,
                                       run_tag='run20261124T080000Z'))
-    assert_that(written | beam.Map(lambda f: (f.pane_index, f.rows)),
-                equal_to([(0, 3), (1, 1)]))
+    assert_that(written | beam.Map(lambda f: (f.window, f.timing, f.rows)),
+                equal_to([(label(IntervalWindow(T0, T0 + 60)), 'LATE', 1),
+                          (label(IntervalWindow(T0 + 960, T0 + 1020)),
+                           'ON_TIME', 3)]))
   assert listing(out) == [
-      f'dead-letters-run20261124T080000Z-global-pane-{i}-00000-of-00001.jsonl'
-      for i in range(2)]
+      f'dead-letters-run20261124T080000Z-{label(w)}-pane-0-00000-of-'
+      f'00001.jsonl' for w in (IntervalWindow(T0, T0 + 60),
+                              IntervalWindow(T0 + 960, T0 + 1020))]
   got = read_dir(out, 'jsonl')
   assert sorted(d['position'] for d in got) == [0, 1, 2, 3]

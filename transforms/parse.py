@@ -396,25 +396,35 @@ class RecordParser:
       t = default_time
     else:
       t = now
-    if not s.min_event_time <= t <= now + s.max_future_s:
+    if t > now + s.max_future_s:
+      raise _Invalid(
+          dl.TIME_IN_FUTURE,
+          f'event time {t:.3f} is {t - now:.0f} s ahead of the clock '
+          f'(more than max_future_s {s.max_future_s:g} s)')
+    if not s.min_event_time <= t:
       raise _Invalid(
           dl.TIME_OUT_OF_RANGE,
-          f'event time {t:.3f} outside [{s.min_event_time:.0f}, now + '
-          f'{s.max_future_s:.0f}s]')
+          f'event time {t:.3f} before the earliest accepted '
+          f'({s.min_event_time:.0f})')
     return t
 
-  def event_time_of(self, record) -> float:
-    """The event time of a raw record for the read's timestamps/watermark.
+  def event_time_of(self, record) -> Optional[float]:
+    """The event time of a raw record for the read's timestamps/watermark,
+    or None when the record gives no valid one.
 
-    Never raises: a record whose payload gives no valid time (it will be a
-    dead letter at parse) gets its Kafka timestamp, else the wall clock, so
-    one bad record cannot move the watermark (e.g. to the year 9999).
+    Never raises. None means the record will be a dead letter at parse
+    (no payload, too large, malformed JSON, no or a bad time, a time before
+    the schema's earliest or further ahead than ``max_future_s``): the
+    readers do not let such a record move the watermark, so one bad record
+    cannot make valid ones late (e.g. a time in the year 9999, or a record
+    stamped with its arrival time while events lag their source).
+    Schemas without a time field use the record's timestamp.
     """
     return self.event_times_of([record])[0]
 
-  def event_times_of(self, records: Sequence) -> list[float]:
+  def event_times_of(self, records: Sequence) -> list[Optional[float]]:
     """``event_time_of`` of each record (KafkaRecord or RawRecord), in one
-    call for a run of records (the local read's timestamps)."""
+    call for a run of records (the readers' timestamps)."""
     now = self._now_fn()
     lo = self.schema.min_event_time
     hi = now + self.schema.max_future_s
@@ -428,10 +438,12 @@ class RecordParser:
       if type(r) not in _RECORD_TYPES:
         r = _to_raw(r)
       payload = r.payload
-      ts = r.timestamp
-      fallback = ts if ts is not None else now
-      if not field or not payload or len(payload) > limit:
-        append(fallback)
+      if not payload or len(payload) > limit:
+        append(None)
+        continue
+      if not field:
+        t = r.timestamp
+        append(t if t is not None and lo <= t <= hi else None)
         continue
       try:
         if time_only is not None:
@@ -440,9 +452,9 @@ class RecordParser:
         else:
           t = read(self._decode(payload)[field])
       except Exception:  # pylint: disable=broad-except
-        append(fallback)
+        append(None)
         continue
-      append(t if lo <= t <= hi else fallback)
+      append(t if lo <= t <= hi else None)
     return out
 
   def event_time_fn(self) -> 'EventTimeFn':

@@ -40,10 +40,12 @@ TIME_UNITS = ('auto', 's', 'ms', 'iso')
 EXTRA_FIELD_POLICIES = ('reject', 'ignore')
 
 # Event times outside [MIN_EVENT_TIME, now + max_future_s] are dead-lettered:
-# year 1 or 9999 timestamps are data errors, and a far-future time would hold
-# a window open forever.
+# year 1 or 9999 timestamps are data errors, and a future time holds its
+# window open until the clock reaches it. Minutes cover clock skew between
+# producers; a producer whose clock is further ahead is broken, and its
+# events get their own reason (time_in_future).
 DEFAULT_MIN_EVENT_TIME = '2000-01-01T00:00:00+00:00'
-DEFAULT_MAX_FUTURE_S = 24 * 3600.0
+DEFAULT_MAX_FUTURE_S = 300.0
 
 
 @dataclasses.dataclass(frozen=True)

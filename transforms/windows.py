@@ -45,6 +45,8 @@ import dataclasses
 import logging
 import math
 import pickle
+import threading
+import uuid
 from typing import Any, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
@@ -61,6 +63,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from transforms import dead_letters as dl
 from transforms.events import EventBatch
+from transforms.source_watermark import SourceWatermark
 
 _LOGGER = logging.getLogger(__name__)
 _NAMESPACE = 'window'
@@ -131,6 +134,41 @@ class WindowSpec:
                          np.where(keep, ends, np.nan)))
       return layers
     raise ValueError('session windows are assigned by merging, not arrays')
+
+  def last_end(self, t: float) -> float:
+    """The end of the last window that contains event time ``t``; ``inf``
+    for windows without an end known in advance (session, global)."""
+    if self.kind == 'fixed':
+      return math.floor(t / self.size_s) * self.size_s + self.size_s
+    if self.kind == 'sliding':
+      return math.floor(t / self.period_s) * self.period_s + self.size_s
+    return math.inf
+
+
+# A buffer horizon of elements whose window has no end known in advance.
+UNKNOWN_HORIZON_US = 2**63 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class BufferHorizon:
+  """How long windowed sinks may hold what a record becomes.
+
+  A record with event time t ends up in windows of each of ``specs`` (the
+  event windows of the window features, the dead-letter files' flush
+  windows); a GroupByKey holds it until the watermark passes the end of its
+  window (plus lateness for late panes, which fire at once). Called with
+  t in epoch micros, it returns the latest such end, in micros:
+  once every buffered element's window ends after it, nothing of the record
+  is held anywhere (the local runner's offset commits rely on this; see
+  transforms/kafka/local_streaming.py). ``UNKNOWN_HORIZON_US`` for session
+  and global windows: only a fully drained pipeline frees those.
+  """
+  specs: tuple[WindowSpec, ...]
+
+  def __call__(self, t_us: int) -> int:
+    t = t_us / 1e6
+    end = max(spec.last_end(t) for spec in self.specs)
+    return UNKNOWN_HORIZON_US if math.isinf(end) else _micros(end)
 
 
 def _flatten(layers) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -234,6 +272,13 @@ class _SplitByKey(beam.DoFn):
       yield beam.window.TimestampedValue((key, sub), sub.min_time())
 
 
+# Per WindowFeatures transform: the latest timer firing of any key in this
+# process (epoch micros). The input watermark is one for all keys, so a
+# key that never had a timer (a new key) still learns how far it is.
+_FIRED: dict[str, int] = {}
+_FIRED_LOCK = threading.Lock()
+
+
 class _StreamingWindowStateFn(beam.DoFn):
   """Per key: running aggregates per open window, late/too-late handling.
 
@@ -246,9 +291,12 @@ class _StreamingWindowStateFn(beam.DoFn):
   WATERMARK = userstate.ReadModifyWriteStateSpec('watermark_lb', PickleCoder())
   EXPIRY = userstate.TimerSpec('expiry', TimeDomain.WATERMARK)
 
-  def __init__(self, spec: WindowSpec, width: int):
+  def __init__(self, spec: WindowSpec, width: int, *, transform_id: str,
+               source_watermark: Optional[SourceWatermark] = None):
     self._spec = spec
     self._width = width
+    self._transform_id = transform_id
+    self._source_watermark = source_watermark
     self.late_rows = Metrics.counter(_NAMESPACE, 'late_events')
     self.too_late_rows = Metrics.counter(_NAMESPACE, 'too_late_events')
     self.dropped_assignments = Metrics.counter(
@@ -259,8 +307,7 @@ class _StreamingWindowStateFn(beam.DoFn):
               wm_state=beam.DoFn.StateParam(WATERMARK),
               expiry=beam.DoFn.TimerParam(EXPIRY)):
     key, batch = element
-    wm = wm_state.read()
-    wm = _NEG_INF_US if wm is None else wm
+    wm = self._watermark(wm_state.read())
     windows = windows_state.read()
     if windows is None:
       windows = [] if self._spec.kind == 'session' else {}
@@ -283,6 +330,22 @@ class _StreamingWindowStateFn(beam.DoFn):
                   f'>= {wm / 1e6:.3f})'),
           payload=batch.raw[i], source=batch.source,
           position=int(batch.positions[i]), event_id=batch.ids[i]))
+
+  def _watermark(self, key_bound: Optional[int]) -> int:
+    """What this step knows of its input watermark (micros): the latest of
+    this key's timer firings, any key's in this process, and the source's
+    published watermark (transforms/source_watermark.py). Judged against
+    it, an event this step accepts is never dropped as late by the sinks'
+    GroupByKeys (their allowed lateness is longer)."""
+    wm = _NEG_INF_US if key_bound is None else key_bound
+    shared = _FIRED.get(self._transform_id)
+    if shared is not None and shared > wm:
+      wm = shared
+    if self._source_watermark is not None:
+      published = self._source_watermark.read()
+      if published is not None and published > wm:
+        wm = published
+    return wm
 
   def _intervals(self, batch: EventBatch, windows: dict, wm: int):
     lateness = self._spec.allowed_lateness_s
@@ -369,10 +432,14 @@ class _StreamingWindowStateFn(beam.DoFn):
                 windows_state=beam.DoFn.StateParam(WINDOWS),
                 wm_state=beam.DoFn.StateParam(WATERMARK),
                 expiry=beam.DoFn.TimerParam(EXPIRY)):
-    # The timer fired, so the input watermark has passed its time.
+    # The timer fired, so the input watermark has passed its time, for
+    # every key: the process-wide bound learns it too.
     previous = wm_state.read()
     wm = max(_NEG_INF_US if previous is None else previous, fired.micros)
     wm_state.write(wm)
+    with _FIRED_LOCK:
+      if fired.micros > _FIRED.get(self._transform_id, _NEG_INF_US):
+        _FIRED[self._transform_id] = fired.micros
     windows = windows_state.read()
     if not windows:
       return
@@ -637,6 +704,15 @@ class _AssignEventWindows(window_lib.NonMergingWindowFn):
 
 DEFAULT_TRIGGER = trigger_lib.AfterWatermark(late=trigger_lib.AfterCount(1))
 
+# How much longer than the allowed lateness the windowed steps downstream
+# (file sinks) keep a window's panes open in streaming. Lateness is judged
+# once, here: an event this transform accepts goes to every sink, and the
+# sinks' GroupByKeys must not drop it. On the local runner this step knows
+# the source's watermark and the margin is never needed; on other runners
+# it knows a lower bound (timer firings), and the margin covers the gap. It
+# costs a GroupByKey's trigger state per window and shard for that long.
+DEFAULT_SINK_GRACE_S = 3600.0
+
 
 class WindowOutputs(NamedTuple):
   """The two outputs of WindowFeatures."""
@@ -658,7 +734,9 @@ class WindowFeatures(beam.PTransform):
   def __init__(self, spec: WindowSpec, window_feature_count: int, *,
                trigger: Optional[Any] = None,
                accumulation_mode=trigger_lib.AccumulationMode.DISCARDING,
-               bounded: Optional[bool] = None):
+               bounded: Optional[bool] = None,
+               source_watermark: Optional[SourceWatermark] = None,
+               sink_grace_s: float = DEFAULT_SINK_GRACE_S):
     """Configures the composite.
 
     Args:
@@ -669,6 +747,12 @@ class WindowFeatures(beam.PTransform):
       accumulation_mode: for those downstream panes.
       bounded: force the batch (True) or streaming (False) implementation;
         default: from the input PCollection.
+      source_watermark: the source's published watermark, where the source
+        runs in this process (transforms/source_watermark.py): lateness is
+        then judged exactly as the sinks' GroupByKeys will judge it.
+      sink_grace_s: in streaming, the allowed lateness of the output
+        windows exceeds ``spec.allowed_lateness_s`` by this much, so no
+        sink drops an event this transform accepted (DEFAULT_SINK_GRACE_S).
     """
     super().__init__()
     self._spec = spec
@@ -676,6 +760,12 @@ class WindowFeatures(beam.PTransform):
     self._trigger = trigger or DEFAULT_TRIGGER
     self._accumulation = accumulation_mode
     self._bounded = bounded
+    self._source_watermark = source_watermark
+    if sink_grace_s < 0:
+      raise ValueError(f'sink grace must be >= 0 s, got {sink_grace_s}')
+    self._sink_grace_s = sink_grace_s
+    # Names this transform's process-wide watermark bound (_FIRED).
+    self._transform_id = uuid.uuid4().hex
 
   def expand(self, pcoll):
     bounded = pcoll.is_bounded if self._bounded is None else self._bounded
@@ -710,9 +800,10 @@ class WindowFeatures(beam.PTransform):
       keyed = batches | 'SplitByKey' >> beam.ParDo(
           _SplitByKey()).with_output_types(tuple[str, Any])
       out = keyed | 'AggregatePerKeyWindow' >> beam.ParDo(
-          _StreamingWindowStateFn(self._spec, self._width)).with_output_types(
-              EventBatch).with_outputs(
-              dl.DEAD_LETTER_TAG, main='events')
+          _StreamingWindowStateFn(
+              self._spec, self._width, transform_id=self._transform_id,
+              source_watermark=self._source_watermark)).with_output_types(
+                  EventBatch).with_outputs(dl.DEAD_LETTER_TAG, main='events')
       events, dead = out.events, out[dl.DEAD_LETTER_TAG]
     if self._spec.kind == 'global':
       windowfn = window_lib.GlobalWindows()
@@ -721,8 +812,10 @@ class WindowFeatures(beam.PTransform):
     windowed = events | 'IntoEventWindows' >> beam.WindowInto(
         windowfn, trigger=self._trigger,
         accumulation_mode=self._accumulation,
-        allowed_lateness=self._spec.allowed_lateness_s)
+        allowed_lateness=self._spec.allowed_lateness_s + (
+            0 if bounded else self._sink_grace_s))
     return WindowOutputs(windowed, dead)
 
 
-__all__: Sequence[str] = ['WindowFeatures', 'WindowSpec', 'WINDOW_KINDS']
+__all__: Sequence[str] = ['BufferHorizon', 'UNKNOWN_HORIZON_US',
+                           'WindowFeatures', 'WindowSpec', 'WINDOW_KINDS']

@@ -59,8 +59,8 @@ from apache_beam.runners.direct.util import TransformResult
 from apache_beam.runners.runner import PipelineResult, PipelineState
 from apache_beam.runners.worker import statesampler
 from apache_beam.utils import counters
-from apache_beam.transforms.window import GlobalWindows
-from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
+from apache_beam.transforms.window import GlobalWindow, GlobalWindows
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from transforms.kafka import admin
@@ -70,7 +70,8 @@ from transforms.kafka import offsets as offsets_lib
 from transforms.kafka.read import (TS_FUNCTION, TS_PROCESSING_TIME,
                                    OffsetCommitter, ReadFromKafka,
                                    reader_config, recover_out_of_range)
-from transforms.kafka.records import micros_of, records_from_messages
+from transforms.kafka.records import (chunk_times, micros_of, record_micros,
+                                      records_from_messages)
 from transforms.kafka.watermark import KafkaWatermarkEstimator
 
 _LOGGER = logging.getLogger(__name__)
@@ -87,6 +88,9 @@ DEFAULT_COMMIT_INTERVAL_S = 1.0
 # Fingerprints kept per partition of the latest records read, to tell after
 # an out-of-range answer whether the broker still holds what was read.
 RECENT_FINGERPRINTS = 20_000
+# Buffer horizon of an element when the read is given none: only a fully
+# drained pipeline frees it (the commit behaviour of a read without one).
+UNKNOWN_HORIZON = 2**63 - 1
 
 
 # Client errors that mean "cannot reach the brokers right now".
@@ -104,7 +108,7 @@ class _PartitionState:
 
   __slots__ = ('topic', 'partition', 'next_offset', 'stop_offset', 'done',
                'caught_up', 'estimator', 'committed_next', 'recent',
-               'verify', 'verify_until')
+               'verify', 'verify_until', 'unsettled')
 
   def __init__(self, r: offsets_lib.PartitionRange, max_delay_s: float,
                idle_timeout_s: float):
@@ -118,6 +122,10 @@ class _PartitionState:
         None, max_delay_s=max_delay_s, idle_timeout_s=idle_timeout_s)
     # Next offset already committed to the group (None: nothing yet).
     self.committed_next: Optional[int] = None
+    # (first offset, buffer horizon in micros) of each emitted element whose
+    # records may still be held by a windowed sink (see
+    # LocalKafkaReader.commit), in emission order.
+    self.unsettled: collections.deque = collections.deque()
     # (offset, fingerprint) of the latest records emitted.
     self.recent: collections.deque = collections.deque(
         maxlen=RECENT_FINGERPRINTS)
@@ -150,6 +158,11 @@ class LocalKafkaReader:
     self._partitions: dict[tuple[str, int], _PartitionState] = {}
     self._deadline: Optional[float] = None
     self._remaining: Optional[int] = None  # StopAt.total_records
+    # The watermark last reported to the runner (micros), published for the
+    # steps downstream before each read (transforms/source_watermark.py).
+    self._reported_us = MIN_TIMESTAMP.micros
+    self._source_watermark = settings.get('source_watermark')
+    self._horizon = settings.get('buffer_horizon')
     self._started = False
     self._closed = False
     self._stop_requested = threading.Event()
@@ -213,6 +226,8 @@ class LocalKafkaReader:
       if self._closed:
         return
       self._closed = True
+      if self._source_watermark is not None:
+        self._source_watermark.clear()
       for client in (self._consumer, self._committer):
         if client is not None:
           try:
@@ -222,24 +237,44 @@ class LocalKafkaReader:
 
   # Offsets.
 
-  def commit(self) -> None:
-    """Commits the offsets of everything emitted so far (caller ensures it
-    has all been processed downstream)."""
+  def commit(self, safe_us: Optional[int] = None) -> None:
+    """Commits, per partition, the offsets below the first record whose
+    output may still be held downstream.
+
+    Args:
+      safe_us: no step downstream holds an element of a window ending at
+        or before this time (epoch micros; the earliest watermark hold of
+        the steps after the read), and no step has input pending: then
+        every emitted element whose buffer horizon (the end of the last
+        window its records can be held in; windows.BufferHorizon) is at
+        most ``safe_us`` has been written by every sink. None: the
+        pipeline is drained (nothing pending, nothing held): everything
+        emitted is durable.
+    """
     if self._committer is None:
       return
     todo = {}
     for p in self._partitions.values():
-      if p.committed_next != p.next_offset and p.next_offset > 0:
-        todo[p.key] = p.next_offset
+      unsettled = p.unsettled
+      if safe_us is None:
+        unsettled.clear()
+      elif unsettled:
+        # Elements are settled in any order (a rewind after broker data
+        # loss emits lower offsets again): keep the unsettled ones.
+        p.unsettled = unsettled = collections.deque(
+            e for e in unsettled if e[1] > safe_us)
+      target = min(e[0] for e in unsettled) if unsettled else p.next_offset
+      if p.committed_next != target and target > 0:
+        todo[p.key] = target
     if todo:
       self._committer.commit(todo)
       for key, offset in todo.items():
         self._partitions[key].committed_next = offset
     self._last_commit = time.monotonic()
 
-  def maybe_commit(self) -> None:
+  def maybe_commit(self, safe_us: Optional[int] = None) -> None:
     if time.monotonic() - self._last_commit >= self._commit_interval_s:
-      self.commit()
+      self.commit(safe_us)
 
   # Reading.
 
@@ -248,10 +283,13 @@ class LocalKafkaReader:
     return self._started and all(p.done for p in self._partitions.values())
 
   def watermark(self) -> Timestamp:
-    """The read's output watermark: the slowest partition's."""
+    """The read's output watermark: the slowest partition's (reported to
+    the runner with each read's output)."""
     marks = [p.estimator.current_watermark()
              for p in self._partitions.values() if not p.done]
-    return min(marks) if marks else MAX_TIMESTAMP
+    mark = min(marks) if marks else MAX_TIMESTAMP
+    self._reported_us = mark.micros
+    return mark
 
   def read(self, wait: bool = True) -> list:
     """One evaluation's worth of elements (timestamped values).
@@ -266,6 +304,10 @@ class LocalKafkaReader:
         return []
       if not self._started:
         self._start()
+      if self._source_watermark is not None:
+        # What was declared before this read's elements: while they are in
+        # flight, no step downstream can be further.
+        self._source_watermark.publish(self._reported_us)
       if self._stop_requested.is_set() or (
           self._deadline is not None and time.time() >= self._deadline):
         for p in self._partitions.values():
@@ -468,7 +510,12 @@ class LocalKafkaReader:
     self._consumer.pause([TopicPartition(p.topic, p.partition)])
 
   def _emit(self, p: _PartitionState, run: list) -> list:
-    """A run of messages of one partition as timestamped elements."""
+    """A run of messages of one partition as timestamped elements.
+
+    Records without a valid event time (None) never move the watermark
+    (records.chunk_times); each element's buffer horizon is noted for the
+    offset commits.
+    """
     s = self._s
     records = records_from_messages(run, p.topic, p.partition)
     mode = s['timestamp_mode']
@@ -477,23 +524,34 @@ class LocalKafkaReader:
     elif mode == TS_PROCESSING_TIME:
       stamps = [Timestamp.of(time.time()).micros] * len(records)
     else:
-      now = Timestamp.of(time.time()).micros
-      stamps = [r[5] * 1000 if r[5] >= 0 else now for r in records]
-    p.estimator.observe_timestamp(Timestamp(micros=max(stamps)))
+      stamps = [record_micros(r.timestamp_ms) for r in records]
     self.records.inc(len(records))
-    self.bytes.inc(sum(len(r[4] or b'') for r in records))
+    self.bytes.inc(sum(len(r.value or b'') for r in records))
+    offsets = [r.offset for r in records]
     if not s['with_metadata']:
-      records = [(r[3], r[4]) for r in records]
+      records = [(r.key, r.value) for r in records]
     size = s['max_batch_records']
     windowed = GlobalWindows.windowed_value
-    if size <= 0:
-      return [windowed(r, timestamp=Timestamp(micros=t))
-              for r, t in zip(records, stamps)]
-    return [
-        windowed(records[i:i + size],
-                 timestamp=Timestamp(micros=min(stamps[i:i + size])))
-        for i in range(0, len(records), size)
-    ]
+    out = []
+    step = size if size > 0 else max(1, len(records))
+    for i in range(0, len(records), step):
+      # Records without a valid time take the partition's watermark: not
+      # late, and holding nothing back.
+      fallback = p.estimator.current_watermark().micros
+      low, high = chunk_times(stamps[i:i + step], fallback)
+      if high is not None:
+        p.estimator.observe_timestamp(Timestamp(micros=high))
+      p.unsettled.append(
+          (offsets[i], UNKNOWN_HORIZON if self._horizon is None else
+           self._horizon(low if high is None else high)))
+      if size > 0:
+        out.append(windowed(records[i:i + size],
+                            timestamp=Timestamp(micros=low)))
+      else:
+        out.extend(windowed(r, timestamp=Timestamp(
+            micros=fallback if t is None else t))
+                   for r, t in zip(records, stamps))
+    return out
 
 
 class _DirectReadFromKafka(beam.PTransform):
@@ -517,18 +575,37 @@ class _DirectReadFromKafka(beam.PTransform):
                               is_bounded=self.settings['stop'].is_bounded)
 
 
-def _downstream_is_drained(evaluation_context, own_transform) -> bool:
-  """True if no step other than the read has pending input or buffered
-  elements (a watermark hold). Reads the bundle-based runner's watermark
-  manager: pinned to its 2.77 internals, covered by the local streaming
-  tests."""
+# A hold at or above this (micros) belongs to an element in the GlobalWindow
+# (hold = the window's max timestamp - 1 us): its records cannot be located
+# in event time, so nothing is committed while one exists.
+_GLOBAL_WINDOW_HOLD_US = GlobalWindow().max_timestamp().micros - 10
+
+
+def _downstream_state(evaluation_context,
+                      own_transform) -> tuple[bool, Optional[int]]:
+  """What the steps after the read hold: (whether any has input pending or
+  timers firing, the earliest watermark hold in micros or None if none).
+
+  A GroupByKey holds its output watermark at each buffered element's output
+  time (here the end of its window, minus a microsecond or two), so the
+  earliest hold tells which windows may still have unwritten elements.
+  Reads the bundle-based runner's watermark manager: pinned to its 2.77
+  internals, covered by tests/local_streaming_test.py.
+  """
   manager = evaluation_context._watermark_manager  # pylint: disable=protected-access
+  earliest = None
   for transform, tw in manager._transform_to_watermarks.items():  # pylint: disable=protected-access
     if transform is own_transform:
       continue
-    if tw._pending or tw._keyed_earliest_holds:  # pylint: disable=protected-access
-      return False
-  return True
+    if tw._pending or tw._fired_timers:  # pylint: disable=protected-access
+      return True, None
+    for hold in tw._keyed_earliest_holds.values():  # pylint: disable=protected-access
+      micros = hold.micros
+      if earliest is None or micros < earliest:
+        earliest = micros
+  if earliest is not None and earliest >= _GLOBAL_WINDOW_HOLD_US:
+    earliest = MIN_TIMESTAMP.micros
+  return False, earliest
 
 
 class _KafkaReadEvaluator(_TransformEvaluator):
@@ -546,11 +623,14 @@ class _KafkaReadEvaluator(_TransformEvaluator):
 
   def finish_bundle(self) -> TransformResult:
     reader = self._reader
-    drained = _downstream_is_drained(self._evaluation_context,
-                                     self._applied_ptransform)
-    if drained:
-      reader.maybe_commit()
-    elements = reader.read(wait=drained)
+    pending, earliest_hold = _downstream_state(self._evaluation_context,
+                                               self._applied_ptransform)
+    if not pending:
+      # Everything emitted before has been processed by every step; what a
+      # windowed sink still holds is above the earliest hold.
+      reader.maybe_commit(None if earliest_hold is None else
+                          earliest_hold + 1)
+    elements = reader.read(wait=not pending)
     bundles = []
     if elements:
       bundle = self._evaluation_context.create_bundle(

@@ -26,11 +26,11 @@ source.
 
 import functools
 import logging
-import operator
 import threading
 import time
 import uuid
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import (Any, Callable, Iterable, Mapping, Optional, Sequence,
+                    Union)
 
 import apache_beam as beam
 from apache_beam import coders
@@ -49,7 +49,8 @@ from transforms.kafka import config_refs
 from transforms.kafka import offsets as offsets_lib
 from transforms.kafka.offsets import PartitionRange, StopAt
 from transforms.kafka.records import (KafkaRecord, TimestampPolicy,
-                                      micros_of, records_from_messages,
+                                      chunk_times, micros_of, record_micros,
+                                      records_from_messages,
                                       resolve_timestamp_fn)
 from transforms.kafka.watermark import KafkaWatermarkEstimatorProvider
 
@@ -607,7 +608,7 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
       return
     if mode == TS_RECORD_TIME:
       items.extend([(m.key(), m.value()) for m in run])
-      stamps.extend([_record_micros(m.timestamp()[1]) for m in run])
+      stamps.extend([record_micros(m.timestamp()[1]) for m in run])
       return
     # Processing time: one clock reading per consumed run.
     now_micros = Timestamp.of(time.time()).micros
@@ -619,53 +620,37 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
     """Emits pending records as timestamped elements (and empties the lists).
 
     One element per record, or chunks of ``max_batch_records`` that carry
-    their earliest record time (never late relative to their own records);
-    the watermark still follows the latest. A partial last chunk is kept
-    unless ``everything``.
+    their earliest valid record time (never late relative to their own
+    records; records.chunk_times); the watermark follows the latest valid
+    one. A partial last chunk is kept unless ``everything``.
     """
     if not items:
       return
-    from_records = (self._timestamp_mode == TS_RECORD_TIME
-                    and self._with_metadata)
+    if self._timestamp_mode == TS_RECORD_TIME and self._with_metadata:
+      stamps[:] = [record_micros(r[5]) for r in items]
     size = self._max_batch_records
     if size <= 0:
-      if from_records:
-        stamps = [_record_micros(r[5]) for r in items]
       for item, ts in zip(items, stamps):
+        if ts is None:
+          # No valid event time: the partition's watermark (not late, and
+          # holding nothing back); it must not move the watermark.
+          ts = watermark.current_watermark().micros
+        else:
+          watermark.observe_timestamp(Timestamp(micros=ts))
         yield beam.window.TimestampedValue(item, Timestamp(micros=ts))
       items.clear()
       del stamps[:]
       return
     n = len(items) if everything else len(items) - len(items) % size
     for i in range(0, n, size):
-      chunk = items[i:i + size]
-      if from_records:
-        low = min(map(_TIMESTAMP_MS, chunk)) * 1000
-        high = max(map(_TIMESTAMP_MS, chunk)) * 1000
-        if low < 0:
-          # Records without a broker timestamp: processing time for those.
-          chunk_micros = [_record_micros(r[5]) for r in chunk]
-          low, high = min(chunk_micros), max(chunk_micros)
-        low, high = Timestamp(micros=low), Timestamp(micros=high)
-      else:
-        chunk_stamps = stamps[i:i + size]
-        low = Timestamp(micros=min(chunk_stamps))
-        high = Timestamp(micros=max(chunk_stamps))
-      watermark.observe_timestamp(high)
-      yield beam.window.TimestampedValue(chunk, low)
+      low, high = chunk_times(stamps[i:i + size],
+                              watermark.current_watermark().micros)
+      if high is not None:
+        watermark.observe_timestamp(Timestamp(micros=high))
+      yield beam.window.TimestampedValue(items[i:i + size],
+                                         Timestamp(micros=low))
     del items[:n]
     del stamps[:n]
-
-
-def _record_micros(timestamp_ms: int) -> int:
-  """A record's element time in micros: its broker timestamp, or the wall
-  clock for records without one (-1), as records.resolve_timestamp_fn."""
-  if timestamp_ms >= 0:
-    return timestamp_ms * 1000
-  return Timestamp.of(time.time()).micros
-
-
-_TIMESTAMP_MS = operator.itemgetter(5)  # KafkaRecord.timestamp_ms
 
 
 class _ReadUnboundedPartitionsFn(_ReadPartitionsFn):
@@ -743,7 +728,9 @@ class ReadFromKafka(beam.PTransform):
                poll_timeout_s: float = 0.1,
                idle_resume_s: float = 0.1,
                split_offsets: int = 1_000_000,
-               metadata_timeout_s: float = 30.0):
+               metadata_timeout_s: float = 30.0,
+               source_watermark=None,
+               buffer_horizon: Optional[Callable[[int], int]] = None):
     """Configures the read.
 
     Args:
@@ -781,6 +768,15 @@ class ReadFromKafka(beam.PTransform):
       split_offsets: initial split size of bounded ranges, in offsets
         (not used when committing offsets).
       metadata_timeout_s: time allowed for the cluster to answer at start.
+      source_watermark: local streaming runner only: a
+        transforms.source_watermark.SourceWatermark on which the read
+        publishes its watermark for the steps downstream.
+      buffer_horizon: local streaming runner only: event time (micros) ->
+        end (micros) of the last window a windowed sink may hold the
+        record's output in (transforms.windows.BufferHorizon). Offsets are
+        then committed as those windows are written; without it, only when
+        no step holds anything. Elsewhere the runner's bundle finalization
+        decides when offsets are committed.
     """
     super().__init__()
     if not consumer_config.get('bootstrap.servers'):
@@ -807,6 +803,8 @@ class ReadFromKafka(beam.PTransform):
     self._timestamp_fn = resolve_timestamp_fn(timestamp_policy)
     self._timestamp_mode = _timestamp_mode(timestamp_policy)
     self._metadata_timeout_s = metadata_timeout_s
+    self._local_hints = dict(source_watermark=source_watermark,
+                             buffer_horizon=buffer_horizon)
     self._fn_kwargs = dict(
         timestamp_fn=self._timestamp_fn, with_metadata=with_metadata,
         commit_offsets=commit_offsets, max_batch_records=max_batch_records,
@@ -821,7 +819,8 @@ class ReadFromKafka(beam.PTransform):
   def settings(self) -> dict:
     return dict(self._fn_kwargs, consumer_config=self._config,
                 topics=self._topics, start=self._start, stop=self._stop,
-                metadata_timeout_s=self._metadata_timeout_s)
+                metadata_timeout_s=self._metadata_timeout_s,
+                **self._local_hints)
 
   @property
   def is_bounded(self) -> bool:

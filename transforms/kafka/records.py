@@ -3,7 +3,7 @@
 import enum
 import functools
 import time
-from typing import Callable, NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 from apache_beam.utils.timestamp import Timestamp
 from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME
@@ -108,16 +108,43 @@ class TimestampPolicy(enum.Enum):
 TimestampFn = Callable[[KafkaRecord], Union[float, Timestamp]]
 
 
-def micros_of(timestamp_fn: Callable[[KafkaRecord], Timestamp],
-              records: list) -> list[int]:
-  """Element timestamps (epoch micros) of ``records`` by a resolved
-  timestamp function; one call for the run when it has ``many``."""
+def micros_of(timestamp_fn: Callable[[KafkaRecord], Optional[Timestamp]],
+              records: list) -> list[Optional[int]]:
+  """Event times (epoch micros) of ``records`` by a resolved timestamp
+  function, None for a record without a valid one; one call for the run
+  when the function has ``many``."""
   many = getattr(timestamp_fn, 'many', None)
   if many is None:
-    return [timestamp_fn(r).micros for r in records]
+    return [None if (t := timestamp_fn(r)) is None else t.micros
+            for r in records]
   # Numbers as Timestamp.of(t).micros computes them, without the objects.
   return [int(t * 1000000) if type(t) in (float, int) else
-          Timestamp.of(t).micros for t in many(records)]
+          None if t is None else Timestamp.of(t).micros
+          for t in many(records)]
+
+
+def record_micros(timestamp_ms: int) -> Optional[int]:
+  """A record's broker timestamp in micros; None without one (-1)."""
+  return timestamp_ms * 1000 if timestamp_ms >= 0 else None
+
+
+def chunk_times(stamps: Sequence[Optional[int]], fallback: int
+               ) -> tuple[int, Optional[int]]:
+  """(element timestamp, latest valid event time or None) of a chunk.
+
+  ``stamps`` are the records' event times in micros, None for records
+  without a valid one (they will be dead letters). The element carries
+  its earliest valid time (never late relative to its own records); a
+  chunk without any valid time carries ``fallback`` (the partition's
+  watermark: neither late nor holding anything back). Only valid times
+  may move the watermark: the second value.
+  """
+  if None not in stamps:
+    return min(stamps), max(stamps)
+  valid = [t for t in stamps if t is not None]
+  if not valid:
+    return fallback, None
+  return min(valid), max(valid)
 
 
 def resolve_timestamp_fn(
@@ -125,8 +152,10 @@ def resolve_timestamp_fn(
 ) -> Callable[[KafkaRecord], Timestamp]:
   """Turns a policy name, enum or function into ``record -> Timestamp``.
 
-  Records without a broker timestamp (-1) fall back to processing time for the
-  record-time policies; a user function's result is used as is.
+  Records without a broker timestamp (-1) have no event time (None) under
+  the record-time policies; a user function's result is used as is, and a
+  function may return None for a record without a valid event time. The
+  readers never let a None move the watermark.
 
   Raises:
     ValueError: an unknown policy name.
@@ -134,8 +163,10 @@ def resolve_timestamp_fn(
   if callable(policy) and not isinstance(policy, TimestampPolicy):
     user_fn = policy
 
-    def from_user(record: KafkaRecord) -> Timestamp:
+    def from_user(record: KafkaRecord) -> Optional[Timestamp]:
       ts = user_fn(record)
+      if ts is None:
+        return None  # no valid event time: it must not move the watermark
       return ts if isinstance(ts, Timestamp) else Timestamp.of(ts)
 
     # A function with ``many(records) -> times`` (e.g. transforms.parse.
@@ -151,9 +182,9 @@ def resolve_timestamp_fn(
   if policy is TimestampPolicy.PROCESSING_TIME:
     return lambda record: Timestamp.of(time.time())
 
-  def from_record(record: KafkaRecord) -> Timestamp:
+  def from_record(record: KafkaRecord) -> Optional[Timestamp]:
     if record.timestamp_ms < 0:
-      return Timestamp.of(time.time())
+      return None
     return Timestamp(micros=record.timestamp_ms * 1000)
 
   return from_record

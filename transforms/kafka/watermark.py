@@ -4,11 +4,15 @@ The watermark follows record timestamps (the largest seen minus ``max_delay``,
 the out-of-orderness the policy tolerates) and, once a partition has had no
 new records for ``idle_timeout``, moves on with the wall clock
 (``now - max_delay``) so event-time windows still close on quiet partitions.
-Never goes backwards. Used by the splittable reader (as a Beam
-WatermarkEstimator) and by the local streaming read.
+Never goes backwards, and never ahead of the wall clock: a record stamped in
+the future (a producer with a skewed clock) counts as stamped now, so a few
+such records cannot make the events after them late.
+Used by the splittable reader (as a Beam WatermarkEstimator) and by the local
+streaming read.
 """
 
-from typing import Optional
+import time
+from typing import Callable, Optional
 
 from apache_beam.io.iobase import WatermarkEstimator
 from apache_beam.transforms.core import WatermarkEstimatorProvider
@@ -22,15 +26,19 @@ class KafkaWatermarkEstimator(WatermarkEstimator):
   """Watermark = max(record time) - max_delay, advancing with the clock when idle."""
 
   def __init__(self, state: Optional[EstimatorState], *, max_delay_s: float,
-               idle_timeout_s: float):
+               idle_timeout_s: float,
+               clock: Callable[[], float] = time.time):
     state = state or (MIN_TIMESTAMP, None, None)
     self._watermark, self._max_seen, self._idle_since = state
     self._max_delay = Duration(seconds=max_delay_s)
     self._idle_timeout_s = idle_timeout_s
+    self._clock = clock
 
   def observe_timestamp(self, timestamp: Timestamp) -> None:
-    if self._max_seen is None or timestamp > self._max_seen:
-      self._max_seen = timestamp
+    if self._max_seen is not None and timestamp <= self._max_seen:
+      return
+    now = Timestamp.of(self._clock())
+    self._max_seen = min(timestamp, now)
 
   def current_watermark(self) -> Timestamp:
     if self._max_seen is not None:

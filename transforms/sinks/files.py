@@ -770,29 +770,37 @@ def _dead_letter_rows(dead_letter) -> list[dict]:
   return [dead_letter.to_dict()]
 
 
+DEFAULT_DEAD_LETTER_FLUSH_S = 60.0
+# Dead letters are never dropped as late by their own file sink: their
+# timestamps are their records' (a too-late event's is far behind the
+# watermark), and a late one is written at once in a late pane.
+DEAD_LETTER_ALLOWED_LATENESS_S = 10 * 365 * 24 * 3600.0
+
+
 class WriteDeadLetterFiles(beam.PTransform):
   """DeadLetter -> JSONL files of ``DeadLetter.to_dict()``.
 
-  Dead letters arrive in the GlobalWindow. Batch: one pane, files
-  ``dead-letters-global-pane-0-00000-of-00001.jsonl``. Streaming: they stay
-  in the GlobalWindow with a processing-time trigger that flushes every
-  ``flush_every_s`` seconds (``Repeatedly(AfterProcessingTime)``, discarding),
-  files ``dead-letters-run<start>-global-pane-<flush>-00000-of-00001.jsonl``.
+  Batch: the GlobalWindow, one pane, files
+  ``dead-letters-global-pane-0-00000-of-00001.jsonl``. Streaming: fixed
+  event-time windows of ``flush_every_s`` on each dead letter's timestamp
+  (its record's), written when the watermark passes a window's end, files
+  ``dead-letters-run<start>-<window>-pane-<n>-00000-of-00001.jsonl``.
 
-  Why processing time and not 60 s event-time windows: a dead letter's
-  timestamp is its event's. The too-late events are dead letters precisely
-  because they are behind the watermark, so in event-time windows they would
-  be late data again and dropped past the allowed lateness; malformed records
-  carry whatever timestamp the source gave them. A processing-time trigger in
-  the GlobalWindow drops nothing whatever the timestamps, and bounds the
-  delay to a file at ``flush_every_s``. The run tag (when the pipeline was
-  built) keeps a restarted job, whose pane indices start again at 0, from
-  overwriting the files of the previous run.
+  Why event-time windows: a file is then written when the watermark passes
+  its window, like the prediction files, so the local runner can tell from
+  the watermark holds which records' dead letters are still buffered and
+  commit offsets behind them (transforms/kafka/local_streaming.py); a
+  processing-time flush in the GlobalWindow hides that. Dead letters behind
+  the watermark (too-late events, records of a replayed backlog) are late
+  data of an old window: the allowed lateness is long enough that none is
+  ever dropped, and each is written at once in a late pane. The run tag
+  (when the pipeline was built) keeps a restarted job, whose pane indices
+  start again at 0, from overwriting the files of the previous run.
   """
 
   def __init__(self, path: str, *, num_shards: int = 1,
                streaming: Optional[bool] = None,
-               flush_every_s: float = 60.0,
+               flush_every_s: float = DEFAULT_DEAD_LETTER_FLUSH_S,
                prefix: str = 'dead-letters',
                temp_directory: Optional[str] = None,
                run_tag: Optional[str] = None,
@@ -812,12 +820,11 @@ class WriteDeadLetterFiles(beam.PTransform):
   def expand(self, pcoll):
     streaming = _is_streaming(pcoll, self._streaming)
     if streaming:
-      windowed = pcoll | 'FlushEveryNSeconds' >> beam.WindowInto(
-          window_lib.GlobalWindows(),
-          trigger=trigger_lib.Repeatedly(
-              trigger_lib.AfterProcessingTime(
-                  _processing_delay(self._flush_every_s))),
-          accumulation_mode=trigger_lib.AccumulationMode.DISCARDING)
+      windowed = pcoll | 'IntoFlushWindows' >> beam.WindowInto(
+          window_lib.FixedWindows(self._flush_every_s),
+          trigger=trigger_lib.AfterWatermark(late=trigger_lib.AfterCount(1)),
+          accumulation_mode=trigger_lib.AccumulationMode.DISCARDING,
+          allowed_lateness=DEAD_LETTER_ALLOWED_LATENESS_S)
     else:
       windowed = pcoll | 'IntoGlobalWindow' >> beam.WindowInto(
           window_lib.GlobalWindows())
