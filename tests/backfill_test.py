@@ -24,7 +24,7 @@ from transforms import dead_letters as dl
 from transforms import schema as schema_lib
 from transforms.output import output_columns
 from transforms.sinks import read_row_file
-from transforms.sinks.files import tfrecord_frame
+from transforms.tfrecord import frame as tfrecord_frame
 
 N = 3000
 START = float(int(time.time()) - 6 * 3600)
