@@ -112,10 +112,8 @@ def main(argv=None) -> int:
         batch, labels=labels if with_label else None)  # pylint: disable=cell-var-from-loop
     _compare(name, n, repeat, encoder, columns)
   _compare('model_features', n, repeat, encoder,
-           lambda: example_coder.record_batch({
-               f: example_coder.column(batch.features[:, j],
-                                       example_coder.FLOAT)
-               for j, f in enumerate(schema.features)}))
+           lambda: example_coder.float_features(schema.features,
+                                                batch.features))
   _prediction_rows(batch, repeat)
   _decode(n, repeat, encoder.encode(layout.event_batch(batch, labels=labels)))
   _framing(n, repeat, encoder.encode(layout.event_batch(batch,

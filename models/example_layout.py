@@ -153,23 +153,28 @@ class ExampleLayout:
     Args:
       annotations: schema-level tags (e.g. how the span was split).
     """
-    # pylint: disable-next=import-outside-toplevel
-    from tensorflow_metadata.proto.v0 import schema_pb2
-    types = {ec.FLOAT: schema_pb2.FLOAT, ec.INT: schema_pb2.INT,
-             ec.BYTES: schema_pb2.BYTES}
-    schema = schema_pb2.Schema(default_environment=[TRAINING, SERVING])
-    schema.annotation.tag.extend(annotations)
-    for name, (kind, role) in self.columns().items():
-      feature = schema.feature.add(name=name, type=types[kind])
-      feature.shape.dim.add(size=1)
-      feature.presence.min_fraction = 1.0
-      feature.presence.min_count = 1
-      feature.annotation.tag.append(role)
-      if role == ROLE_LABEL:
-        feature.not_in_environment.append(SERVING)
-        feature.int_domain.min, feature.int_domain.max = 0, 1
-        feature.int_domain.is_categorical = True
-    return schema
+    return make_schema(self.columns(), annotations=annotations)
+
+
+def make_schema(columns: dict, *, annotations: Sequence[str] = ()):
+  """A tensorflow_metadata Schema of {name: (kind, role)} columns."""
+  # pylint: disable-next=import-outside-toplevel
+  from tensorflow_metadata.proto.v0 import schema_pb2
+  types = {ec.FLOAT: schema_pb2.FLOAT, ec.INT: schema_pb2.INT,
+           ec.BYTES: schema_pb2.BYTES}
+  schema = schema_pb2.Schema(default_environment=[TRAINING, SERVING])
+  schema.annotation.tag.extend(annotations)
+  for name, (kind, role) in columns.items():
+    feature = schema.feature.add(name=name, type=types[kind])
+    feature.shape.dim.add(size=1)
+    feature.presence.min_fraction = 1.0
+    feature.presence.min_count = 1
+    feature.annotation.tag.append(role)
+    if role == ROLE_LABEL:
+      feature.not_in_environment.append(SERVING)
+      feature.int_domain.min, feature.int_domain.max = 0, 1
+      feature.int_domain.is_categorical = True
+  return schema
 
 
 def _ms(seconds: float, infinite: int) -> int:

@@ -78,6 +78,15 @@ def record_batch(columns: Mapping[str, pa.Array]) -> pa.RecordBatch:
                                     list(columns.keys()))
 
 
+def float_features(names: Sequence[str], values: np.ndarray
+                  ) -> pa.RecordBatch:
+  """A [n, F] matrix as F float feature columns named ``names``."""
+  if values.ndim != 2 or values.shape[1] != len(names):
+    raise ValueError(f'{values.shape} values for {len(names)} feature names')
+  return record_batch({name: column(values[:, j], FLOAT)
+                       for j, name in enumerate(names)})
+
+
 class Encoder:
   """RecordBatch -> serialized tf.Examples. Picklable; state is built on
   first use. Not thread-safe: one encoder per DoFn or model.
