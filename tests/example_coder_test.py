@@ -99,3 +99,16 @@ def test_list_column_casts_and_rejects_unknown_kinds():
   assert col.to_pylist() == [[1], [], [0]]
   with pytest.raises(ValueError, match='feature kind'):
     ec.list_column(pa.array([1]), 'double')
+
+
+def test_one_encoder_is_safe_across_threads():
+  import concurrent.futures
+  encoder = ec.Encoder()
+  batches = [ec.record_batch({'x': ec.column(np.full(500, float(k)),
+                                             ec.FLOAT)}) for k in range(8)]
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    results = list(pool.map(encoder.encode, batches * 4))
+  for k, records in enumerate(results):
+    values = {example_pb2.Example.FromString(r).features.feature['x']
+              .float_list.value[0] for r in records}
+    assert values == {float(k % 8)}

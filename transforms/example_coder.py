@@ -18,6 +18,7 @@ the feature with an empty list of its kind, so the example still says what
 the feature's type is; a reader sees no value.
 """
 
+import threading
 from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -89,7 +90,8 @@ def float_features(names: Sequence[str], values: np.ndarray
 
 class Encoder:
   """RecordBatch -> serialized tf.Examples. Picklable; state is built on
-  first use. Not thread-safe: one encoder per DoFn or model.
+  first use. Thread-safe (a model shared by a worker's threads encodes with
+  one): the reused protos are per thread.
 
   Two implementations, chosen by the data, because neither is faster on
   all of it (bench/example_coder_bench.py): a batch whose every column has
@@ -102,7 +104,7 @@ class Encoder:
 
   def __init__(self):
     self._cpp = None
-    self._protos: dict = {}
+    self._local = threading.local()
 
   def __getstate__(self):
     return {}
@@ -128,9 +130,12 @@ class Encoder:
     one value per row only."""
     key = tuple(zip(batch.schema.names,
                     (f.type.value_type for f in batch.schema)))
-    proto = self._protos.get(key)
+    protos = getattr(self._local, 'protos', None)
+    if protos is None:
+      protos = self._local.protos = {}
+    proto = protos.get(key)
     if proto is None:
-      proto = self._protos[key] = _ReusedProto(key)
+      proto = protos[key] = _ReusedProto(key)
     return proto.encode([c.flatten().to_pylist() for c in batch.columns])
 
 
