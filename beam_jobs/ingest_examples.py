@@ -4,23 +4,28 @@ Like TFX's ExampleGen: reads a bounded slice of events, parses and validates
 them with the scoring job's ``ParseEvents`` (dead letters for anything
 malformed, or without a 0/1 label), computes the scoring job's window
 features with ``WindowFeatures`` (its exact batch implementation), turns
-each event into a ``tf.Example`` and writes gzip TFRecord shards of a new
-span, split deterministically by a hash of the event id (or a chosen field)::
+each event into a ``tf.Example`` and writes a new span in TFX's ExampleGen
+layout, split deterministically by a hash of the event id (or a chosen
+field), with the statistics of each split and the schema, in TFX's formats::
 
-  <output>/span-<N>/<split>/part-SSSSS-of-NNNNN.tfrecord.gz
-  <output>/span-<N>/statistics.json    counts per split, label balance,
-                                        per-feature mean/std/min/max, times
-  <output>/span-<N>/schema.json        written last: the span is complete
+  <output>/span-<N>/version-0/Split-<split>/data_tfrecord-SSSSS-of-NNNNN.gz
+  <output>/span-<N>/version-0/statistics/Split-<split>/FeatureStats.pb
+  <output>/span-<N>/version-0/schema/schema.pbtxt   written last: complete
   <output>/dead-letters/span-<N>/...   dead letters, unless --dead_letter_*
 
 The layout is models/examples_io.py's: ``python -m models.train --data
-<output>`` trains on it. Each example holds the schema's features (float),
-``label`` (int64), ``event_id``, ``detector`` (the event key) (bytes),
-``event_time`` (float32 epoch s, as examples_io has it: only ~2 min
-precise today) and ``event_time_ms`` (int64, exact), and the window features
-of the event as scored online: ``window_start_ms``, ``window_end_ms``
-(int64 epoch ms; int64 min/max for the global window), ``win_count``
-(int64), ``win_mean_<f>``, ``win_std_<f>`` (float) per window feature.
+<output>`` trains on it, and TFX's ImportExampleGen, StatisticsGen or TFDV
+read it (docs/tfx_interop.md). Each example holds the columns of
+models/example_layout.py: the schema's features (float), ``label`` (int64),
+``event_id``, ``detector`` (the event key) (bytes), ``event_time``
+(float32 epoch s: only ~2 min precise today) and ``event_time_ms`` (int64,
+exact), and the window features of the event as scored online:
+``window_start_ms``, ``window_end_ms`` (int64 epoch ms; int64 min/max for
+the global window), ``win_count`` (int64), ``win_mean_<f>``, ``win_std_<f>``
+(float) per window feature. Examples are encoded by
+transforms/example_coder.py; the statistics (counts, missing, mean, std,
+min/max, quantile histograms, top values) are computed in the job by
+transforms/statistics.py with tfx-bsl's sketches.
 
 Splits: ``--splits train:2,eval:1`` (the default) gives each split hash
 buckets in proportion; an event goes to bucket ``md5(value) mod 3`` of its
@@ -55,9 +60,7 @@ On Dataflow:
       --dead_letter_topic events-dlq
 """
 
-import datetime
 import hashlib
-import json
 import logging
 import posixpath
 import re
@@ -70,16 +73,20 @@ from apache_beam import pvalue
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (PipelineOptions,
                                                   StandardOptions, TestOptions)
 from apache_beam.transforms import window as window_lib
+from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from beam_jobs import engine as engine_lib
 from beam_jobs import options as opts
 from beam_jobs import outputs
 from beam_jobs.score_stream import client_config
+from models import example_layout as el
 from models import examples_io
 from transforms import dead_letters as dl
+from transforms import example_coder, statistics
 from transforms import parse as parse_lib
 from transforms import sources
 from transforms.events import EventBatch
@@ -96,20 +103,7 @@ _NAMESPACE = 'ingest'
 DEFAULT_SPLITS = 'train:2,eval:1'
 DEFAULT_SPLIT_BY = 'event_id'
 DEFAULT_CONSUMER_GROUP = 'kbi-ingest-examples'
-STATISTICS_FILE = 'statistics.json'
 DEAD_LETTER_DIR = 'dead-letters'
-SHARD_PREFIX = 'part'
-# Example keys of the window features (the prediction rows' column names).
-# float_list values are float32: 128 s apart at today's epoch seconds, so
-# exact times are int64 milliseconds (event_time stays a float for
-# examples_io compatibility; event_time_ms is exact).
-EVENT_TIME_MS_KEY = 'event_time_ms'
-WINDOW_START_KEY = 'window_start_ms'
-WINDOW_END_KEY = 'window_end_ms'
-WIN_COUNT_KEY = 'win_count'
-# Window bounds of the GlobalWindow (-inf, inf) in int64 milliseconds.
-_GLOBAL_START_MS = -(2**63)
-_GLOBAL_END_MS = 2**63 - 1
 
 _SPLIT_NAME_RE = re.compile(r'^[A-Za-z0-9_-]+$')
 _SPAN_DIR_RE = re.compile(r'^span-(\d+)/?$')
@@ -237,7 +231,7 @@ def _span_numbers(root: str) -> list[int]:
   base = root.rstrip('/')
   # Local globs match the directories themselves; object stores have no
   # directories, only the files below them.
-  paths = _list_below(f'{base}/span-*') + _list_below(f'{base}/span-*/*')
+  paths = _list_below(f'{base}/span-*') + _list_below(f'{base}/span-*/**')
   spans = set()
   for path in paths:
     rest = path[len(base):].lstrip('/').split('/', 1)[0]
@@ -249,7 +243,7 @@ def _span_numbers(root: str) -> list[int]:
 
 def _dir_exists(path: str) -> bool:
   base = path.rstrip('/')
-  return FileSystems.exists(base) or bool(_list_below(f'{base}/*'))
+  return FileSystems.exists(base) or bool(_list_below(f'{base}/**'))
 
 
 def next_span(root: str) -> int:
@@ -386,95 +380,13 @@ def _resolve_outputs(options: PipelineOptions) -> None:
                                             f'span-{job.span}')
 
 
-# --- Reading -----------------------------------------------------------------
-
-
 # --- Examples ----------------------------------------------------------------
 
 
-def example_columns(schema: EventSchema) -> dict:
-  """The example keys and their kinds (float, int or bytes), in order."""
-  columns = {name: 'float' for name in schema.features}
-  columns.update({examples_io.LABEL_KEY: 'int', examples_io.ID_KEY: 'bytes',
-                  examples_io.DETECTOR_KEY: 'bytes',
-                  examples_io.TIME_KEY: 'float', EVENT_TIME_MS_KEY: 'int',
-                  WINDOW_START_KEY: 'int', WINDOW_END_KEY: 'int',
-                  WIN_COUNT_KEY: 'int'})
-  for name in schema.window_features:
-    columns[f'win_mean_{name}'] = 'float'
-    columns[f'win_std_{name}'] = 'float'
-  return columns
-
-
-class WindowedExampleEncoder:
-  """Serializes the examples of an EventBatch with window features, fast.
-
-  Builds one proto with ``examples_io.make_example`` plus the window keys
-  and overwrites its values per row (as ``examples_io.ExampleEncoder``).
-  Not thread-safe: one encoder per DoFn instance.
-  """
-
-  def __init__(self, schema: EventSchema):
-    self._features = list(schema.features)
-    self._window_names = list(schema.window_features)
-    proto = examples_io.make_example([0.0] * len(self._features), 0, '', '',
-                                     0.0, feature_names=self._features)
-    fmap = proto.features.feature
-    for key in (EVENT_TIME_MS_KEY, WINDOW_START_KEY, WINDOW_END_KEY,
-                WIN_COUNT_KEY):
-      fmap[key].int64_list.value.append(0)
-    for name in self._window_names:
-      fmap[f'win_mean_{name}'].float_list.value.append(0.0)
-      fmap[f'win_std_{name}'].float_list.value.append(0.0)
-    self._proto = proto
-    self._values = [fmap[n].float_list.value for n in self._features]
-    self._label = fmap[examples_io.LABEL_KEY].int64_list.value
-    self._id = fmap[examples_io.ID_KEY].bytes_list.value
-    self._key = fmap[examples_io.DETECTOR_KEY].bytes_list.value
-    self._time = fmap[examples_io.TIME_KEY].float_list.value
-    self._time_ms = fmap[EVENT_TIME_MS_KEY].int64_list.value
-    self._start = fmap[WINDOW_START_KEY].int64_list.value
-    self._end = fmap[WINDOW_END_KEY].int64_list.value
-    self._count = fmap[WIN_COUNT_KEY].int64_list.value
-    self._means = [fmap[f'win_mean_{n}'].float_list.value
-                   for n in self._window_names]
-    self._stds = [fmap[f'win_std_{n}'].float_list.value
-                  for n in self._window_names]
-
-  def encode(self, batch: EventBatch, rows, labels) -> list[bytes]:
-    """Serialized examples of ``rows`` of ``batch``, with ``labels``."""
-    start, end = batch.window if batch.window is not None else (-np.inf,
-                                                                np.inf)
-    self._start[0] = (_GLOBAL_START_MS if np.isinf(start) else
-                      int(round(start * 1000)))
-    self._end[0] = (_GLOBAL_END_MS if np.isinf(end) else
-                    int(round(end * 1000)))
-    features = batch.features.tolist()
-    times = batch.event_time.tolist()
-    times_ms = np.round(batch.event_time * 1000).astype(np.int64).tolist()
-    counts = (batch.win_count.tolist() if batch.win_count is not None else
-              [0] * len(batch))
-    width = len(self._window_names)
-    means = (batch.win_mean.tolist() if batch.win_mean is not None else
-             [[0.0] * width] * len(batch))
-    stds = (batch.win_std.tolist() if batch.win_std is not None else
-            [[0.0] * width] * len(batch))
-    out = []
-    for i, label in zip(rows, labels):
-      for values, value in zip(self._values, features[i]):
-        values[0] = value
-      self._label[0] = label
-      self._id[0] = batch.ids[i].encode('utf-8')
-      self._key[0] = batch.keys[i].encode('utf-8')
-      self._time[0] = times[i]
-      self._time_ms[0] = times_ms[i]
-      self._count[0] = counts[i]
-      for values, value in zip(self._means, means[i]):
-        values[0] = value
-      for values, value in zip(self._stds, stds[i]):
-        values[0] = value
-      out.append(self._proto.SerializeToString())
-    return out
+def example_layout(schema: EventSchema) -> el.ExampleLayout:
+  """The columns of this job's examples (models/example_layout.py)."""
+  return el.ExampleLayout(tuple(schema.features),
+                          tuple(schema.window_features))
 
 
 def _split_values(batch: EventBatch, kind: str, index: int) -> list[str]:
@@ -495,30 +407,10 @@ def _split_values(batch: EventBatch, kind: str, index: int) -> list[str]:
   return [repr(float(v)) for v in column.tolist()]
 
 
-class SplitStats(NamedTuple):
-  """Partial statistics of one split (summed by ``_SpanStatsFn``)."""
-  count: int
-  positives: int
-  sums: np.ndarray      # float64 [F]
-  sumsq: np.ndarray     # float64 [F]
-  mins: np.ndarray      # float64 [F]
-  maxs: np.ndarray      # float64 [F]
-  time_min: float
-  time_max: float
-
-  def merge(self, other: 'SplitStats') -> 'SplitStats':
-    return SplitStats(
-        self.count + other.count, self.positives + other.positives,
-        self.sums + other.sums, self.sumsq + other.sumsq,
-        np.minimum(self.mins, other.mins), np.maximum(self.maxs, other.maxs),
-        min(self.time_min, other.time_min),
-        max(self.time_max, other.time_max))
-
-
 class _ToExamples(beam.DoFn):
   """EventBatch -> serialized examples per split (tags ``split:<name>``),
-  partial statistics (tag ``statistics``) and dead letters for events
-  without a usable label.
+  their columns for the statistics (tag ``statistics``: (split,
+  pa.RecordBatch)) and dead letters for events without a usable label.
 
   Retry policy: none; encoding is deterministic. An event without a label,
   or with a label other than 0/1, is a dead letter (stage validate).
@@ -526,7 +418,7 @@ class _ToExamples(beam.DoFn):
 
   def __init__(self, schema: EventSchema, splits: list[tuple[str, int]],
                split_by: str):
-    self._schema = schema
+    self._layout = example_layout(schema)
     self._names = [n for n, _ in splits]
     self._buckets = bucket_table(splits)
     self._kind, self._index = _split_source(schema, split_by)
@@ -535,7 +427,7 @@ class _ToExamples(beam.DoFn):
     self.unlabelled = Metrics.counter(_NAMESPACE, 'events_without_label')
 
   def setup(self):
-    self._encoder = WindowedExampleEncoder(self._schema)
+    self._encoder = example_coder.Encoder()
 
   def process(self, batch: EventBatch):
     labels = (batch.labels if batch.labels is not None else
@@ -563,88 +455,35 @@ class _ToExamples(beam.DoFn):
       mine = rows[split_of == s]
       if not len(mine):
         continue
-      records = self._encoder.encode(batch, mine.tolist(),
-                                     int_labels[mine].tolist())
+      columns = self._layout.event_batch(batch.take(mine),
+                                         labels=int_labels[mine])
+      records = self._encoder.encode(columns)
       self.examples.inc(len(records))
       for record in records:
         yield pvalue.TaggedOutput(f'split:{name}', record)
-      x = batch.features[mine].astype(np.float64)
-      t = batch.event_time[mine]
-      yield pvalue.TaggedOutput(_STATS_TAG, (name, SplitStats(
-          len(mine), int(int_labels[mine].sum()), x.sum(axis=0),
-          (x * x).sum(axis=0), x.min(axis=0), x.max(axis=0),
-          float(t.min()), float(t.max()))))
+      yield pvalue.TaggedOutput(_STATS_TAG, (name, columns))
 
 
-class _SpanStatsFn(beam.CombineFn):
-  """(split, SplitStats) -> {split: SplitStats} summed over the span."""
-
-  def create_accumulator(self):
-    return {}
-
-  def add_input(self, accumulator, element):
-    name, stats = element
-    previous = accumulator.get(name)
-    accumulator[name] = stats if previous is None else previous.merge(stats)
-    return accumulator
-
-  def merge_accumulators(self, accumulators):
-    out = {}
-    for acc in accumulators:
-      for name, stats in acc.items():
-        out = self.add_input(out, (name, stats))
-    return out
-
-  def extract_output(self, accumulator):
-    return accumulator
+def _write(path: str, data: bytes, mime_type: str) -> None:
+  with FileSystems.create(path, mime_type=mime_type) as f:
+    f.write(data)
 
 
-def _iso(t: float) -> str:
-  return datetime.datetime.fromtimestamp(
-      t, datetime.timezone.utc).isoformat(timespec='milliseconds')
-
-
-def statistics_document(span: int, by_split: dict, splits: list,
-                        feature_names, dead_letters: int) -> dict:
-  """statistics.json: counts, label balance, feature summaries, times."""
-  doc = {'span': span, 'examples': int(sum(s.count for s in by_split.values())),
-         'dead_letters': int(dead_letters), 'splits': {}, 'features': {},
-         'event_time': None}
+def read_split_counts(directory: str, splits: list) -> dict:
+  """Examples per split, from a span version's statistics files."""
+  counts = {}
   for name, _ in splits:
-    s = by_split.get(name)
-    count = s.count if s else 0
-    positives = s.positives if s else 0
-    doc['splits'][name] = {
-        'examples': count,
-        'label': {'positive': positives, 'negative': count - positives,
-                  'positive_fraction': (positives / count) if count else None},
-    }
-  if not by_split:
-    return doc
-  total = None
-  for s in by_split.values():
-    total = s if total is None else total.merge(s)
-  mean = total.sums / total.count
-  std = np.sqrt(np.maximum(total.sumsq / total.count - mean * mean, 0.0))
-  for j, name in enumerate(feature_names):
-    doc['features'][name] = {'mean': float(mean[j]), 'std': float(std[j]),
-                             'min': float(total.mins[j]),
-                             'max': float(total.maxs[j])}
-  doc['event_time'] = {'min': total.time_min, 'max': total.time_max,
-                       'min_iso': _iso(total.time_min),
-                       'max_iso': _iso(total.time_max)}
-  return doc
-
-
-def _write_json(path: str, payload: dict) -> None:
-  with FileSystems.create(path, mime_type='application/json') as f:
-    f.write((json.dumps(payload, indent=2, sort_keys=True) + '\n').encode())
+    with FileSystems.open(examples_io.statistics_path(directory, name)) as f:
+      stats = statistics_pb2.DatasetFeatureStatisticsList.FromString(f.read())
+    counts[name] = int(sum(d.num_examples for d in stats.datasets))
+  return counts
 
 
 class _FinishSpan(beam.DoFn):
-  """Runs once, after every shard is written: statistics.json, then
-  schema.json (last: it marks the span complete, examples_io.list_spans).
-  A span without examples is deleted instead (no empty spans)."""
+  """Runs once, after every shard is written: the statistics of each split,
+  then the schema (last: it marks the span version complete,
+  examples_io.find_span). A span without examples is deleted instead (no
+  empty spans)."""
 
   def __init__(self, root: str, span: int, schema: EventSchema,
                splits: list, split_by: str):
@@ -653,40 +492,45 @@ class _FinishSpan(beam.DoFn):
     self._schema = schema
     self._splits = splits
     self._split_by = split_by
+    self.dead = Metrics.counter(_NAMESPACE, 'dead_letters')
 
   def process(self, unused_impulse, stats, dead_count, written):
-    directory = examples_io.span_dir(self._root, self._span)
-    doc = statistics_document(self._span, stats, self._splits,
-                              self._schema.features, dead_count)
-    if doc['examples'] == 0:
+    self.dead.inc(dead_count)
+    directory = examples_io.version_dir(self._root, self._span)
+    counts = {name: (stats[name].num_examples if name in stats else 0)
+              for name, _ in self._splits}
+    summary = {'span': self._span, 'version': examples_io.DEFAULT_VERSION,
+               'span_dir': directory, 'examples': sum(counts.values()),
+               'splits': counts, 'dead_letters': dead_count}
+    if not summary['examples']:
       _LOGGER.warning('no examples (%d dead letters): span %d not written',
                       dead_count, self._span)
-      if _dir_exists(directory):
-        base = directory.rstrip('/')
+      span_directory = examples_io.span_dir(self._root, self._span)
+      if _dir_exists(span_directory):
+        base = span_directory.rstrip('/')
         # A local directory is deleted as a tree; on object stores a
         # trailing slash deletes every object below the prefix.
         FileSystems.delete(
             [base if FileSystems.get_scheme(base) is None else base + '/'])
-      yield {'span': self._span, 'span_dir': None, 'statistics': doc}
+      yield dict(summary, span_dir=None)
       return
-    _write_json(posixpath.join(directory, STATISTICS_FILE), doc)
-    schema_doc = {
-        'features': list(self._schema.features),
-        'label': examples_io.LABEL_KEY, 'id': examples_io.ID_KEY,
-        'key': examples_io.DETECTOR_KEY, 'time': examples_io.TIME_KEY,
-        'columns': example_columns(self._schema),
-        'window_features': list(self._schema.window_features),
-        'splits': {name: ratio for name, ratio in self._splits},
-        'split_by': self._split_by, 'split_hash': 'md5 mod sum of ratios',
-        'event_schema': self._schema.name,
-    }
-    _write_json(posixpath.join(directory, examples_io.SCHEMA_FILE), schema_doc)
+    for name, _ in self._splits:
+      dataset = stats.get(name) or statistics_pb2.DatasetFeatureStatistics()
+      _write(examples_io.statistics_path(directory, name),
+             statistics.statistics_list({name: dataset}).SerializeToString(),
+             'application/octet-stream')
+    ratios = ','.join(f'{n}:{r}' for n, r in self._splits)
+    schema = example_layout(self._schema).schema(annotations=[
+        f'kbi:event_schema={self._schema.name}', f'kbi:splits={ratios}',
+        f'kbi:split_by={self._split_by}',
+        f'kbi:split_hash=md5 mod {sum(r for _, r in self._splits)}'])
+    _write(examples_io.schema_path(directory),
+           examples_io.schema_text(schema).encode('utf-8'), 'text/plain')
     _LOGGER.info('span %d complete at %s: %s examples (%s), %d files, %d '
-                 'dead letters', self._span, directory, doc['examples'],
-                 ', '.join(f'{n} {v["examples"]}'
-                           for n, v in doc['splits'].items()),
+                 'dead letters', self._span, directory, summary['examples'],
+                 ', '.join(f'{n} {c}' for n, c in counts.items()),
                  len(written), dead_count)
-    yield {'span': self._span, 'span_dir': directory, 'statistics': doc}
+    yield summary
 
 
 # --- The pipeline ------------------------------------------------------------
@@ -710,7 +554,7 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
   schema = opts.event_schema(events)
   spec = opts.window_spec(wopts)
   splits = parse_splits(job.splits)
-  span_directory = examples_io.span_dir(job.output, job.span)
+  span_directory = examples_io.version_dir(job.output, job.span)
 
   if _input(options):
     header = 1 if events.input_format == 'csv' and schema.csv_header else 0
@@ -752,11 +596,11 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
   for (name, _), tag in zip(splits, split_tags):
     examples[name] = encoded[tag]
     written.append(encoded[tag] | f'Write[{name}]' >> beam.io.WriteToTFRecord(
-        posixpath.join(span_directory, name, SHARD_PREFIX),
+        examples_io.split_prefix(span_directory, name),
         file_name_suffix=examples_io.FILE_SUFFIX, num_shards=job.num_shards,
         compression_type=CompressionTypes.GZIP))
-  stats = encoded[_STATS_TAG] | 'SpanStatistics' >> beam.CombineGlobally(
-      _SpanStatsFn())
+  stats = encoded[_STATS_TAG] | 'SpanStatistics' >> beam.CombinePerKey(
+      statistics.FeatureStatisticsFn())
   dead_letters = ((parsed[dl.DEAD_LETTER_TAG], windowed.dead_letters,
                    encoded[dl.DEAD_LETTER_TAG])
                   | 'FlattenDeadLetters' >> beam.Flatten())
@@ -768,7 +612,7 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
           | 'OnceAfterWrites' >> beam.Create([None])
           | 'FinishSpan' >> beam.ParDo(
               _FinishSpan(job.output, job.span, schema, splits, job.split_by),
-              stats=pvalue.AsSingleton(stats),
+              stats=pvalue.AsDict(stats),
               dead_count=pvalue.AsSingleton(dead_count),
               written=pvalue.AsList(files)))
 
@@ -788,6 +632,17 @@ class IngestRun(NamedTuple):
   result: Any
   span: int
   span_dir: Optional[str]
+  dead_letters: Optional[int] = None
+
+
+def _dead_letters(result) -> Optional[int]:
+  """The dead letters the run counted (None where metrics are not kept)."""
+  try:
+    found = result.metrics().query(MetricsFilter().with_namespace(
+        _NAMESPACE).with_name('dead_letters'))['counters']
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return sum(c.committed or c.attempted or 0 for c in found) if found else None
 
 
 def run(argv: Optional[list[str]] = None) -> IngestRun:
@@ -812,18 +667,18 @@ def run(argv: Optional[list[str]] = None) -> IngestRun:
       _input(options) or f'{kafka.input_topic} at {opts.bootstrap_servers(options)}'
       f' (group {consumer_group(options)}, start {kafka.start}, stop '
       f'{_stop(options)})',
-      examples_io.span_dir(job.output, job.span), job.splits, job.split_by,
+      examples_io.version_dir(job.output, job.span), job.splits, job.split_by,
       kafka.dead_letter_topic or
       options.view_as(opts.SinkOptions).dead_letter_path, engine.name)
   p = beam.Pipeline(runner=engine.runner, options=options)
   build_pipeline(p, options)
   result = p.run()
   result.wait_until_finish()
-  directory = examples_io.span_dir(job.output, job.span)
+  directory = examples_io.version_dir(job.output, job.span)
   # The schema file is written last: its presence marks a complete span.
-  complete = FileSystems.exists(
-      posixpath.join(directory, examples_io.SCHEMA_FILE))
-  return IngestRun(result, job.span, directory if complete else None)
+  complete = FileSystems.exists(examples_io.schema_path(directory))
+  return IngestRun(result, job.span, directory if complete else None,
+                   _dead_letters(result))
 
 
 def main(argv=None) -> int:
@@ -838,12 +693,13 @@ def main(argv=None) -> int:
   if done.span_dir is None:
     print(f'no examples: span {done.span} not written')
     return 0
-  with FileSystems.open(posixpath.join(done.span_dir, STATISTICS_FILE)) as f:
-    stats = json.loads(f.read().decode('utf-8'))
-  print(f'span {done.span}: {stats["examples"]} examples at {done.span_dir} ('
-        + ', '.join(f'{n}: {s["examples"]}' for n, s in
-                    stats['splits'].items())
-        + f'), {stats["dead_letters"]} dead letters')
+  options = PipelineOptions(argv)
+  counts = read_split_counts(done.span_dir, parse_splits(
+      options.view_as(IngestExamplesOptions).splits))
+  print(f'span {done.span}: {sum(counts.values())} examples at '
+        f'{done.span_dir} ('
+        + ', '.join(f'{n}: {c}' for n, c in counts.items())
+        + f'), {done.dead_letters} dead letters')
   return 0
 
 

@@ -156,6 +156,14 @@ class ModelOptions(PipelineOptions):
                         'call times (default: --max_batch_size).')
     parser.add_argument('--max_batch_size', type=int, default=4096,
                         help='Most rows per model call (default: 4096).')
+    parser.add_argument('--model_handler', default='savedmodel',
+                        choices=('savedmodel', 'tfx_bsl'),
+                        help='What calls the model: savedmodel '
+                        '(tf.saved_model.load; every kind of SavedModel) or '
+                        'tfx_bsl (tfx-bsl\'s RunInference handler, a TF1 '
+                        'session; only signatures taking serialized '
+                        'tf.Examples, see docs/tfx_interop.md) (default: '
+                        'savedmodel).')
 
 
 class FileInputOptions(PipelineOptions):

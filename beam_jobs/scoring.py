@@ -78,11 +78,14 @@ def model_handler(options: PipelineOptions) -> SavedModelHandler:
   model = options.view_as(opts.ModelOptions)
   schema = opts.event_schema(options.view_as(opts.EventOptions))
   return SavedModelHandler(
-      model.model_dir, schema.features, signature=model.model_signature,
+      model.model_dir, schema.features,
+      window_features=schema.window_features,
+      signature=model.model_signature,
       output_key=model.model_output, poll_interval_s=model.model_poll_s,
       pinned_version=model.model_version,
       min_batch_rows=model.min_batch_size or model.max_batch_size,
-      max_batch_rows=model.max_batch_size)
+      max_batch_rows=model.max_batch_size,
+      model_handler=model.model_handler)
 
 
 def score_records(records: beam.PCollection, options: PipelineOptions, *,

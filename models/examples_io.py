@@ -1,44 +1,90 @@
-"""Training data on disk: spans of gzip TFRecord files of tf.Example.
+"""Training data on disk: spans in TFX's ExampleGen layout, read with TFXIO.
 
 Layout (written by the Beam ingest job; ``write_span`` writes the same for
-tests and benchmarks)::
+tests, benchmarks and the demo)::
 
-  <root>/span-<N>/schema.json            {"features": [...], "label": "label",
-                                          "id": "event_id"}
-  <root>/span-<N>/<split>/*.tfrecord.gz  splits "train" and "eval"
+  <root>/span-<N>/version-<V>/
+      Split-<split>/data_tfrecord-SSSSS-of-NNNNN.gz   gzip TFRecords of
+                                                     tf.Example
+      statistics/Split-<split>/FeatureStats.pb         DatasetFeatureStatisticsList
+      schema/schema.pbtxt                              Schema (text); written
+                                                       last: the version is
+                                                       complete
 
-Each ``tf.Example`` holds one float feature per feature name (a float_list of
-length 1), ``label`` (int64), ``event_id`` and ``detector`` (bytes) and
-``event_time`` (float, epoch seconds).
+These are the shapes of TFX's artifacts: the version directory is an
+Examples artifact (what ExampleGen writes and ImportExampleGen reads with
+the input pattern ``span-{SPAN}/version-{VERSION}/Split-<split>/*``),
+``statistics/`` an ExampleStatistics artifact (StatisticsGen) and
+``schema/`` a Schema artifact (SchemaGen). docs/tfx_interop.md has the
+ImportExampleGen configuration and what this relies on. The examples'
+columns are models/example_layout.py's; the schema tags the model inputs,
+so training needs nothing else.
 
-``make_dataset`` reads every span by default (``spans=None``): a span is a
-slice of time, and training on all of them is the safe default; pass
-``spans=[...]`` to train on recent data only.
+Spans written before this layout (``<root>/span-<N>/<split>/*.tfrecord.gz``
+with a ``schema.json``) are still read: their schema is derived from the
+JSON (``legacy_schema``); they have no statistics.
+
+A span may hold several versions (a re-ingest of the same data); readers
+take its highest complete version. ``make_dataset`` reads every span by
+default (``spans=None``): a span is a slice of time, and training on all of
+them is the safe default; pass ``spans=[...]`` to train on recent data only.
 """
 
+import gzip
 import json
 import logging
 import os
 import posixpath
 import re
-from typing import Iterable, Mapping, Optional, Sequence, Union
+from typing import Iterable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf import text_format
 
+from models import example_layout as el
 from models import susy
+from transforms import example_coder, statistics, tfrecord
 
 _LOGGER = logging.getLogger(__name__)
 
-SCHEMA_FILE = 'schema.json'
-LABEL_KEY = 'label'
-ID_KEY = 'event_id'
-DETECTOR_KEY = 'detector'
-TIME_KEY = 'event_time'
-FILE_SUFFIX = '.tfrecord.gz'
+SCHEMA_DIR = 'schema'
+SCHEMA_FILE = 'schema.pbtxt'
+STATISTICS_DIR = 'statistics'
+STATISTICS_FILE = 'FeatureStats.pb'
+SPLIT_PREFIX = 'Split-'
+DATA_PREFIX = 'data_tfrecord'
+FILE_SUFFIX = '.gz'
+DEFAULT_VERSION = 0
+LEGACY_SCHEMA_FILE = 'schema.json'
+LEGACY_FILE_SUFFIX = '.tfrecord.gz'
+# The example keys, for callers that only know this module.
+LABEL_KEY = el.LABEL_KEY
+ID_KEY = el.ID_KEY
+DETECTOR_KEY = el.DETECTOR_KEY
+TIME_KEY = el.TIME_KEY
+
 _SPAN_RE = re.compile(r'^span-(\d+)/?$')
+_VERSION_RE = re.compile(r'^version-(\d+)/?$')
 
 Rows = Union[susy.SusyData, Iterable[Mapping]]
+
+
+class Span(NamedTuple):
+  """One complete span (its newest complete version).
+
+  Attributes:
+    span: the span number.
+    version: the version read, or None for a span in the legacy layout.
+    directory: the version directory (legacy: the span directory).
+  """
+  span: int
+  version: Optional[int]
+  directory: str
+
+  @property
+  def legacy(self) -> bool:
+    return self.version is None
 
 
 def span_dir(root: str, span: int) -> str:
@@ -46,182 +92,122 @@ def span_dir(root: str, span: int) -> str:
   return posixpath.join(os.fspath(root), f'span-{int(span)}')
 
 
-def make_example(features_row: Sequence[float], label: int, event_id: str,
-                 key: str, event_time: float, *,
-                 feature_names: Sequence[str] = susy.FEATURE_NAMES
-                 ) -> tf.train.Example:
-  """One training example in the layout above.
-
-  Args:
-    features_row: feature values, in ``feature_names`` order.
-    label: 0 or 1.
-    event_id: the event's id.
-    key: the detector (the Kafka message key of the scored stream).
-    event_time: epoch seconds.
-    feature_names: the names of ``features_row``'s values.
-  """
-  if len(features_row) != len(feature_names):
-    raise ValueError(f'{len(features_row)} values for '
-                     f'{len(feature_names)} feature names')
-  feature = {
-      name: tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
-      for name, value in zip(feature_names, features_row)
-  }
-  feature[LABEL_KEY] = tf.train.Feature(
-      int64_list=tf.train.Int64List(value=[int(label)]))
-  feature[ID_KEY] = tf.train.Feature(
-      bytes_list=tf.train.BytesList(value=[event_id.encode('utf-8')]))
-  feature[DETECTOR_KEY] = tf.train.Feature(
-      bytes_list=tf.train.BytesList(value=[key.encode('utf-8')]))
-  feature[TIME_KEY] = tf.train.Feature(
-      float_list=tf.train.FloatList(value=[float(event_time)]))
-  return tf.train.Example(features=tf.train.Features(feature=feature))
+def version_dir(root: str, span: int, version: int = DEFAULT_VERSION) -> str:
+  """``<root>/span-<span>/version-<version>``."""
+  return posixpath.join(span_dir(root, span), f'version-{int(version)}')
 
 
-class ExampleEncoder:
-  """Serializes examples like ``make_example(...).SerializeToString()``, fast.
-
-  Reuses one proto and overwrites its values in place (~10x faster than
-  building a new ``tf.train.Example`` per row). Not thread-safe: one
-  encoder per thread.
-  """
-
-  def __init__(self, feature_names: Sequence[str] = susy.FEATURE_NAMES):
-    self._names = list(feature_names)
-    self._proto = make_example([0.0] * len(self._names), 0, '', '', 0.0,
-                               feature_names=self._names)
-    fmap = self._proto.features.feature
-    self._values = [fmap[n].float_list.value for n in self._names]
-    self._label = fmap[LABEL_KEY].int64_list.value
-    self._id = fmap[ID_KEY].bytes_list.value
-    self._key = fmap[DETECTOR_KEY].bytes_list.value
-    self._time = fmap[TIME_KEY].float_list.value
-
-  def encode(self, features_row: Sequence[float], label: int, event_id: str,
-             key: str, event_time: float) -> bytes:
-    """Serialized example; arguments as for ``make_example``."""
-    if len(features_row) != len(self._values):
-      raise ValueError(f'{len(features_row)} values for '
-                       f'{len(self._values)} feature names')
-    for values, value in zip(self._values, features_row):
-      values[0] = value
-    self._label[0] = int(label)
-    self._id[0] = event_id.encode('utf-8')
-    self._key[0] = key.encode('utf-8')
-    self._time[0] = float(event_time)
-    return self._proto.SerializeToString()
-
-  def encode_event(self, event: Mapping) -> bytes:
-    """Serialized example of an event dict (as produced to Kafka)."""
-    return self.encode([event[n] for n in self._names], event[LABEL_KEY],
-                       str(event[ID_KEY]), str(event[DETECTOR_KEY]),
-                       event[TIME_KEY])
+def split_prefix(directory: str, split: str) -> str:
+  """Path prefix of a split's shards in a version directory (the shard
+  name and ``FILE_SUFFIX`` follow)."""
+  return posixpath.join(directory, SPLIT_PREFIX + split, DATA_PREFIX)
 
 
-def _examples(rows: Rows, feature_names: Sequence[str], first_index: int):
-  """Serialized examples of SusyData (ids from ``first_index``) or events."""
-  if isinstance(rows, susy.SusyData):
-    rows = susy.to_events(rows, start_index=first_index)
-  encoder = ExampleEncoder(feature_names)
-  for event in rows:
-    yield encoder.encode_event(event)
+def schema_path(directory: str) -> str:
+  return posixpath.join(directory, SCHEMA_DIR, SCHEMA_FILE)
 
 
-def write_span(root: str, span: int, rows_by_split: Mapping[str, Rows], *,
-               feature_names: Sequence[str] = susy.FEATURE_NAMES,
-               shards: int = 2) -> str:
-  """Writes one span: schema.json and gzip TFRecord shards per split.
+def statistics_path(directory: str, split: str) -> str:
+  return posixpath.join(directory, STATISTICS_DIR, SPLIT_PREFIX + split,
+                        STATISTICS_FILE)
 
-  Args:
-    root: data root (local or gs://).
-    span: span number.
-    rows_by_split: split name -> rows, either ``susy.SusyData`` (event ids,
-      detectors and times are made by ``susy.to_events``, numbered on across
-      the splits in the given order so ids are unique within the span) or
-      event dicts as produced to Kafka.
-    feature_names: feature columns, recorded in schema.json.
-    shards: files per split (rows are dealt round-robin).
 
-  Returns:
-    The span directory.
-  """
+def schema_text(schema) -> str:
+  """A Schema as the text SchemaGen writes."""
+  return text_format.MessageToString(schema)
+
+
+def _numbered(directory: str, pattern: re.Pattern) -> list[int]:
+  if not tf.io.gfile.isdir(directory):
+    return []
+  return sorted(int(m.group(1)) for m in map(pattern.match,
+                                             tf.io.gfile.listdir(directory))
+                if m)
+
+
+def find_span(root: str, span: int) -> Optional[Span]:
+  """The newest complete version of ``span``, or None."""
   directory = span_dir(root, span)
-  tf.io.gfile.makedirs(directory)
-  options = tf.io.TFRecordOptions(compression_type='GZIP')
-  first_index = 0
-  for split, rows in rows_by_split.items():
-    split_dir = posixpath.join(directory, split)
-    tf.io.gfile.makedirs(split_dir)
-    writers = [
-        tf.io.TFRecordWriter(
-            posixpath.join(split_dir,
-                           f'part-{i:05d}-of-{shards:05d}{FILE_SUFFIX}'),
-            options) for i in range(shards)
-    ]
-    count = 0
-    try:
-      for count, record in enumerate(
-          _examples(rows, feature_names, first_index), start=1):
-        writers[(count - 1) % shards].write(record)
-    finally:
-      for writer in writers:
-        writer.close()
-    first_index += count
-    _LOGGER.info('Wrote %d examples to %s', count, split_dir)
-  # The schema goes last: a reader treats a span without it as incomplete.
-  with tf.io.gfile.GFile(posixpath.join(directory, SCHEMA_FILE), 'w') as f:
-    f.write(json.dumps({'features': list(feature_names), 'label': LABEL_KEY,
-                        'id': ID_KEY}, indent=2) + '\n')
-  return directory
+  for version in reversed(_numbered(directory, _VERSION_RE)):
+    path = version_dir(root, span, version)
+    if tf.io.gfile.exists(schema_path(path)):
+      return Span(span, version, path)
+  if tf.io.gfile.exists(posixpath.join(directory, LEGACY_SCHEMA_FILE)):
+    return Span(span, None, directory)
+  return None
 
 
 def list_spans(root: str) -> list[int]:
-  """Spans under ``root`` that have a schema.json, ascending."""
+  """Spans under ``root`` with a complete version (either layout)."""
   root = os.fspath(root)
-  if not tf.io.gfile.isdir(root):
-    return []
-  spans = []
-  for name in tf.io.gfile.listdir(root):
-    match = _SPAN_RE.match(name)
-    if match and tf.io.gfile.exists(
-        posixpath.join(span_dir(root, int(match.group(1))), SCHEMA_FILE)):
-      spans.append(int(match.group(1)))
-  return sorted(spans)
+  return [s for s in _numbered(root, _SPAN_RE)
+          if find_span(root, s) is not None]
 
 
-def read_schema(root: str, span: int) -> dict:
-  """schema.json of a span."""
-  with tf.io.gfile.GFile(posixpath.join(span_dir(root, span), SCHEMA_FILE),
-                         'r') as f:
-    return json.loads(f.read())
+def _require(root: str, span: int) -> Span:
+  found = find_span(root, span)
+  if found is None:
+    raise FileNotFoundError(f'span {span} under {root} has no complete '
+                            f'version')
+  return found
+
+
+def legacy_schema(document: Mapping):
+  """The Schema of a legacy span, from its schema.json."""
+  kinds = document.get('columns') or dict(
+      {n: example_coder.FLOAT for n in document['features']},
+      **{LABEL_KEY: example_coder.INT, ID_KEY: example_coder.BYTES,
+         DETECTOR_KEY: example_coder.BYTES, TIME_KEY: example_coder.FLOAT})
+  features = set(document['features'])
+  roles = {LABEL_KEY: el.ROLE_LABEL, ID_KEY: el.ROLE_ID,
+           DETECTOR_KEY: el.ROLE_KEY, TIME_KEY: el.ROLE_TIME,
+           el.EVENT_TIME_MS_KEY: el.ROLE_TIME}
+  return el.make_schema({
+      name: (kind, el.ROLE_FEATURE if name in features else
+             roles.get(name, el.ROLE_WINDOW))
+      for name, kind in kinds.items()})
+
+
+def read_schema(root: str, span: int):
+  """The span's tensorflow_metadata Schema (derived for legacy spans)."""
+  # pylint: disable-next=import-outside-toplevel
+  from tensorflow_metadata.proto.v0 import schema_pb2
+  found = _require(root, span)
+  if found.legacy:
+    with tf.io.gfile.GFile(posixpath.join(found.directory,
+                                          LEGACY_SCHEMA_FILE)) as f:
+      return legacy_schema(json.loads(f.read()))
+  with tf.io.gfile.GFile(schema_path(found.directory)) as f:
+    return text_format.Parse(f.read(), schema_pb2.Schema())
+
+
+def read_statistics(root: str, span: int, split: str):
+  """The split's ``DatasetFeatureStatisticsList``.
+
+  Raises:
+    FileNotFoundError: no such span or split, or a legacy span.
+  """
+  # pylint: disable-next=import-outside-toplevel
+  from tensorflow_metadata.proto.v0 import statistics_pb2
+  found = _require(root, span)
+  if found.legacy:
+    raise FileNotFoundError(f'span {span} under {root} is in the legacy '
+                            f'layout: it has no statistics')
+  path = statistics_path(found.directory, split)
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    return statistics_pb2.DatasetFeatureStatisticsList.FromString(f.read())
 
 
 def split_files(root: str, split: str, spans: Sequence[int]) -> list[str]:
-  """The TFRecord files of ``split`` in ``spans``, sorted."""
+  """The TFRecord files of ``split`` in ``spans``, sorted per span."""
   files = []
   for span in spans:
-    pattern = posixpath.join(span_dir(root, span), split, '*' + FILE_SUFFIX)
+    found = _require(root, span)
+    pattern = (posixpath.join(found.directory, split, '*' + LEGACY_FILE_SUFFIX)
+               if found.legacy else
+               split_prefix(found.directory, split) + '-*' + FILE_SUFFIX)
     files.extend(sorted(tf.io.gfile.glob(pattern)))
   return files
-
-
-def parse_fn(feature_names: Sequence[str]):
-  """A function: batch of serialized examples -> (features [B, F], label [B]).
-
-  Features are float32 in ``feature_names`` order; the label is float32
-  (0.0 / 1.0), what binary cross-entropy and the metrics expect.
-  """
-  names = list(feature_names)
-  spec = {n: tf.io.FixedLenFeature([1], tf.float32) for n in names}
-  spec[LABEL_KEY] = tf.io.FixedLenFeature([1], tf.int64)
-
-  def parse(serialized):
-    parsed = tf.io.parse_example(serialized, spec)
-    features = tf.concat([parsed[n] for n in names], axis=1)
-    label = tf.cast(tf.reshape(parsed[LABEL_KEY], [-1]), tf.float32)
-    return features, label
-
-  return parse
 
 
 def resolve_spans(root: str, spans: Optional[Sequence[int]] = None
@@ -233,7 +219,8 @@ def resolve_spans(root: str, spans: Optional[Sequence[int]] = None
   """
   available = list_spans(root)
   if not available:
-    raise FileNotFoundError(f'no spans (span-<N>/{SCHEMA_FILE}) under {root}')
+    raise FileNotFoundError(f'no spans (span-<N>/version-<V>/{SCHEMA_DIR}/'
+                            f'{SCHEMA_FILE}) under {root}')
   if spans is None:
     return available
   missing = sorted(set(spans) - set(available))
@@ -243,20 +230,26 @@ def resolve_spans(root: str, spans: Optional[Sequence[int]] = None
   return sorted(set(int(s) for s in spans))
 
 
+def model_inputs(schema) -> list[str]:
+  """The model inputs a span schema names, in order."""
+  return list(el.layout_of(schema).features)
+
+
 def make_dataset(root: str, split: str, *,
                  spans: Optional[Sequence[int]] = None, batch_size: int = 256,
-                 feature_names: Sequence[str] = susy.FEATURE_NAMES,
+                 feature_names: Optional[Sequence[str]] = None,
                  shuffle_buffer: int = 0, seed: Optional[int] = None,
                  num_parallel_reads: int = tf.data.AUTOTUNE,
                  drop_remainder: bool = False) -> tf.data.Dataset:
-  """A dataset of ``(features [B, F] float32, label [B] float32)`` batches.
+  """A dataset of ``(features [B, F] float32, label [B] float32)`` batches,
+  read by tfx-bsl's TFXIO (``TFExampleRecord`` with the span's schema).
 
   Args:
     root: data root.
     split: "train" or "eval".
     spans: spans to read; None (the default) reads ALL spans under root.
     batch_size: rows per batch.
-    feature_names: feature columns, in model input order.
+    feature_names: model input columns, in order (default: the schema's).
     shuffle_buffer: records to shuffle over (0 = file order; files are
       interleaved in parallel, so order is stable only with shuffle 0 and a
       single file).
@@ -267,21 +260,30 @@ def make_dataset(root: str, split: str, *,
   Raises:
     FileNotFoundError: no spans or no files for the split.
   """
+  # pylint: disable-next=import-outside-toplevel
+  from tfx_bsl.public import tfxio
   spans = resolve_spans(root, spans)
   files = split_files(root, split, spans)
   if not files:
     raise FileNotFoundError(f'no {split} files in spans {spans} of {root}')
+  schema = read_schema(root, spans[-1])
+  names = list(feature_names) if feature_names else model_inputs(schema)
   _LOGGER.info('Reading %s split: spans %s, %d files', split, spans,
                len(files))
-  ds = tf.data.TFRecordDataset(files, compression_type='GZIP',
-                               num_parallel_reads=num_parallel_reads)
-  if shuffle_buffer:
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-  # Batch first, then parse the whole batch at once: far cheaper than
-  # parsing example by example.
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-  ds = ds.map(parse_fn(feature_names), num_parallel_calls=tf.data.AUTOTUNE)
-  return ds.prefetch(tf.data.AUTOTUNE)
+  source = tfxio.TFExampleRecord(file_pattern=files, schema=schema,
+                                 telemetry_descriptors=['kbi', 'train'])
+  source = source.Project(names + [LABEL_KEY])
+  ds = source.TensorFlowDataset(tfxio.TensorFlowDatasetOptions(
+      batch_size=batch_size, drop_final_batch=drop_remainder, num_epochs=1,
+      shuffle=bool(shuffle_buffer), shuffle_buffer_size=max(shuffle_buffer, 1),
+      shuffle_seed=seed, reader_num_threads=num_parallel_reads,
+      label_key=LABEL_KEY))
+
+  def to_model_input(features, label):
+    x = tf.concat([tf.cast(features[n], tf.float32) for n in names], axis=1)
+    return x, tf.cast(tf.reshape(label, [-1]), tf.float32)
+
+  return ds.map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def read_arrays(root: str, split: str, **kwargs) -> tuple[np.ndarray,
@@ -292,6 +294,72 @@ def read_arrays(root: str, split: str, **kwargs) -> tuple[np.ndarray,
     features.append(x.numpy())
     labels.append(y.numpy())
   if not features:
-    return (np.zeros((0, len(kwargs.get('feature_names', susy.FEATURE_NAMES))),
-                     np.float32), np.zeros((0,), np.int64))
+    return (np.zeros((0, len(kwargs.get('feature_names') or
+                             susy.FEATURE_NAMES)), np.float32),
+            np.zeros((0,), np.int64))
   return np.concatenate(features), np.concatenate(labels).astype(np.int64)
+
+
+def _record_batch(layout: el.ExampleLayout, rows: Rows, first_index: int):
+  """SusyData (ids from ``first_index``) or event dicts -> columns."""
+  if isinstance(rows, susy.SusyData):
+    rows = susy.to_events(rows, start_index=first_index)
+  rows = list(rows)
+  names = layout.features
+  return layout.record_batch(
+      np.asarray([[e[n] for n in names] for e in rows], np.float32).reshape(
+          len(rows), len(names)),
+      [str(e[ID_KEY]) for e in rows], [str(e[DETECTOR_KEY]) for e in rows],
+      np.asarray([e[TIME_KEY] for e in rows], np.float64),
+      labels=np.asarray([e[LABEL_KEY] for e in rows], np.int64))
+
+
+def write_span(root: str, span: int, rows_by_split: Mapping[str, Rows], *,
+               feature_names: Sequence[str] = susy.FEATURE_NAMES,
+               shards: int = 2, version: int = DEFAULT_VERSION) -> str:
+  """Writes one span version in the layout above, with its statistics.
+
+  Args:
+    root: data root (local or gs://).
+    span: span number.
+    rows_by_split: split name -> rows, either ``susy.SusyData`` (event ids,
+      detectors and times are made by ``susy.to_events``, numbered on across
+      the splits in the given order so ids are unique within the span) or
+      event dicts as produced to Kafka.
+    feature_names: the model input columns.
+    shards: files per split (rows are dealt round-robin).
+    version: the span version.
+
+  Returns:
+    The version directory.
+  """
+  layout = el.ExampleLayout(tuple(feature_names))
+  directory = version_dir(root, span, version)
+  encoder = example_coder.Encoder()
+  first_index = 0
+  for split, rows in rows_by_split.items():
+    batch = _record_batch(layout, rows, first_index)
+    records = encoder.encode(batch) if batch.num_rows else []
+    prefix = split_prefix(directory, split)
+    tf.io.gfile.makedirs(posixpath.dirname(prefix))
+    for i in range(shards):
+      path = f'{prefix}-{i:05d}-of-{shards:05d}{FILE_SUFFIX}'
+      with tf.io.gfile.GFile(path, 'wb') as f:
+        f.write(gzip.compress(tfrecord.frame_all(records[i::shards])))
+    accumulator = statistics.Accumulator()
+    accumulator.add(batch)
+    _write_bytes(statistics_path(directory, split), statistics.statistics_list(
+        {split: accumulator.to_proto()}).SerializeToString())
+    first_index += batch.num_rows
+    _LOGGER.info('Wrote %d examples to %s', batch.num_rows,
+                 posixpath.dirname(prefix))
+  # The schema goes last: a reader treats a version without it as incomplete.
+  _write_bytes(schema_path(directory),
+               schema_text(layout.schema()).encode('utf-8'))
+  return directory
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+  tf.io.gfile.makedirs(posixpath.dirname(path))
+  with tf.io.gfile.GFile(path, 'wb') as f:
+    f.write(data)

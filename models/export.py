@@ -269,13 +269,10 @@ def _signature_meta(module: tf.Module) -> dict:
 
 
 def _example_bytes(rows: np.ndarray, names: Sequence[str]) -> list[bytes]:
-  out = []
-  for row in rows:
-    feature = {n: tf.train.Feature(float_list=tf.train.FloatList(value=[v]))
-               for n, v in zip(names, row.tolist())}
-    out.append(tf.train.Example(features=tf.train.Features(
-        feature=feature)).SerializeToString())
-  return out
+  # pylint: disable-next=import-outside-toplevel
+  from transforms import example_coder
+  return example_coder.Encoder().encode(example_coder.float_features(
+      names, np.asarray(rows, np.float32)))
 
 
 def verify_saved_model(path: str, feature_names: Sequence[str],

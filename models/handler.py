@@ -1,16 +1,29 @@
 """A RunInference ModelHandler for TensorFlow SavedModels, with hot swap.
 
-Why not Beam's TFModelHandler* or tfx-bsl's: they load with
-``keras.models.load_model`` or a TF1 session, which fail on SavedModels
-written by Keras 3 (NOTES.md). This handler loads with
-``tf.saved_model.load`` and calls a named signature, so it serves our
-exports (models/export.py), Keras 3 ``model.export()`` directories and plain
-``tf.Module`` exports alike.
+Why not Beam's TFModelHandler* : they load with ``keras.models.load_model``,
+which fails on SavedModels written by Keras 3 (docs/tfx_interop.md). This
+handler loads with ``tf.saved_model.load`` and calls a named signature, so
+it serves our exports (models/export.py), Keras 3 ``model.export()``
+directories, plain ``tf.Module`` exports and TFX-style models alike. With
+``model_handler='tfx_bsl'`` the same handler calls the model through
+tfx-bsl's RunInference handler instead (models/tfx_bsl_handler.py: TF1
+session, models taking serialized tf.Examples only).
 
-Inputs (chosen from the signature's input spec):
+Inputs, chosen from the signature's input spec (no configuration):
 * one float tensor [B, F]: the schema's features as one dense tensor;
 * several inputs: a dict of named tensors, one per feature name;
-* one string tensor [B]: serialized tf.Example protos built from the rows.
+* one string tensor [B]: serialized tf.Example protos, the TFX Trainer's
+  ``serving_default`` convention and the input of classify/regress
+  signatures. The examples hold models/example_layout.py's columns without
+  the label: the features, ``event_id``, ``detector``, ``event_time(_ms)``
+  and, when the events carry them (score_stream scores after its windows;
+  backfill before), the window columns; a model parses what it needs.
+  They are encoded in batches (transforms/example_coder.py).
+
+Outputs: ``--model_output`` if given; else by the signature's method
+(read from saved_model.pb): ``scores`` of a classify signature (for two
+classes, the second column: the positive class's probability),
+``outputs`` of a regress signature; else ``score`` or the only output.
 
 Elements are EventBatches (many events each); a RunInference batch is a list
 of them, scored with one signature call on the concatenated rows. Each
@@ -48,7 +61,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
-from transforms.events import EventBatch
+from models import example_layout as el
+from transforms import example_coder
+from transforms.events import EventBatch, concat_features
 
 _LOGGER = logging.getLogger(__name__)
 _NAMESPACE = 'inference'
@@ -59,6 +74,18 @@ METRICS_FILE = 'metrics.json'
 INPUT_TENSOR = 'tensor'
 INPUT_DICT = 'dict'
 INPUT_EXAMPLES = 'examples'
+
+# SignatureDef method names (TF Serving's), and what to read of each.
+PREDICT = 'tensorflow/serving/predict'
+CLASSIFY = 'tensorflow/serving/classify'
+REGRESS = 'tensorflow/serving/regress'
+# method -> (default output, column of the positive class in [n, 2] scores)
+_METHOD_OUTPUTS = {CLASSIFY: ('scores', 1), REGRESS: ('outputs', None)}
+
+# --model_handler values: which runtime calls the model.
+SAVEDMODEL = 'savedmodel'
+TFX_BSL = 'tfx_bsl'
+MODEL_HANDLERS = (SAVEDMODEL, TFX_BSL)
 
 
 class ModelLoadError(RuntimeError):
@@ -138,17 +165,107 @@ def _local_copy(path: str) -> tuple[str, Optional[str]]:
   return tmp, tmp
 
 
-class LoadedSignature:
-  """One loaded SavedModel signature and how to feed it."""
+def method_names(local: str) -> dict:
+  """Signature name -> method name (predict, classify, regress), read from
+  saved_model.pb: a loaded SavedModel does not say (empty if unreadable)."""
+  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=import-outside-toplevel
+  try:
+    with open(os.path.join(local, 'saved_model.pb'), 'rb') as f:
+      saved = saved_model_pb2.SavedModel.FromString(f.read())
+  except (OSError, ValueError):
+    return {}
+  out = {}
+  for meta_graph in saved.meta_graphs:
+    if 'serve' in meta_graph.meta_info_def.tags:
+      out.update({name: sig.method_name
+                  for name, sig in meta_graph.signature_def.items()})
+  return out
+
+
+def smoke_batch(layout: el.ExampleLayout, rows: int = 2) -> EventBatch:
+  """Zero-valued events of every column of ``layout`` (a test call)."""
+  zeros = np.zeros(rows)
+  width = len(layout.window_features or ())
+  return EventBatch(
+      source='smoke-test', positions=np.arange(rows), raw=[b''] * rows,
+      ids=[f'smoke-{i}' for i in range(rows)], keys=[''] * rows,
+      event_time=zeros, features=np.zeros((rows, len(layout.features)),
+                                          np.float32),
+      window_values=np.zeros((rows, width), np.float32), labels=None,
+      read_time=zeros, window=(0.0, 1.0), win_count=np.ones(rows, np.int64),
+      win_mean=np.zeros((rows, width), np.float32),
+      win_std=np.zeros((rows, width), np.float32))
+
+
+class Signature:
+  """A loaded model signature: what every kind of handler shares.
+
+  Subclasses load the model and implement ``_score(batches)``; this class
+  holds the local copy, the examples encoding (for signatures that take
+  serialized tf.Examples) and the checks on the scores.
+  """
 
   def __init__(self, path: str, version: int, signature: str,
-               feature_names: Sequence[str], output_key: Optional[str]):
-    import tensorflow as tf
+               layout: el.ExampleLayout):
     self.path = path
     self.version = version
-    local, self._tmp = _local_copy(path)
+    self.signature = signature
+    self.layout = layout
+    self.feature_names = list(layout.features)
+    self.input_mode = INPUT_TENSOR
+    self.output_key: Optional[str] = None
+    self._encoder = example_coder.Encoder()
+    self._tmp = None
+    self.local, self._tmp = _local_copy(path)
+
+  def examples(self, batches: Sequence[EventBatch]) -> list[bytes]:
+    """Serialized tf.Examples of the rows: models/example_layout.py's
+    columns without the label (window columns when the events have them),
+    the examples TFX's Trainer serves on."""
+    out: list = []
+    for b in batches:
+      out += self._encoder.encode(self.layout.event_batch(b))
+    return out
+
+  def __call__(self, batches: Sequence[EventBatch]) -> np.ndarray:
+    """Scores the rows of ``batches`` -> [n] or [n, k] float32."""
+    scores = np.asarray(self._score(batches))
+    if scores.ndim == 2 and scores.shape[1] == 1:
+      scores = scores[:, 0]
+    rows = int(sum(len(b) for b in batches))
+    if len(scores) != rows:
+      raise ValueError(f'model returned {len(scores)} scores for {rows} rows')
+    return scores.astype(np.float32, copy=False)
+
+  def _score(self, batches: Sequence[EventBatch]) -> np.ndarray:
+    raise NotImplementedError
+
+  def smoke_test(self) -> None:
+    """Scores two zero rows; raises ModelLoadError if that fails."""
     try:
-      self._module = tf.saved_model.load(local)
+      scores = self([smoke_batch(self.layout)])
+    except Exception as e:  # pylint: disable=broad-except
+      raise ModelLoadError(f'{self.path}: test call of signature '
+                           f'{self.signature!r} failed: {e}') from e
+    if not np.all(np.isfinite(scores)):
+      raise ModelLoadError(f'{self.path}: test call returned non-finite '
+                           f'scores {scores!r}')
+
+  def close(self) -> None:
+    if self._tmp:
+      shutil.rmtree(self._tmp, ignore_errors=True)
+      self._tmp = None
+
+
+class LoadedSignature(Signature):
+  """A signature loaded with ``tf.saved_model.load``, and how to feed it."""
+
+  def __init__(self, path: str, version: int, signature: str,
+               layout: el.ExampleLayout, output_key: Optional[str]):
+    import tensorflow as tf
+    super().__init__(path, version, signature, layout)
+    try:
+      self._module = tf.saved_model.load(self.local)
     except Exception as e:  # pylint: disable=broad-except
       self.close()
       raise ModelLoadError(f'cannot load SavedModel at {path}: {e}') from e
@@ -159,28 +276,15 @@ class LoadedSignature:
           f'SavedModel at {path} has no signature {signature!r}; it has '
           f'{sorted(signatures)} (set --model_signature)')
     self._fn = signatures[signature]
-    self.signature = signature
-    self.feature_names = list(feature_names)
+    self.method = method_names(self.local).get(signature, PREDICT)
     _, inputs = self._fn.structured_input_signature
     self._inputs = dict(inputs)
-    self.input_mode, self._input_name = self._input_mode()
-    outputs = self._fn.structured_outputs
-    if output_key is None:
-      if 'score' in outputs:
-        output_key = 'score'
-      elif len(outputs) == 1:
-        output_key = next(iter(outputs))
-      else:
-        self.close()
-        raise ModelLoadError(
-            f'signature {signature!r} of {path} has outputs {sorted(outputs)}; '
-            f'choose one with --model_output')
-    if output_key not in outputs:
+    try:
+      self.input_mode, self._input_name = self._input_mode()
+      self.output_key, self._column = self._output(output_key)
+    except ModelLoadError:
       self.close()
-      raise ModelLoadError(f'signature {signature!r} of {path} has no output '
-                           f'{output_key!r}; it has {sorted(outputs)}')
-    self.output_key = output_key
-    self._encoder = None
+      raise
 
   def _input_mode(self) -> tuple[str, Optional[str]]:
     import tensorflow as tf
@@ -202,75 +306,64 @@ class LoadedSignature:
           f'{sorted(specs)}; missing for features {sorted(missing)[:5]}')
     return INPUT_DICT, None
 
-  def __call__(self, features: np.ndarray) -> np.ndarray:
-    """Scores rows of features ([n, F] float32) -> [n] or [n, k]."""
+  def _output(self, output_key: Optional[str]) -> tuple[str, Optional[int]]:
+    """The output to read and, for a binary classifier's [n, 2] scores,
+    the column of the positive class."""
+    outputs = self._fn.structured_outputs
+    default, column = _METHOD_OUTPUTS.get(self.method, (None, None))
+    if output_key is None:
+      if default in outputs:
+        output_key = default
+      elif 'score' in outputs:
+        output_key = 'score'
+      elif len(outputs) == 1:
+        output_key = next(iter(outputs))
+      else:
+        raise ModelLoadError(
+            f'signature {self.signature!r} of {self.path} has outputs '
+            f'{sorted(outputs)}; choose one with --model_output')
+    if output_key not in outputs:
+      raise ModelLoadError(f'signature {self.signature!r} of {self.path} has '
+                           f'no output {output_key!r}; it has '
+                           f'{sorted(outputs)}')
+    shape = outputs[output_key].shape
+    if column is not None and not (shape.rank == 2 and shape[-1] == 2):
+      column = None
+    return output_key, column
+
+  def _score(self, batches: Sequence[EventBatch]) -> np.ndarray:
     import tensorflow as tf
-    if self.input_mode == INPUT_TENSOR:
-      out = self._fn(**{self._input_name: tf.constant(features)})
-    elif self.input_mode == INPUT_DICT:
-      feed = {}
-      for i, name in enumerate(self.feature_names):
-        spec = self._inputs[name]
-        col = features[:, i]
-        if spec.shape.rank == 2:
-          col = col[:, None]
-        feed[name] = tf.constant(col, dtype=spec.dtype)
-      out = self._fn(**feed)
+    if self.input_mode == INPUT_EXAMPLES:
+      out = self._fn(**{self._input_name: tf.constant(self.examples(batches))})
     else:
-      out = self._fn(**{self._input_name: tf.constant(
-          self._examples(features))})
+      features = concat_features(batches)
+      if self.input_mode == INPUT_TENSOR:
+        out = self._fn(**{self._input_name: tf.constant(features)})
+      else:
+        feed = {}
+        for i, name in enumerate(self.feature_names):
+          spec = self._inputs[name]
+          col = features[:, i]
+          if spec.shape.rank == 2:
+            col = col[:, None]
+          feed[name] = tf.constant(col, dtype=spec.dtype)
+        out = self._fn(**feed)
     scores = out[self.output_key].numpy()
-    if scores.ndim == 2 and scores.shape[1] == 1:
-      scores = scores[:, 0]
-    if len(scores) != len(features):
-      raise ValueError(f'model returned {len(scores)} scores for '
-                       f'{len(features)} rows')
-    return scores.astype(np.float32, copy=False)
-
-  def _examples(self, features: np.ndarray) -> list[bytes]:
-    from tensorflow.core.example import example_pb2
-    if self._encoder is None:
-      proto = example_pb2.Example()
-      fmap = proto.features.feature
-      self._encoder = (proto, [fmap[n].float_list.value
-                               for n in self.feature_names])
-      for values in self._encoder[1]:
-        values.append(0.0)
-    proto, slots = self._encoder
-    out = []
-    for row in features.tolist():
-      for values, v in zip(slots, row):
-        values[0] = v
-      out.append(proto.SerializeToString())
-    return out
-
-  def smoke_test(self) -> None:
-    """Scores two zero rows; raises ModelLoadError if that fails."""
-    try:
-      scores = self(np.zeros((2, len(self.feature_names)), dtype=np.float32))
-    except Exception as e:  # pylint: disable=broad-except
-      raise ModelLoadError(f'{self.path}: test call of signature '
-                           f'{self.signature!r} failed: {e}') from e
-    if not np.all(np.isfinite(scores)):
-      raise ModelLoadError(f'{self.path}: test call returned non-finite '
-                           f'scores {scores!r}')
-
-  def close(self) -> None:
-    if self._tmp:
-      shutil.rmtree(self._tmp, ignore_errors=True)
-      self._tmp = None
+    return scores if self._column is None else scores[:, self._column]
 
 
 class VersionedModel:
   """The model a process serves, and its hot swap (thread-safe)."""
 
   def __init__(self, model_dir: str, *, signature: str,
-               feature_names: Sequence[str], output_key: Optional[str],
-               poll_interval_s: float, pinned_version: Optional[int] = None):
+               layout: el.ExampleLayout, output_key: Optional[str],
+               poll_interval_s: float, pinned_version: Optional[int] = None,
+               model_handler: str = SAVEDMODEL):
     self._dir = model_dir
     self._signature = signature
-    self._features = list(feature_names)
+    self._layout = layout
     self._output_key = output_key
+    self._loader = signature_loader(model_handler)
     self._poll_interval_s = poll_interval_s
     self._pinned = pinned_version
     self._lock = threading.Lock()
@@ -282,14 +375,18 @@ class VersionedModel:
     self.versioned = not _is_saved_model(model_dir)
     self.current = self._load_initial()
 
-  def _load(self, version: int) -> LoadedSignature:
+  def _load(self, version: int) -> Signature:
     path = _join(self._dir, str(version)) if self.versioned else self._dir
-    loaded = LoadedSignature(path, version, self._signature, self._features,
-                             self._output_key)
-    loaded.smoke_test()
+    loaded = self._loader(path, version, self._signature, self._layout,
+                          self._output_key)
+    try:
+      loaded.smoke_test()
+    except ModelLoadError:
+      loaded.close()
+      raise
     return loaded
 
-  def _load_initial(self) -> LoadedSignature:
+  def _load_initial(self) -> Signature:
     if not self.versioned:
       name = os.path.basename(self._dir.rstrip('/'))
       return self._load(int(name) if name.isdigit() else 0)
@@ -343,6 +440,17 @@ class VersionedModel:
     old.close()
 
 
+def signature_loader(model_handler: str):
+  """The Signature class of a --model_handler value."""
+  if model_handler == SAVEDMODEL:
+    return LoadedSignature
+  if model_handler == TFX_BSL:
+    from models import tfx_bsl_handler  # pylint: disable=import-outside-toplevel
+    return tfx_bsl_handler.TfxBslSignature
+  raise ValueError(f'--model_handler {model_handler!r}: use one of '
+                   f'{MODEL_HANDLERS}')
+
+
 _MODELS: dict = {}
 _MODELS_LOCK = threading.Lock()
 
@@ -351,27 +459,36 @@ class SavedModelHandler(ModelHandler[EventBatch, ScoredBatch, VersionedModel]):
   """Scores EventBatches with a SavedModel signature (module docstring)."""
 
   def __init__(self, model_dir: str, feature_names: Sequence[str], *,
+               window_features: Sequence[str] = (),
                signature: str = DEFAULT_SIGNATURE,
                output_key: Optional[str] = None,
                poll_interval_s: float = 10.0,
                pinned_version: Optional[int] = None,
                min_batch_rows: int = 1,
-               max_batch_rows: int = 4096):
+               max_batch_rows: int = 4096,
+               model_handler: str = SAVEDMODEL):
     """Configures the handler.
 
     Args:
       model_dir: a SavedModel, or a root of integer version directories.
       feature_names: the model's input columns, in order (the schema's
         features).
+      window_features: the schema's window features (their columns go into
+        examples for signatures that take serialized tf.Examples).
       signature: signature to call.
-      output_key: output to read; default 'score' or the only output.
+      output_key: output to read; default per signature method (module
+        docstring), else 'score' or the only output.
       poll_interval_s: how often to look for a newer version.
       pinned_version: serve exactly this version (no hot swap).
       min_batch_rows, max_batch_rows: rows per signature call. RunInference
         (BatchElements, weighing each EventBatch by its rows) gathers whole
         EventBatches into batches of this many rows, adapting within the
         bounds; one EventBatch larger than the maximum goes alone.
+      model_handler: savedmodel (``tf.saved_model.load``, every kind) or
+        tfx_bsl (tfx-bsl's RunInference handler; models taking serialized
+        tf.Examples only, see models/tfx_bsl_handler.py).
     """
+    signature_loader(model_handler)  # rejects unknown values now
     if max_batch_rows < 1 or min_batch_rows < 1:
       raise ValueError('batch sizes must be >= 1')
     if min_batch_rows > max_batch_rows:
@@ -380,7 +497,9 @@ class SavedModelHandler(ModelHandler[EventBatch, ScoredBatch, VersionedModel]):
     super().__init__(min_batch_size=min_batch_rows,
                      max_batch_size=max_batch_rows, element_size_fn=len)
     self._model_dir = model_dir
-    self._features = list(feature_names)
+    self._layout = el.ExampleLayout(tuple(feature_names),
+                                    tuple(window_features))
+    self._model_handler = model_handler
     self._signature = signature
     self._output_key = output_key
     self._poll_interval_s = poll_interval_s
@@ -390,15 +509,17 @@ class SavedModelHandler(ModelHandler[EventBatch, ScoredBatch, VersionedModel]):
     self._latency = Metrics.distribution(_NAMESPACE, 'signature_call_ms')
 
   def _settings_key(self) -> tuple:
-    return (self._model_dir, self._signature, tuple(self._features),
-            self._output_key, self._poll_interval_s, self._pinned)
+    return (self._model_dir, self._signature, self._layout,
+            self._output_key, self._poll_interval_s, self._pinned,
+            self._model_handler)
 
   def _new_model(self) -> VersionedModel:
     return VersionedModel(self._model_dir, signature=self._signature,
-                          feature_names=self._features,
+                          layout=self._layout,
                           output_key=self._output_key,
                           poll_interval_s=self._poll_interval_s,
-                          pinned_version=self._pinned)
+                          pinned_version=self._pinned,
+                          model_handler=self._model_handler)
 
   def load_model(self) -> VersionedModel:
     """The process's model for these settings, loaded once.
@@ -428,7 +549,7 @@ class SavedModelHandler(ModelHandler[EventBatch, ScoredBatch, VersionedModel]):
     loaded = model.current
     text = (f'{loaded.path} (version {loaded.version}, signature '
             f'{loaded.signature!r}, {loaded.input_mode} input, output '
-            f'{loaded.output_key!r})')
+            f'{loaded.output_key!r}, {self._model_handler} handler)')
     loaded.close()
     return text
 
@@ -441,9 +562,7 @@ class SavedModelHandler(ModelHandler[EventBatch, ScoredBatch, VersionedModel]):
     self._rows.update(rows)
     t0 = time.perf_counter()
     try:
-      features = (batch[0].features if len(batch) == 1 else
-                  np.concatenate([b.features for b in batch], axis=0))
-      scores = loaded(features)
+      scores = loaded(batch)
     except Exception as e:  # pylint: disable=broad-except
       _LOGGER.warning('batch of %d rows failed (%s); retrying per element',
                       rows, e)
@@ -458,17 +577,17 @@ class SavedModelHandler(ModelHandler[EventBatch, ScoredBatch, VersionedModel]):
       start += len(b)
     return out
 
-  def _score_isolated(self, b: EventBatch, loaded: LoadedSignature
+  def _score_isolated(self, b: EventBatch, loaded: Signature
                      ) -> ScoredBatch:
     try:
-      return ScoredBatch(b, loaded(b.features), loaded.version, time.time())
+      return ScoredBatch(b, loaded([b]), loaded.version, time.time())
     except Exception:  # pylint: disable=broad-except
       pass
     scores = np.full(len(b), np.nan, dtype=np.float32)
     errors: list = [None] * len(b)
     for i in range(len(b)):
       try:
-        scores[i] = loaded(b.features[i:i + 1])[0]
+        scores[i] = loaded([b.take([i])])[0]
       except Exception as e:  # pylint: disable=broad-except
         errors[i] = f'{type(e).__name__}: {e}'[:500]
         self._failed_rows.inc()

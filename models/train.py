@@ -4,8 +4,10 @@
       [--config mlp_small] [--config logreg ...] [--epochs 5] \\
       [--batch_size 256] [--spans 0,1]
 
-Reads ``<ROOT>/span-<N>/{train,eval}/*.tfrecord.gz`` (models/examples_io.py;
-all spans unless ``--spans``), trains each config of models/registry.py on
+Reads the train and eval splits of ``<ROOT>/span-<N>/`` (models/
+examples_io.py: TFX's ExampleGen layout, or the legacy one; all spans unless
+``--spans``) through tfx-bsl's TFXIO with each span's schema, whose tagged
+model inputs are the features; trains each config of models/registry.py on
 the train split, evaluates it on the eval split (accuracy, ROC AUC, log
 loss, computed exactly over the whole split), exports each as a new version
 under ``DIR`` (models/export.py; metrics.json records the config) and prints
@@ -101,10 +103,14 @@ def _feature_names(data_root: str, spans: Sequence[int]) -> list[str]:
   from models import examples_io  # pylint: disable=import-outside-toplevel
   names = None
   for span in spans:
-    schema = examples_io.read_schema(data_root, span)
+    try:
+      features = examples_io.model_inputs(examples_io.read_schema(data_root,
+                                                                  span))
+    except ValueError as e:
+      raise UsageError(f'span {span}: {e}') from e
     if names is None:
-      names = list(schema['features'])
-    elif list(schema['features']) != names:
+      names = features
+    elif features != names:
       raise UsageError(f'span {span} has different features than span '
                        f'{spans[0]}: train on compatible spans only')
   return names

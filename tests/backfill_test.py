@@ -24,7 +24,7 @@ from transforms import dead_letters as dl
 from transforms import schema as schema_lib
 from transforms.output import output_columns
 from transforms.sinks import read_row_file
-from transforms.sinks.files import tfrecord_frame
+from transforms.tfrecord import frame as tfrecord_frame
 
 N = 3000
 START = float(int(time.time()) - 6 * 3600)
@@ -329,3 +329,24 @@ def test_both_jobs_import_together():
   assert options.view_as(backfill.BackfillOptions).file_format == 'jsonl'
   assert options.view_as(
       ingest_examples.IngestExamplesOptions).splits == 'train:3,eval:1'
+
+
+@pytest.mark.parametrize('model_handler', ['savedmodel', 'tfx_bsl'])
+def test_tfx_style_model_backfills_with_no_code(backfill, data, encoded,
+                                                tmp_path, model_handler):
+  """A TFX Trainer-style model (serialized tf.Examples in, 'outputs' out)
+  scores a backfill as the float-tensor model does."""
+  root = tmp_path / 'models'
+  mf.write_tfx_examples(str(root / '1'), susy.FEATURE_NAMES)
+  (root / '1' / 'metrics.json').write_text('{}')
+  path = tmp_path / 'events.jsonl'
+  path.write_bytes(b''.join(e.value + b'\n' for e in encoded[:600]))
+  result = run_job(backfill, str(path), str(root), tmp_path,
+                   '--model_handler', model_handler)
+  assert str(result.state) == 'DONE'
+  rows = predictions(tmp_path)
+  good = [e.index for e in encoded[:600] if not e.malformed]
+  assert sorted(r['event_id'] for r in rows) == sorted(f'e{i}' for i in good)
+  expected = mf.expected_scores(data.features)
+  assert max(abs(r['score'] - float(expected[int(r['event_id'][1:])]))
+             for r in rows) <= 1e-6

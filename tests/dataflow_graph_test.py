@@ -686,7 +686,7 @@ def test_backfill_job_is_a_batch_job_with_stable_steps(gcs_emulator,
 def test_ingest_examples_job_is_a_batch_job_with_stable_steps(gcs_emulator,
                                                                tmp_path):
   output = gcs_emulator.unique_prefix('examples')
-  _upload(f'{output}/span-4/schema.json', b'{}')
+  _upload(f'{output}/span-4/version-0/schema/schema.pbtxt', b'')
   built = build_in_subprocess('ingest_examples', [
       '--bootstrap_servers=10.0.0.2:9092', '--input_topic=events',
       f'--output={output}', '--dead_letter_topic=events-dlq'], gcs_emulator,

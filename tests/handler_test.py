@@ -134,3 +134,97 @@ def test_batches_are_weighed_in_rows(tmp_path):
   with pytest.raises(ValueError, match='min_batch_rows 10 > max'):
     SavedModelHandler(str(tmp_path), NAMES, min_batch_rows=10,
                       max_batch_rows=5)
+
+
+def _direct_examples(features: np.ndarray, ids) -> list:
+  """tf.Examples built with protobuf, independently of the handler."""
+  import tensorflow as tf
+  out = []
+  for row, eid in zip(features.tolist(), ids):
+    ex = tf.train.Example()
+    for name, value in zip(NAMES, row):
+      ex.features.feature[name].float_list.value.append(value)
+    ex.features.feature['detector'].bytes_list.value.append(b'k')
+    ex.features.feature['event_id'].bytes_list.value.append(eid.encode())
+    out.append(ex.SerializeToString())
+  return out
+
+
+@pytest.fixture(scope='module')
+def tfx_models(tmp_path_factory):
+  root = tmp_path_factory.mktemp('tfx')
+  return {'examples': mf.write_tfx_examples(str(root / 'examples'), NAMES),
+          'tf1': mf.write_classify_regress(str(root / 'tf1'), NAMES)}
+
+
+@pytest.mark.parametrize('model_handler', ['savedmodel', 'tfx_bsl'])
+def test_tfx_trainer_style_model_scores_like_direct_calls(
+    tfx_models, rows, model_handler):
+  """serving_default takes serialized tf.Examples (label not parsed): the
+  handler detects it and scores what a direct call on the same examples
+  gives."""
+  import tensorflow as tf
+  path = tfx_models['examples']
+  handler = SavedModelHandler(path, NAMES, model_handler=model_handler)
+  assert 'examples input' in handler.validate()
+  (first, second), _ = score(handler, [batch_of(rows[:20]),
+                                       batch_of(rows[20:], 'f')])
+  fn = tf.saved_model.load(path).signatures['serving_default']
+  ids = [f'e{i}' for i in range(20)] + [f'f{i}' for i in range(30)]
+  direct = fn(examples=tf.constant(_direct_examples(rows, ids)))[
+      'outputs'].numpy()[:, 0]
+  got = np.concatenate([first.scores, second.scores])
+  np.testing.assert_allclose(got, direct, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(got, mf.expected_scores(rows), rtol=1e-5)
+
+
+@pytest.mark.parametrize('model_handler', ['savedmodel', 'tfx_bsl'])
+@pytest.mark.parametrize('signature', ['classification', 'regression',
+                                       'serving_default'])
+def test_classify_and_regress_signatures_score_the_positive_class(
+    tfx_models, rows, signature, model_handler):
+  import tensorflow as tf
+  path = tfx_models['tf1']
+  handler = SavedModelHandler(path, NAMES, signature=signature,
+                              model_handler=model_handler)
+  text = handler.validate()
+  if model_handler == 'savedmodel':
+    assert ("'outputs'" if signature == 'regression' else "'scores'") in text
+  (out,), _ = score(handler, [batch_of(rows)])
+  fn = tf.saved_model.load(path).signatures[signature]
+  direct = fn(inputs=tf.constant(_direct_examples(
+      rows, [f'e{i}' for i in range(50)])))
+  want = (direct['outputs'].numpy()[:, 0] if signature == 'regression' else
+          direct['scores'].numpy()[:, 1])
+  np.testing.assert_allclose(out.scores, want, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(out.scores, mf.expected_scores(rows), rtol=1e-5)
+
+
+def test_tfx_bsl_handler_refuses_models_it_cannot_serve_clearly(tmp_path):
+  path = mf.write_module_tensor(str(tmp_path / 'tensor'))
+  with pytest.raises(ModelLoadError, match=r'tfx-bsl cannot serve signature '
+                     r"'serving_default' .*one string tensor of serialized "
+                     r'tf.Examples.*--model_handler savedmodel'):
+    SavedModelHandler(path, NAMES, model_handler='tfx_bsl').validate()
+  with pytest.raises(ValueError, match='--model_handler'):
+    SavedModelHandler(path, NAMES, model_handler='keras')
+
+
+def test_examples_carry_window_columns_when_the_events_have_them(tfx_models):
+  from transforms import example_coder
+  handler = SavedModelHandler(tfx_models['examples'], NAMES,
+                              window_features=NAMES[:2])
+  loaded = handler.load_model().current
+  plain = batch_of(np.ones((3, 18)))
+  windowed = batch_of(np.ones((3, 18)))
+  windowed.window = (10.0, 15.0)
+  windowed.win_count = np.array([1, 2, 3])
+  windowed.win_mean = np.zeros((3, 2), np.float32)
+  windowed.win_std = np.zeros((3, 2), np.float32)
+  without, with_window = (example_coder.decode_dicts(loaded.examples([b]))
+                          for b in (plain, windowed))
+  assert 'win_count' not in without[0] and 'label' not in without[0]
+  assert without[0]['event_id'] == 'e0' and without[0]['detector'] == 'k'
+  assert [d['win_count'] for d in with_window] == [1, 2, 3]
+  assert with_window[0]['window_start_ms'] == 10_000
+  assert with_window[0]['win_mean_' + NAMES[1]] == 0.0

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.it
 
 
 def _ids(span_dir: str) -> collections.Counter:
-  files = tf.io.gfile.glob(os.path.join(span_dir, '*', '*.tfrecord.gz'))
+  files = tf.io.gfile.glob(os.path.join(span_dir, 'Split-*', '*.gz'))
   out = collections.Counter()
   for r in tf.data.TFRecordDataset(files, compression_type='GZIP'):
     ex = tf.train.Example.FromString(r.numpy())

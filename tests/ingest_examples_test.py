@@ -20,9 +20,13 @@ MALFORMED_FRACTION = 0.01
 N_UNLABELLED = 20
 
 
+def _split_files(span_dir: str, split: str) -> list[str]:
+  return sorted(tf.io.gfile.glob(os.path.join(span_dir, f'Split-{split}',
+                                              'data_tfrecord-*.gz')))
+
+
 def _read_examples(span_dir: str, split: str) -> list[tf.train.Example]:
-  files = sorted(tf.io.gfile.glob(os.path.join(span_dir, split,
-                                               '*.tfrecord.gz')))
+  files = _split_files(span_dir, split)
   return [tf.train.Example.FromString(r.numpy()) for r in
           tf.data.TFRecordDataset(files, compression_type='GZIP')]
 
@@ -104,7 +108,8 @@ def test_span_holds_every_labelled_event_once_in_its_hash_split(
     ingested, event_files):
   out = ingested['out']
   first = ingested['runs'][0]
-  assert first.span == 0 and first.span_dir == examples_io.span_dir(out, 0)
+  assert first.span == 0
+  assert first.span_dir == examples_io.version_dir(out, 0, 0)
   assert examples_io.list_spans(out) == [0, 1]
   valid = {f'e{i}' for i in range(N_EVENTS)} - set(event_files['malformed'])
   data = susy.generate(N_EVENTS, seed=5)
@@ -150,35 +155,93 @@ def test_window_features_match_the_events_of_their_window(ingested):
           np.mean(np.float64(pts)), rel=1e-5)
 
 
-def test_statistics_and_schema_describe_the_span(ingested, event_files):
+def test_span_is_in_tfx_layout_and_reads_back_through_tfxio(
+    ingested, event_files):
+  """The span's tree, its schema.pbtxt, and its statistics checked against
+  numpy on the rows TFXIO reads back with that schema."""
+  from tensorflow_metadata.proto.v0 import statistics_pb2
+  from tfx_bsl.public import tfxio
   span_dir = ingested['runs'][0].span_dir
-  with open(os.path.join(span_dir, 'statistics.json')) as f:
-    stats = json.load(f)
+  tree = sorted(os.path.relpath(os.path.join(d, f), ingested['out'])
+                for d, _, files in os.walk(os.path.dirname(span_dir))
+                for f in files)
+  print('\n' + '\n'.join(tree))
+  assert tree == [
+      'span-0/version-0/Split-eval/data_tfrecord-00000-of-00002.gz',
+      'span-0/version-0/Split-eval/data_tfrecord-00001-of-00002.gz',
+      'span-0/version-0/Split-train/data_tfrecord-00000-of-00002.gz',
+      'span-0/version-0/Split-train/data_tfrecord-00001-of-00002.gz',
+      'span-0/version-0/schema/schema.pbtxt',
+      'span-0/version-0/statistics/Split-eval/FeatureStats.pb',
+      'span-0/version-0/statistics/Split-train/FeatureStats.pb']
+  schema = examples_io.read_schema(ingested['out'], 0)
+  with open(os.path.join(span_dir, 'schema', 'schema.pbtxt')) as f:
+    print(''.join(f.readlines()[:16]))
+  assert examples_io.model_inputs(schema) == list(susy.FEATURE_NAMES)
+  assert 'kbi:splits=train:2,eval:1' in schema.annotation.tag
+
   n_valid = N_EVENTS - len(event_files['malformed'])
-  assert stats['span'] == 0 and stats['examples'] == n_valid
-  assert stats['dead_letters'] == (len(event_files['malformed'])
-                                   + N_UNLABELLED)
-  train_n = stats['splits']['train']['examples']
-  eval_n = stats['splits']['eval']['examples']
-  assert train_n + eval_n == n_valid
-  assert abs(train_n / n_valid - 2 / 3) < 0.03
-  assert train_n == len(_read_examples(span_dir, 'train'))
   data = susy.generate(N_EVENTS, seed=5)
+  counts = {}
+  for split in ('train', 'eval'):
+    source = tfxio.TFExampleRecord(_split_files(span_dir, split),
+                                   schema=schema)
+    batches = list(source.RecordBatches(tfxio.RecordBatchesOptions(
+        batch_size=1000, shuffle=False, num_epochs=1)))
+    columns = {name: np.concatenate([
+        b.column(name).flatten().to_numpy(zero_copy_only=False)
+        for b in batches]) for name in batches[0].schema.names}
+    n = len(columns['event_id'])
+    counts[split] = n
+    # The rows are the events: the features as generated (float32).
+    index = np.array([int(e[1:]) for e in columns['event_id'].astype(str)])
+    np.testing.assert_array_equal(columns['lepton_1_pT'],
+                                  data.features[index, 0])
+    listed = examples_io.read_statistics(ingested['out'], 0, split)
+    (stats,) = listed.datasets
+    if split == 'train':
+      print(str(listed)[:1200])
+    assert stats.name == split and stats.num_examples == n
+    assert [f.path.step[0] for f in stats.features] == [
+        f.name for f in schema.feature]
+    for feature in stats.features:
+      name = feature.path.step[0]
+      if feature.type == statistics_pb2.FeatureNameStatistics.STRING:
+        values, value_counts = np.unique(columns[name].astype(str),
+                                         return_counts=True)
+        string = feature.string_stats
+        assert string.common_stats.num_non_missing == n
+        if name == 'detector':
+          assert string.unique == 4
+          assert sorted((v.value, v.frequency) for v in string.top_values) \
+              == sorted(zip(values, value_counts.astype(float)))
+        continue
+      x = columns[name].astype(np.float64)
+      num = feature.num_stats
+      assert num.common_stats.num_non_missing == n, name
+      assert num.common_stats.num_missing == 0, name
+      assert num.mean == pytest.approx(x.mean(), rel=1e-9, abs=1e-9), name
+      assert num.std_dev == pytest.approx(x.std(), rel=1e-6, abs=1e-9), name
+      assert (num.min, num.max) == (x.min(), x.max()), name
+      quantiles = next(h for h in num.histograms
+                       if h.type == statistics_pb2.Histogram.QUANTILES)
+      ordered = np.sort(x)
+      for k, bucket in enumerate(quantiles.buckets[:-1]):
+        rank = np.searchsorted(ordered, bucket.high_value, side='right') / n
+        assert rank >= (k + 1) / 10 - 0.01 - 1e-9, (name, k)
+        assert np.searchsorted(ordered, bucket.high_value) / n <= (
+            (k + 1) / 10 + 0.01 + 1e-9), (name, k)
+  assert sum(counts.values()) == n_valid
+  assert abs(counts['train'] / n_valid - 2 / 3) < 0.03
+  labels = {s: examples_io.read_statistics(ingested['out'], 0, s)
+            for s in counts}
+  positives = sum(
+      next(f for f in labels[s].datasets[0].features
+           if f.path.step == ['label']).num_stats.mean * counts[s]
+      for s in counts)
   keep = np.asarray([f'e{i}' not in event_files['malformed']
                      for i in range(N_EVENTS)])
-  x = data.features[keep].astype(np.float64)
-  positives = sum(s['label']['positive'] for s in stats['splits'].values())
-  assert positives == int(data.labels[keep].sum())
-  f = stats['features']['lepton_1_pT']
-  j = susy.FEATURE_NAMES.index('lepton_1_pT')
-  assert f['mean'] == pytest.approx(x[:, j].mean(), rel=1e-9)
-  assert f['std'] == pytest.approx(x[:, j].std(), rel=1e-6)
-  assert f['min'] == x[:, j].min() and f['max'] == x[:, j].max()
-  assert stats['event_time']['min'] == susy.DEFAULT_START_TIME
-  schema = examples_io.read_schema(ingested['out'], 0)
-  assert schema['features'] == list(susy.FEATURE_NAMES)
-  assert schema['label'] == 'label' and schema['id'] == 'event_id'
-  assert schema['splits'] == {'train': 2, 'eval': 1}
+  assert round(positives) == int(data.labels[keep].sum())
 
 
 def test_dead_letters_carry_malformed_and_unlabelled_events(

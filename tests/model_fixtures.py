@@ -79,3 +79,61 @@ def write_versioned(root: str, version: int, *, complete=True) -> str:
     with open(os.path.join(path, 'metrics.json'), 'w') as f:
       f.write('{"accuracy": 0.5}')
   return path
+
+
+def _parse_spec(feature_names):
+  # The TFX Trainer way: the serving parse spec is the training one minus
+  # the label. 'detector' is parsed too (and must be there), as a model
+  # using a non-feature column of the examples would.
+  spec = {n: tf.io.FixedLenFeature([1], tf.float32) for n in feature_names}
+  spec['detector'] = tf.io.FixedLenFeature([1], tf.string)
+  return spec
+
+
+def write_tfx_examples(path: str, feature_names) -> str:
+  """A model exported the TFX Trainer way: serving_default(examples: string
+  [B] of serialized tf.Example) parses the examples inside the serving
+  function and returns {'outputs': [B, 1]}."""
+  module = _Linear()
+  spec = _parse_spec(feature_names)
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string,
+                                              name='examples')])
+  def serve_tf_examples_fn(serialized):
+    parsed = tf.io.parse_example(serialized, spec)
+    x = tf.concat([parsed[n] for n in feature_names], axis=1)
+    return {'outputs': tf.sigmoid(tf.linalg.matvec(x, module.w))[:, None]}
+
+  tf.saved_model.save(module, path,
+                      signatures={'serving_default': serve_tf_examples_fn})
+  return path
+
+
+def write_classify_regress(path: str, feature_names) -> str:
+  """A TF1-style SavedModel (as TFX's Estimator trainers export) with
+  'classification' (classes/scores [B, 2]) and 'regression' (outputs
+  [B, 1]) signatures on serialized tf.Examples; serving_default =
+  classification."""
+  graph = tf.Graph()
+  with graph.as_default():
+    serialized = tf.compat.v1.placeholder(tf.string, [None],
+                                          name='input_example_tensor')
+    parsed = tf.io.parse_example(serialized, _parse_spec(feature_names))
+    x = tf.concat([parsed[n] for n in feature_names], axis=1)
+    w = tf.compat.v1.get_variable('w', initializer=WEIGHTS)
+    p = tf.sigmoid(tf.linalg.matvec(x, w))
+    scores = tf.stack([1.0 - p, p], axis=1)
+    classes = tf.tile(tf.constant([['0', '1']]), [tf.shape(p)[0], 1])
+    classify = tf.compat.v1.saved_model.classification_signature_def(
+        serialized, classes, scores)
+    regress = tf.compat.v1.saved_model.regression_signature_def(
+        serialized, p[:, None])
+    with tf.compat.v1.Session(graph=graph) as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      builder = tf.compat.v1.saved_model.Builder(path)
+      builder.add_meta_graph_and_variables(
+          sess, ['serve'], signature_def_map={
+              'classification': classify, 'regression': regress,
+              'serving_default': classify})
+      builder.save()
+  return path

@@ -121,3 +121,47 @@ def test_missing_model_fails_before_reading(broker, make_topic, tmp_path):
   from transforms.kafka import admin
   assert admin.committed_offsets(broker.client_config(), 'kbi-score-stream',
                                  topic) == {0: None}
+
+
+@pytest.mark.parametrize('model_handler', ['savedmodel', 'tfx_bsl'])
+def test_a_tfx_style_model_is_served_with_no_code(broker, make_topic,
+                                                  tmp_path, model_handler):
+  """A model exported the TFX Trainer way (serving_default parses
+  serialized tf.Examples, label excluded, output 'outputs' [B, 1]) is
+  scored by the job as it is: the handler finds the examples input."""
+  import os
+  n = 2000
+  root = tmp_path / 'models'
+  mf.write_tfx_examples(str(root / '1'), susy.FEATURE_NAMES)
+  (root / '1' / 'metrics.json').write_text('{}')
+  topics = {'in': make_topic(2), 'out': make_topic(1, suffix='-out'),
+            'dlq': make_topic(1, suffix='-dlq')}
+  susy.produce(broker.bootstrap_servers, topics['in'], n=n, rate=0, seed=12,
+               producer_config=broker.client_config())
+  result = score_stream.run(_job_args(
+      broker, topics, str(root), '--max_records', str(n),
+      '--model_handler', model_handler))
+  assert str(result.state) == 'DONE'
+  predictions = [orjson.loads(m.value())
+                 for m in read_topic(broker, topics['out'], n)]
+  assert sorted(p['event_id'] for p in predictions) == sorted(
+      f'e{i}' for i in range(n))
+  # Direct calls of the signature on examples built here with protobuf.
+  data = susy.generate(n, seed=12)
+  examples = []
+  for i, row in enumerate(data.features.tolist()):
+    ex = tf.train.Example()
+    for name, value in zip(susy.FEATURE_NAMES, row):
+      ex.features.feature[name].float_list.value.append(value)
+    ex.features.feature['detector'].bytes_list.value.append(
+        susy.DEFAULT_KEYS[i % 4].encode())
+    examples.append(ex.SerializeToString())
+  direct = tf.saved_model.load(os.path.join(root, '1')).signatures[
+      'serving_default'](examples=tf.constant(examples))['outputs'].numpy()
+  worst = max(abs(p['score'] - float(direct[int(p['event_id'][1:]), 0]))
+              for p in predictions)
+  assert worst <= 1e-6
+  assert {p['model_version'] for p in predictions} == {1}
+  print(f'\nscore_stream --model_handler {model_handler}, TFX-style model: '
+        f'{n} events -> {len(predictions)} predictions, max |score - direct '
+        f'call| = {worst:.1e}; e0 {predictions[0]}')

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from transforms import sources
+from transforms import sources, tfrecord
 from transforms.events import RawRecord
 from transforms.parse import Document
-from transforms.sinks.files import tfrecord_frame
+from transforms.tfrecord import frame as tfrecord_frame
 
 
 def example_bytes(**features) -> bytes:
@@ -212,9 +212,9 @@ def test_tfrecord_with_a_corrupt_length_fails_naming_file_and_offset():
   data[16 + 3 + 2] ^= 0xFF  # the second record's length
   with pytest.raises(IOError, match=r'f\.tfrecord: corrupt TFRecord length '
                      r'at byte 19'):
-    list(sources.iter_tfrecords(io.BytesIO(bytes(data)), 'f.tfrecord'))
+    list(tfrecord.iter_records(io.BytesIO(bytes(data)), 'f.tfrecord'))
   with pytest.raises(IOError, match='truncated'):
-    list(sources.iter_tfrecords(io.BytesIO(tfrecord_frame(b'abc')[:-2]), 'f'))
+    list(tfrecord.iter_records(io.BytesIO(tfrecord_frame(b'abc')[:-2]), 'f'))
 
 
 def test_record_chunks_estimate_their_size_without_encoding():

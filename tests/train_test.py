@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from models import examples_io, export, registry, susy, train
+from transforms import example_coder
 
 _TRAIN_ROWS, _EVAL_ROWS = 20_000, 10_000
 
@@ -35,8 +36,8 @@ def trained(data_root, tmp_path_factory):
 
 
 def _examples(rows: np.ndarray) -> list[bytes]:
-  return [examples_io.make_example(row, 0, f'e{i}', 'det-0', 0.0)
-          .SerializeToString() for i, row in enumerate(rows)]
+  return example_coder.Encoder().encode(
+      example_coder.float_features(susy.FEATURE_NAMES, rows))
 
 
 def test_first_run_exports_version_1(trained):
@@ -139,9 +140,13 @@ def test_dataset_reads_all_spans_by_default(tmp_path):
   examples_io.write_span(root, 3, {'train': events, 'eval': events[:5]},
                          shards=1)
   assert examples_io.list_spans(root) == [0, 3]
-  assert examples_io.read_schema(root, 3) == {
-      'features': list(susy.FEATURE_NAMES), 'label': 'label',
-      'id': 'event_id'}
+  schema = examples_io.read_schema(root, 3)
+  assert examples_io.model_inputs(schema) == list(susy.FEATURE_NAMES)
+  label = next(f for f in schema.feature if f.name == 'label')
+  assert list(label.not_in_environment) == ['SERVING']
+  # An incomplete newer version (no schema yet) is not read.
+  tf.io.gfile.makedirs(examples_io.version_dir(root, 3, 1) + '/Split-train')
+  assert examples_io.find_span(root, 3).version == 0
 
   def rows(**kwargs):
     return sum(int(y.shape[0]) for _, y in
@@ -164,6 +169,57 @@ def test_dataset_reads_all_spans_by_default(tmp_path):
   assert example.features.feature['detector'].bytes_list.value == [b'det-0']
   assert example.features.feature['label'].int64_list.value == [
       events[0]['label']]
+
+
+def _write_legacy_span(root, span, rows_by_split):
+  """A span as written before the TFX layout: <split>/*.tfrecord.gz with a
+  hand-built proto per row, and schema.json."""
+  import gzip
+  import json
+  from transforms import tfrecord
+  directory = os.path.join(root, f'span-{span}')
+  for split, data in rows_by_split.items():
+    os.makedirs(os.path.join(directory, split))
+    records = []
+    for event in susy.to_events(data):
+      ex = tf.train.Example()
+      for name in susy.FEATURE_NAMES:
+        ex.features.feature[name].float_list.value.append(event[name])
+      ex.features.feature['label'].int64_list.value.append(event['label'])
+      ex.features.feature['event_id'].bytes_list.value.append(
+          event['event_id'].encode())
+      ex.features.feature['detector'].bytes_list.value.append(
+          event['detector'].encode())
+      ex.features.feature['event_time'].float_list.value.append(
+          event['event_time'])
+      records.append(ex.SerializeToString())
+    with open(os.path.join(directory, split, 'part-00000-of-00001.tfrecord.gz'),
+              'wb') as f:
+      f.write(gzip.compress(tfrecord.frame_all(records)))
+  with open(os.path.join(directory, 'schema.json'), 'w') as f:
+    json.dump({'features': list(susy.FEATURE_NAMES), 'label': 'label',
+               'id': 'event_id'}, f)
+
+
+def test_legacy_spans_are_still_read_beside_new_ones(tmp_path):
+  root = str(tmp_path)
+  legacy = susy.generate(40, seed=8)
+  _write_legacy_span(root, 0, {'train': legacy, 'eval': legacy})
+  examples_io.write_span(root, 1, {'train': susy.generate(60, seed=9),
+                                   'eval': susy.generate(10, seed=9)})
+  assert examples_io.list_spans(root) == [0, 1]
+  assert examples_io.find_span(root, 0).legacy
+  assert examples_io.model_inputs(examples_io.read_schema(root, 0)) == list(
+      susy.FEATURE_NAMES)
+  x, y = examples_io.read_arrays(root, 'train', spans=[0],
+                                 num_parallel_reads=1)
+  np.testing.assert_array_equal(x, legacy.features)
+  np.testing.assert_array_equal(y, legacy.labels)
+  assert sum(len(y) for _, y in examples_io.make_dataset(root, 'train')) == 100
+  with pytest.raises(FileNotFoundError, match='legacy layout'):
+    examples_io.read_statistics(root, 0, 'train')
+  stats = examples_io.read_statistics(root, 1, 'train')
+  assert stats.datasets[0].num_examples == 60
 
 
 def test_binary_metrics_exact_auc():
@@ -206,17 +262,6 @@ def test_registry():
       'Dropout', 'Dense']
   assert [l.units for l in small.layers if hasattr(l, 'units')] == [
       128, 256, 128, 1]
-
-
-def test_example_encoder_matches_make_example():
-  data = susy.generate(5, seed=4)
-  encoder = examples_io.ExampleEncoder()
-  for event in susy.to_events(data):
-    expected = examples_io.make_example(
-        [event[n] for n in susy.FEATURE_NAMES], event['label'],
-        event['event_id'], event['detector'], event['event_time'])
-    got = tf.train.Example.FromString(encoder.encode_event(event))
-    assert got == expected
 
 
 def test_version_loads_in_a_tf1_session_and_as_keras(trained):

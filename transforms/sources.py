@@ -18,7 +18,8 @@ straight into ``ParseEvents``:
   index, 0-based>, doc=<features as a dict>, payload=<the serialized
   Example>)``. A feature with one value becomes a scalar (bytes_list values
   become UTF-8 text), an empty one is absent, several values stay a list
-  (a wrong_type dead letter for scalar fields). float_list values are
+  (a wrong_type dead letter for scalar fields); the examples of a chunk are
+  decoded together by tfx-bsl's C++ decoder. float_list values are
   float32: store event times as int64 (s or ms) or as ISO strings, not as
   floats (a float32 epoch time is off by up to 64 s).
 
@@ -44,10 +45,10 @@ and byte offset. A record whose data fails its CRC, or that is not a
 ``tf.train.Example``, becomes a dead letter (reason malformed).
 """
 
+import itertools
 import logging
 import os
 import pickle
-import struct
 from typing import Iterator, NamedTuple, Optional, Sequence, Union
 
 import apache_beam as beam
@@ -57,6 +58,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from transforms import example_coder, tfrecord
 from transforms.events import RawRecord
 from transforms.parse import Document
 
@@ -380,7 +382,6 @@ class _ReadSplit(beam.DoFn):
     self.blank = Metrics.counter(_NAMESPACE, 'blank_lines')
     self.splits = Metrics.counter(_NAMESPACE, 'splits_read')
     self.bad_records = Metrics.counter(_NAMESPACE, 'undecodable_records')
-    self._example_cls = None
 
   def process(self, split: FileSplit):
     self.splits.inc()
@@ -453,100 +454,30 @@ class _ReadSplit(beam.DoFn):
 
   def _tfrecord(self, split: FileSplit) -> Iterator[list]:
     source = f'file:{split.path}'
-    ts = split.timestamp
-    chunk = []
     with FileSystems.open(split.path,
                           compression_type=CompressionTypes.AUTO) as f:
-      for index, (record, error) in enumerate(
-          iter_tfrecords(f, split.path)):
-        doc = error if error is not None else self._example(record)
-        if isinstance(doc, Exception):
-          self.bad_records.inc()
-        chunk.append(Document(source, index, doc, ts, None, record))
-        if len(chunk) >= self._chunk:
-          yield self._documents(chunk)
-          chunk = []
-    if chunk:
-      yield self._documents(chunk)
+      framed = tfrecord.iter_records(f, split.path)
+      index = 0
+      while True:
+        chunk = list(itertools.islice(framed, self._chunk))
+        if not chunk:
+          return
+        yield self._documents(source, split.timestamp, index, chunk)
+        index += len(chunk)
 
-  @staticmethod
-  def _documents(documents: list) -> RecordChunk:
-    return RecordChunk(documents, sum([len(d.payload) for d in documents]))
-
-  def _example(self, record: bytes):
-    """A serialized tf.train.Example -> dict (module docstring), or the
-    Exception saying why it is not one."""
-    if self._example_cls is None:
-      # pylint: disable-next=import-outside-toplevel
-      from tensorflow.core.example import example_pb2
-      self._example_cls = example_pb2.Example
-    try:
-      example = self._example_cls.FromString(record)
-    except Exception as e:  # pylint: disable=broad-except
-      return ValueError(f'not a tf.train.Example: {e}')
-    return example_to_dict(example)
-
-
-def example_to_dict(example) -> dict:
-  """The features of a tf.train.Example as a dict (see the module doc)."""
-  doc = {}
-  for name, feature in example.features.feature.items():
-    kind = feature.WhichOneof('kind')
-    if kind is None:
-      continue
-    values = getattr(feature, kind).value
-    if not len(values):
-      continue
-    if kind == 'bytes_list':
-      values = [_text(v) for v in values]
-    doc[name] = values[0] if len(values) == 1 else list(values)
-  return doc
-
-
-def _text(value: bytes):
-  try:
-    return value.decode('utf-8')
-  except UnicodeDecodeError:
-    return value  # parse_documents dead-letters it (not UTF-8)
-
-
-def _masked_crc32c(data: bytes) -> int:
-  import google_crc32c  # pylint: disable=import-outside-toplevel
-  crc = google_crc32c.value(data)
-  return (((crc >> 15) | (crc << 17)) + 0xa282ead8) & 0xffffffff
-
-
-def iter_tfrecords(f, name: str = '<stream>'
-                  ) -> Iterator[tuple[bytes, Optional[Exception]]]:
-  """(record, None) per TFRecord of a binary stream; (record, error) for a
-  record whose data fails its CRC.
-
-  Raises:
-    IOError: a truncated file or a length header failing its CRC (the
-      framing is lost), naming the file and the byte offset.
-  """
-  offset = 0
-  while True:
-    header = f.read(12)
-    if not header:
-      return
-    if len(header) < 12:
-      raise IOError(f'{name}: truncated TFRecord header at byte {offset}')
-    length_bytes = header[:8]
-    (length,) = struct.unpack('<Q', length_bytes)
-    (length_crc,) = struct.unpack('<I', header[8:])
-    if length_crc != _masked_crc32c(length_bytes):
-      raise IOError(f'{name}: corrupt TFRecord length at byte {offset}')
-    body = f.read(length + 4)
-    if len(body) < length + 4:
-      raise IOError(f'{name}: truncated TFRecord at byte {offset}')
-    record = body[:length]
-    (data_crc,) = struct.unpack('<I', body[length:])
-    error = None
-    if data_crc != _masked_crc32c(record):
-      error = ValueError(f'TFRecord data CRC mismatch at byte {offset}')
-    yield record, error
-    offset += 16 + length
+  def _documents(self, source: str, ts, first: int, chunk: list
+                ) -> RecordChunk:
+    """Framed records -> Documents; the examples of a chunk are decoded
+    together (tfx-bsl, C++)."""
+    decoded = iter(example_coder.decode_dicts(
+        [record for record, error in chunk if error is None]))
+    documents = []
+    for index, (record, error) in enumerate(chunk, first):
+      doc = error if error is not None else next(decoded)
+      if isinstance(doc, Exception):
+        self.bad_records.inc()
+      documents.append(Document(source, index, doc, ts, None, record))
+    return RecordChunk(documents, sum([len(r) for r, _ in chunk]))
 
 
 class ReadFileChunks(beam.PTransform):
@@ -622,6 +553,6 @@ class ReadFileChunks(beam.PTransform):
 
 __all__: Sequence[str] = [
     'FILE_FORMATS', 'FILE_KINDS', 'FILE_MTIME', 'FileFormat', 'FileSplit',
-    'ReadFileChunks', 'RecordChunk', 'count_line_starts', 'example_to_dict',
-    'iter_tfrecords', 'resolve_file_format',
+    'ReadFileChunks', 'RecordChunk', 'count_line_starts',
+    'resolve_file_format',
 ]

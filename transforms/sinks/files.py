@@ -60,12 +60,12 @@ import logging
 import math
 import os
 import random
-import struct
 import time
 import uuid
 from typing import Any, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -78,6 +78,7 @@ from apache_beam.transforms import window as window_lib
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
+from transforms import example_coder, tfrecord
 from transforms.outage import OutagePolicy, call_through_outage
 
 _LOGGER = logging.getLogger(__name__)
@@ -255,37 +256,6 @@ class _ParquetFileWriter(_FileWriter):
     self._writer.close()
 
 
-def _masked_crc32c(data: bytes) -> int:
-  import google_crc32c  # pylint: disable=import-outside-toplevel
-  crc = google_crc32c.value(data)
-  return (((crc >> 15) | (crc << 17)) + 0xa282ead8) & 0xffffffff
-
-
-def tfrecord_frame(data: bytes) -> bytes:
-  """One TFRecord: length, masked CRC32C of the length, data, its CRC."""
-  header = struct.pack('<Q', len(data))
-  return b''.join((header, struct.pack('<I', _masked_crc32c(header)), data,
-                   struct.pack('<I', _masked_crc32c(data))))
-
-
-def tfrecord_records(data: bytes) -> list[bytes]:
-  """The records of a TFRecord file's bytes; ValueError on a bad CRC."""
-  out, pos = [], 0
-  while pos < len(data):
-    header = data[pos:pos + 8]
-    (length,) = struct.unpack('<Q', header)
-    (crc,) = struct.unpack('<I', data[pos + 8:pos + 12])
-    if crc != _masked_crc32c(header):
-      raise ValueError(f'TFRecord length CRC mismatch at byte {pos}')
-    record = data[pos + 12:pos + 12 + length]
-    (crc,) = struct.unpack('<I', data[pos + 12 + length:pos + 16 + length])
-    if crc != _masked_crc32c(record):
-      raise ValueError(f'TFRecord data CRC mismatch at byte {pos}')
-    out.append(record)
-    pos += 16 + length
-  return out
-
-
 # Epoch-second columns of the output rows; TFRecord adds exact <name>_us.
 TIME_COLUMNS = frozenset(('event_time', 'read_time', 'scored_time',
                           'window_start', 'window_end'))
@@ -313,7 +283,7 @@ class _RowCodec:
     self.file_format = file_format
     self.columns = tuple(check_columns(columns))
     self._schema = None
-    self._example_cls = None
+    self._encoder = None
 
   def __getstate__(self):
     return {'file_format': self.file_format, 'columns': self.columns}
@@ -334,8 +304,7 @@ class _RowCodec:
       return b''.join([dumps(r, option=opt) for r in rows])
     if self.file_format == 'parquet':
       return self.encode_many([rows])
-    return b''.join([tfrecord_frame(self._example(r).SerializeToString())
-                     for r in rows])
+    return tfrecord.frame_all(self._examples(rows))
 
   def encode_many(self, row_lists: Sequence[Sequence[dict]]) -> bytes:
     """Several row lists as one blob (Parquet: one Arrow IPC stream of one
@@ -360,37 +329,28 @@ class _RowCodec:
       return _ParquetFileWriter(fh, self.schema)
     return _FileWriter(fh)
 
-  def _example(self, row):
-    if self._example_cls is None:
-      # Imported here: only this format needs TensorFlow.
-      from tensorflow.core.example import example_pb2  # pylint: disable=import-outside-toplevel
-      self._example_cls = example_pb2.Example
-    ex = self._example_cls()
-    features = ex.features.feature
-    for name, typ in self.columns:
-      v = row.get(name)
-      f = features[name]
-      if typ == 'STRING':
-        if v is None:
-          f.bytes_list.SetInParent()
-        else:
-          f.bytes_list.value.append(v.encode('utf-8'))
-      elif typ == 'FLOAT':
-        if v is None:
-          f.float_list.SetInParent()
-        else:
-          f.float_list.value.append(v)
-          # The global window's bounds are beyond int64 microseconds: no
-          # exact twin for those.
-          if name in TIME_COLUMNS and math.isfinite(v) and (
-              abs(v) < _MAX_US_SECONDS):
-            features[f'{name}_us'].int64_list.value.append(round(v * 1e6))
-      else:  # INTEGER, BOOLEAN
-        if v is None:
-          f.int64_list.SetInParent()
-        else:
-          f.int64_list.value.append(int(v))
-    return ex
+  def _examples(self, rows) -> list[bytes]:
+    """Rows as serialized tf.Examples (class docstring), encoded in C++."""
+    batch = self._record_batch(rows)
+    cols = {}
+    for (name, typ), values in zip(self.columns, batch.columns):
+      cols[name] = example_coder.list_column(values, _EXAMPLE_KINDS[typ])
+      if name in TIME_COLUMNS:
+        seconds = values.to_numpy(zero_copy_only=False).astype(float)
+        # The global window's bounds are beyond int64 microseconds: no
+        # exact twin for those.
+        with np.errstate(invalid='ignore'):
+          exact = np.isfinite(seconds) & (np.abs(seconds) < _MAX_US_SECONDS)
+        cols[f'{name}_us'] = example_coder.column(
+            np.round(np.where(exact, seconds, 0.0) * 1e6), example_coder.INT,
+            present=exact)
+    if self._encoder is None:
+      self._encoder = example_coder.Encoder()
+    return self._encoder.encode(example_coder.record_batch(cols))
+
+
+_EXAMPLE_KINDS = {'STRING': example_coder.BYTES, 'FLOAT': example_coder.FLOAT,
+                  'INTEGER': example_coder.INT, 'BOOLEAN': example_coder.INT}
 
 
 def read_row_file(path: str, file_format: str,
@@ -411,22 +371,14 @@ def read_row_file(path: str, file_format: str,
   if file_format == 'tfrecord':
     if columns is None:
       raise ValueError('reading tfrecord needs the columns')
-    from tensorflow.core.example import example_pb2  # pylint: disable=import-outside-toplevel
     rows = []
-    for record in tfrecord_records(data):
-      ex = example_pb2.Example.FromString(record)
-      row = {}
+    for doc in example_coder.decode_dicts(tfrecord.records(data, path)):
+      if isinstance(doc, Exception):
+        raise doc
+      row = {name: doc.get(name) for name, _ in columns}
       for name, typ in columns:
-        f = ex.features.feature[name]
-        if typ == 'STRING':
-          vals = [v.decode('utf-8') for v in f.bytes_list.value]
-        elif typ == 'FLOAT':
-          vals = list(f.float_list.value)
-        elif typ == 'BOOLEAN':
-          vals = [bool(v) for v in f.int64_list.value]
-        else:
-          vals = list(f.int64_list.value)
-        row[name] = vals[0] if vals else None
+        if typ == 'BOOLEAN' and row[name] is not None:
+          row[name] = bool(row[name])
       rows.append(row)
     return rows
   raise ValueError(f'file format {file_format!r}: use one of {FILE_FORMATS}')
