@@ -65,10 +65,10 @@ def write_outputs(predictions: beam.PCollection,
          | 'ToKafkaRecords' >> beam.Map(kafka_records)
          | 'WritePredictions' >> xlang.build_write(
              kafka.kafka_io, producer_config, kafka.output_topic,
-             batched=True))
+             batched=True, outage_policy=outage))
   if kafka.dead_letter_topic:
     _ = dead_letters | 'WriteDeadLetters' >> xlang.build_write(
         kafka.kafka_io, producer_config, kafka.dead_letter_topic,
         key=dead_letter_key, value=lambda d: d.payload,
-        headers=lambda d: d.kafka_headers())
+        headers=lambda d: d.kafka_headers(), outage_policy=outage)
   return dead_letters

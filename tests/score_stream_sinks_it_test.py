@@ -309,6 +309,8 @@ def test_offsets_commit_as_windowed_sinks_write(broker, make_topic, turbine,
       samples.append((round(time.monotonic() - t0, 1),
                       _lag(broker, group, topics['in'])))
     producer.join()
+    _wait_for(lambda: _count(broker, topics['out']) >= len(producer.docs),
+              what='every prediction')
   finally:
     result.stop_reading()
     result.wait_until_finish()

@@ -12,6 +12,7 @@ from apache_beam.metrics import Metrics
 from confluent_kafka import KafkaError, Producer
 
 from transforms.kafka import config_refs
+from transforms.outage import Outage, OutagePolicy
 
 _LOGGER = logging.getLogger(__name__)
 _NAMESPACE = 'kafka_write'
@@ -121,15 +122,39 @@ def _producer_slot(transform_id: str, config: dict) -> _ProducerSlot:
     return slot
 
 
+def _retriable(err) -> bool:
+  """Delivery errors an outage explains (a broker down or restarting, a
+  timeout): the record can be delivered later. Not: a record too large,
+  authorization, an invalid record."""
+  if not isinstance(err, KafkaError):
+    return False
+  return err.retriable() or err.code() in _OUTAGE_CODES
+
+
+_OUTAGE_CODES = frozenset(
+    getattr(KafkaError, name) for name in (
+        '_MSG_TIMED_OUT', '_TIMED_OUT', '_TRANSPORT', '_ALL_BROKERS_DOWN',
+        'REQUEST_TIMED_OUT', 'NOT_LEADER_FOR_PARTITION',
+        'LEADER_NOT_AVAILABLE', 'NOT_ENOUGH_REPLICAS',
+        'NOT_ENOUGH_REPLICAS_AFTER_APPEND', 'NETWORK_EXCEPTION',
+        '_UNKNOWN_PARTITION') if hasattr(KafkaError, name))
+
+
 class _ProduceFn(beam.DoFn):
   """Produces each element (or each record of a batch element); flushes and
   checks deliveries at bundle end.
 
   Retry policy: librdkafka retries transient errors itself (idempotently).
-  A record that still fails (timeout, unknown topic, authorization, record too
-  large) fails the whole bundle with KafkaDeliveryError; the runner retries
-  the bundle, so nothing is dropped silently. Records of the failed attempt
-  that were delivered may then be written again (at-least-once).
+  A record that still fails because the destination is unavailable (timed
+  out, brokers down, no leader) is produced again at the end of the bundle,
+  with capped backoff and a log line every few seconds, for as long as the
+  outage policy allows (transforms/outage.py; then OutageError naming the
+  topic); the bundle does not finish, so no offset is committed past it. A
+  record that fails for good (too large, not authorized, an unknown topic)
+  or a fatal producer error fails the whole bundle with KafkaDeliveryError;
+  the runner retries the bundle, so nothing is dropped silently. Records of
+  a failed attempt that were delivered may then be written again
+  (at-least-once).
 
   Delivery reports are requested for failures only
   (``delivery.report.only.error``): a callback per record would cost more
@@ -139,14 +164,17 @@ class _ProduceFn(beam.DoFn):
   """
 
   def __init__(self, config, topic, key_fn, value_fn, headers_fn,
-               flush_timeout_s, batched=False):
+               flush_timeout_s, batched=False, outage_policy=None,
+               timestamp_fn=None):
     self._config = config
     self._topic = topic
     self._key_fn = key_fn
     self._value_fn = value_fn
     self._headers_fn = headers_fn
+    self._timestamp_fn = timestamp_fn
     self._flush_timeout_s = flush_timeout_s
     self._batched = batched
+    self._outage_policy = outage_policy or OutagePolicy()
     # Identifies this write across the copies a runner makes of the DoFn.
     self._transform_id = uuid.uuid4().hex
     self._slot: Optional[_ProducerSlot] = None
@@ -158,6 +186,7 @@ class _ProduceFn(beam.DoFn):
     self._produced = 0
     self.written = Metrics.counter(_NAMESPACE, 'records_written')
     self.failed = Metrics.counter(_NAMESPACE, 'delivery_failures')
+    self.redelivered = Metrics.counter(_NAMESPACE, 'records_produced_again')
 
   def setup(self):
     config = dict(self._config)
@@ -180,7 +209,7 @@ class _ProduceFn(beam.DoFn):
   def _on_delivery(self, err, msg):
     if err is not None:
       with self._lock:
-        self._errors.append((err, msg.topic(), msg.key()))
+        self._errors.append((err, msg))
 
   def _on_client_error(self, err):
     # Client-level trouble (broker unreachable, authentication): not a
@@ -226,7 +255,7 @@ class _ProduceFn(beam.DoFn):
       if self._batched:
         if (self._key_fn is _default_key and
             self._value_fn is _default_value and self._headers_fn is None
-            and not callable(self._topic)):
+            and self._timestamp_fn is None and not callable(self._topic)):
           self._produce_pairs(element)
         else:
           for record in element:
@@ -270,58 +299,99 @@ class _ProduceFn(beam.DoFn):
     key = self._key_fn(record)
     value = self._value_fn(record)
     headers = self._headers_fn(record) if self._headers_fn else None
+    timestamp = self._timestamp_fn(record) if self._timestamp_fn else None
     if isinstance(key, str):
       key = key.encode('utf-8')
     if isinstance(value, str):
       value = value.encode('utf-8')
-    try:
-      self._producer.produce(topic, value=value, key=key, headers=headers)
-    except BufferError:
-      self._produce_when_room(topic, value, key, headers)
+    self._send(topic, value, key, headers, timestamp)
     self._produced += 1
 
-  def _produce_when_room(self, topic, value, key, headers) -> None:
+  def _send(self, topic, value, key, headers, timestamp=None) -> None:
+    kwargs = {} if not timestamp or timestamp < 0 else {
+        'timestamp': timestamp}
+    try:
+      self._producer.produce(topic, value=value, key=key, headers=headers,
+                             **kwargs)
+    except BufferError:
+      self._produce_when_room(topic, value, key, headers, kwargs)
+
+  def _produce_when_room(self, topic, value, key, headers,
+                         kwargs=None) -> None:
     """Local queue full: serves delivery reports to make room, then
     produces."""
     while True:
       self._producer.poll(0.05)
       try:
-        self._producer.produce(topic, value=value, key=key, headers=headers)
+        self._producer.produce(topic, value=value, key=key, headers=headers,
+                               **(kwargs or {}))
         return
       except BufferError:
         pass
 
   def finish_bundle(self):
-    try:
-      remaining = self._producer.flush(self._flush_timeout_s)
-    except (KeyboardInterrupt, SystemExit, GeneratorExit):
-      raise
-    except:  # pylint: disable=bare-except
-      # Bare: fatal errors come as KafkaError objects (see process).
-      raise self._client_failure(sys.exc_info()[1], 'flush') from None
-    with self._lock:
-      errors = list(self._errors)
-      client_error = self._client_error
-      fatal = self._fatal
-    if fatal:
-      raise self._client_failure(
-          KafkaDeliveryError(f'fatal producer error: {client_error}'), 'flush')
-    brokers = self._config.get('bootstrap.servers')
-    cause = f'; last client error: {client_error}' if client_error else ''
-    if remaining:
-      raise KafkaDeliveryError(
-          f'{remaining} record(s) not delivered within {self._flush_timeout_s}s '
-          f'to {brokers}{cause}; the bundle will be retried')
-    if errors:
-      self.failed.inc(len(errors))
-      err, topic, key = errors[0]
-      detail = (f'{err.str()} ({err.name()})' if isinstance(err, KafkaError)
-                else str(err))
-      raise KafkaDeliveryError(
-          f'{len(errors)} of {self._produced} record(s) failed delivery to '
-          f'{brokers}; first: topic {topic!r} key {key!r}: {detail}{cause}; '
-          f'the bundle will be retried')
+    outage = Outage(self._destination(), self._outage_policy)
+    while True:
+      try:
+        remaining = self._producer.flush(self._flush_timeout_s)
+      except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+      except:  # pylint: disable=bare-except
+        # Bare: fatal errors come as KafkaError objects (see process).
+        raise self._client_failure(sys.exc_info()[1], 'flush') from None
+      with self._lock:
+        errors, self._errors = self._errors, []
+        client_error = self._client_error
+        fatal = self._fatal
+      if fatal:
+        raise self._client_failure(
+            KafkaDeliveryError(f'fatal producer error: {client_error}'),
+            'flush')
+      if errors:
+        self.failed.inc(len(errors))
+      permanent = [(err, msg) for err, msg in errors if not _retriable(err)]
+      if permanent:
+        raise self._delivery_error(permanent, client_error)
+      if not remaining and not errors:
+        outage.recovered()
+        break
+      # The destination is unavailable: wait (or give up, naming it), then
+      # produce the failed records again; queued ones are still retried by
+      # librdkafka itself.
+      cause = (self._describe(errors[0], client_error) if errors else
+               f'{remaining} record(s) not delivered within '
+               f'{self._flush_timeout_s:g}s'
+               f'{self._cause_suffix(client_error)}')
+      outage.failed(KafkaDeliveryError(cause))
+      for _, msg in errors:
+        ts_type, ts = msg.timestamp()
+        self._send(msg.topic(), msg.value(), msg.key(), msg.headers(),
+                   ts if ts_type else None)
+        self.redelivered.inc()
     self.written.inc(self._produced)
+
+  def _destination(self) -> str:
+    topic = 'per-record topics' if callable(self._topic) else (
+        f'topic {self._topic!r}')
+    return f'Kafka output {topic} at {self._config.get("bootstrap.servers")}'
+
+  @staticmethod
+  def _cause_suffix(client_error) -> str:
+    return f'; last client error: {client_error}' if client_error else ''
+
+  def _describe(self, error, client_error) -> str:
+    err, msg = error
+    detail = (f'{err.str()} ({err.name()})' if isinstance(err, KafkaError)
+              else str(err))
+    return (f'topic {msg.topic()!r} key {msg.key()!r}: {detail}'
+            f'{self._cause_suffix(client_error)}')
+
+  def _delivery_error(self, errors, client_error) -> KafkaDeliveryError:
+    return KafkaDeliveryError(
+        f'{len(errors)} of {self._produced} record(s) failed delivery to '
+        f'{self._config.get("bootstrap.servers")}; first: '
+        f'{self._describe(errors[0], client_error)}; the bundle will be '
+        f'retried')
 
   def teardown(self):
     if self._producer is not None:
@@ -372,9 +442,11 @@ class WriteToKafka(beam.PTransform):
                key: Callable[[Any], Optional[bytes]] = _default_key,
                value: Callable[[Any], Optional[bytes]] = _default_value,
                headers: Optional[HeadersFn] = None,
+               timestamp: Optional[Callable[[Any], Optional[int]]] = None,
                idempotent: bool = True,
                batched: bool = False,
-               flush_timeout_s: float = 120.0):
+               flush_timeout_s: float = 10.0,
+               outage_policy: Optional[OutagePolicy] = None):
     """Configures the write.
 
     Args:
@@ -384,10 +456,16 @@ class WriteToKafka(beam.PTransform):
       key: record -> key bytes (or str).
       value: record -> value bytes (or str).
       headers: record -> list of (name, bytes), or None.
+      timestamp: record -> record timestamp in epoch milliseconds, or None
+        (the producer's clock).
       idempotent: enable the idempotent producer (default True).
       batched: each element is an iterable of records (default False: each
         element is one record).
-      flush_timeout_s: longest wait for deliveries at the end of a bundle.
+      flush_timeout_s: one wait for deliveries at the end of a bundle;
+        records still undelivered then count as an outage (retried within
+        ``outage_policy``).
+      outage_policy: how long an unavailable destination is retried before
+        the write fails naming it (default: transforms.outage.OutagePolicy).
     """
     super().__init__()
     if not producer_config.get('bootstrap.servers'):
@@ -399,17 +477,23 @@ class WriteToKafka(beam.PTransform):
     self._key = key
     self._value = value
     self._headers = headers
+    self._timestamp = timestamp
     self._batched = batched
     self._flush_timeout_s = flush_timeout_s
+    self._outage_policy = outage_policy
 
   @property
   def settings(self) -> dict:
     """The write's settings (read by transforms.kafka.xlang)."""
     return dict(producer_config=dict(self._config), topic=self._topic,
                 key=self._key, value=self._value, headers=self._headers,
-                batched=self._batched, flush_timeout_s=self._flush_timeout_s)
+                timestamp=self._timestamp, batched=self._batched,
+                flush_timeout_s=self._flush_timeout_s,
+                outage_policy=self._outage_policy)
 
   def expand(self, pcoll):
     return pcoll | 'ProduceToKafka' >> beam.ParDo(
         _ProduceFn(self._config, self._topic, self._key, self._value,
-                   self._headers, self._flush_timeout_s, self._batched))
+                   self._headers, self._flush_timeout_s, self._batched,
+                   outage_policy=self._outage_policy,
+                   timestamp_fn=self._timestamp))
