@@ -10,6 +10,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from kafka_helpers import read_topic
 from transforms.kafka import KafkaDeliveryError, WriteToKafka
+from transforms.outage import OutageError, OutagePolicy
 
 pytestmark = pytest.mark.it
 
@@ -117,30 +118,49 @@ def test_headers_keys_and_values_from_functions(broker, make_topic):
     assert m.value() == e['payload'].encode('utf-8')
 
 
-def test_unreachable_broker_fails_the_pipeline_naming_the_cause():
+_SHORT_OUTAGES = OutagePolicy(max_outage_s=4, initial_backoff_s=0.1,
+                              max_backoff_s=1)
+
+
+def test_unreachable_broker_is_retried_then_fails_naming_output_and_cause():
   t0 = time.monotonic()
-  with pytest.raises(KafkaDeliveryError) as raised:
+  with pytest.raises(OutageError) as raised:
     _run(lambda p: p
          | beam.Create(_kv(20))
          | WriteToKafka({'bootstrap.servers': '127.0.0.1:9',
-                         'message.timeout.ms': 3000}, 'events'))
-  assert time.monotonic() - t0 < 30
+                         'message.timeout.ms': 1000}, 'events',
+                        outage_policy=_SHORT_OUTAGES))
+  # Retried in place for the policy's 4 s (not given up after one timeout).
+  assert 4 <= time.monotonic() - t0 < 60
   message = str(raised.value)
-  # Names the records, the brokers, the failure and its likely cause.
-  assert '20 of 20 record(s) failed delivery to 127.0.0.1:9' in message
+  # Names the output, the failure and its likely cause.
+  assert "Kafka output topic 'events' at 127.0.0.1:9 unavailable for" in (
+      message)
   assert 'Message timed out' in message
   assert 'Connection refused' in message
 
 
-def test_flush_timeout_shorter_than_delivery_timeout_fails_too():
-  with pytest.raises(KafkaDeliveryError,
-                     match=r'20 record\(s\) not delivered within 1.0s to '
-                     r'127\.0\.0\.1:9'):
+def test_records_still_queued_after_the_flush_wait_count_as_an_outage():
+  with pytest.raises(OutageError,
+                     match=r'20 record\(s\) not delivered within 1s'):
     _run(lambda p: p
          | beam.Create(_kv(20))
          | WriteToKafka({'bootstrap.servers': '127.0.0.1:9',
                          'message.timeout.ms': 60_000}, 'events',
-                        flush_timeout_s=1.0))
+                        flush_timeout_s=1.0, outage_policy=_SHORT_OUTAGES))
+
+
+def test_a_record_the_broker_never_accepts_fails_the_bundle_at_once(
+    broker, make_topic):
+  """Not an outage: a record above the producer's size limit is refused
+  for good; the bundle fails (the runner retries it), naming the record."""
+  topic = make_topic(1)
+  t0 = time.monotonic()
+  with pytest.raises(KafkaDeliveryError, match='MSG_SIZE_TOO_LARGE'):
+    _run(lambda p: p
+         | beam.Create([(b'big', b'x' * 2_000_000)])
+         | WriteToKafka(broker.client_config(), topic))
+  assert time.monotonic() - t0 < 30
 
 
 def test_missing_bootstrap_servers_is_rejected_at_construction():
