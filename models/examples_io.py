@@ -14,7 +14,12 @@ length 1), ``label`` (int64), ``event_id`` and ``detector`` (bytes) and
 ``make_dataset`` reads every span by default (``spans=None``): a span is a
 slice of time, and training on all of them is the safe default; pass
 ``spans=[...]`` to train on recent data only.
+
+TensorFlow is imported where it is used: the ingest job imports this module,
+and its ``--help`` must not start TensorFlow.
 """
+
+from __future__ import annotations
 
 import json
 import logging
@@ -24,7 +29,6 @@ import re
 from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
-import tensorflow as tf
 
 from models import susy
 
@@ -60,6 +64,7 @@ def make_example(features_row: Sequence[float], label: int, event_id: str,
     event_time: epoch seconds.
     feature_names: the names of ``features_row``'s values.
   """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   if len(features_row) != len(feature_names):
     raise ValueError(f'{len(features_row)} values for '
                      f'{len(feature_names)} feature names')
@@ -145,6 +150,7 @@ def write_span(root: str, span: int, rows_by_split: Mapping[str, Rows], *,
   Returns:
     The span directory.
   """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   directory = span_dir(root, span)
   tf.io.gfile.makedirs(directory)
   options = tf.io.TFRecordOptions(compression_type='GZIP')
@@ -177,6 +183,7 @@ def write_span(root: str, span: int, rows_by_split: Mapping[str, Rows], *,
 
 def list_spans(root: str) -> list[int]:
   """Spans under ``root`` that have a schema.json, ascending."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   root = os.fspath(root)
   if not tf.io.gfile.isdir(root):
     return []
@@ -191,6 +198,7 @@ def list_spans(root: str) -> list[int]:
 
 def read_schema(root: str, span: int) -> dict:
   """schema.json of a span."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   with tf.io.gfile.GFile(posixpath.join(span_dir(root, span), SCHEMA_FILE),
                          'r') as f:
     return json.loads(f.read())
@@ -198,6 +206,7 @@ def read_schema(root: str, span: int) -> dict:
 
 def split_files(root: str, split: str, spans: Sequence[int]) -> list[str]:
   """The TFRecord files of ``split`` in ``spans``, sorted."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   files = []
   for span in spans:
     pattern = posixpath.join(span_dir(root, span), split, '*' + FILE_SUFFIX)
@@ -211,6 +220,7 @@ def parse_fn(feature_names: Sequence[str]):
   Features are float32 in ``feature_names`` order; the label is float32
   (0.0 / 1.0), what binary cross-entropy and the metrics expect.
   """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   names = list(feature_names)
   spec = {n: tf.io.FixedLenFeature([1], tf.float32) for n in names}
   spec[LABEL_KEY] = tf.io.FixedLenFeature([1], tf.int64)
@@ -247,7 +257,7 @@ def make_dataset(root: str, split: str, *,
                  spans: Optional[Sequence[int]] = None, batch_size: int = 256,
                  feature_names: Sequence[str] = susy.FEATURE_NAMES,
                  shuffle_buffer: int = 0, seed: Optional[int] = None,
-                 num_parallel_reads: int = tf.data.AUTOTUNE,
+                 num_parallel_reads: Optional[int] = None,
                  drop_remainder: bool = False) -> tf.data.Dataset:
   """A dataset of ``(features [B, F] float32, label [B] float32)`` batches.
 
@@ -261,18 +271,21 @@ def make_dataset(root: str, split: str, *,
       interleaved in parallel, so order is stable only with shuffle 0 and a
       single file).
     seed: shuffle seed.
-    num_parallel_reads: files read in parallel.
+    num_parallel_reads: files read in parallel (default: tf.data.AUTOTUNE).
     drop_remainder: drop a last, smaller batch.
 
   Raises:
     FileNotFoundError: no spans or no files for the split.
   """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   spans = resolve_spans(root, spans)
   files = split_files(root, split, spans)
   if not files:
     raise FileNotFoundError(f'no {split} files in spans {spans} of {root}')
   _LOGGER.info('Reading %s split: spans %s, %d files', split, spans,
                len(files))
+  if num_parallel_reads is None:
+    num_parallel_reads = tf.data.AUTOTUNE
   ds = tf.data.TFRecordDataset(files, compression_type='GZIP',
                                num_parallel_reads=num_parallel_reads)
   if shuffle_buffer:
