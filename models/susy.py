@@ -34,8 +34,8 @@ Also here: event dicts for Kafka (``to_events``), the real SUSY CSV format
 
   python -m models.susy write-csv --n 100000 --seed 0 --out susy.csv.gz
   python -m models.susy write-jsonl --n 1000 --seed 0 --out events.jsonl
-  python -m models.susy produce --bootstrap-servers 127.0.0.1:9092 \\
-      --topic events --rate 2000 --n 100000 --malformed-fraction 0.01
+  python -m models.susy produce --bootstrap_servers 127.0.0.1:9092 \\
+      --topic events --rate 2000 --n 100000 --malformed_fraction 0.01
 """
 
 import argparse
@@ -723,6 +723,8 @@ def _write_jsonl(args) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+  # Flags spelled as the jobs spell them (--start_time); the hyphen
+  # spellings of earlier versions are accepted too.
   parser = argparse.ArgumentParser(
       prog='python -m models.susy',
       description='SUSY-like events: CSV files, JSON-lines files, Kafka.')
@@ -733,7 +735,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--drift', type=float, default=0.0,
                    help='concept drift in [0, 1] (0 = reference boundary)')
-    p.add_argument('--start-index', type=int, default=0,
+    p.add_argument('--start_index', '--start-index', type=int, default=0,
                    help='stream index of the first event')
 
   p = sub.add_parser('write-csv', help='real UCI SUSY format (.gz allowed)')
@@ -743,26 +745,30 @@ def _build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser('write-jsonl', help='event dicts, one JSON per line')
   common(p)
   p.add_argument('--out', required=True)
-  p.add_argument('--start-time', type=float, default=DEFAULT_START_TIME,
+  p.add_argument('--start_time', '--start-time', type=float,
+                 default=DEFAULT_START_TIME,
                  help='event time (epoch s) of stream index 0')
   p.add_argument('--rate', type=float, default=DEFAULT_RATE,
                  help='events per second of event time')
-  p.add_argument('--malformed-fraction', type=float, default=0.0)
-  p.add_argument('--malformed-out',
+  p.add_argument('--malformed_fraction', '--malformed-fraction', type=float,
+                 default=0.0)
+  p.add_argument('--malformed_out', '--malformed-out',
                  help='JSON-lines file of {event_id, kind} per bad event')
 
   p = sub.add_parser('produce', help='produce event JSON to Kafka')
   common(p)
-  p.add_argument('--bootstrap-servers', required=True)
+  p.add_argument('--bootstrap_servers', '--bootstrap-servers', required=True)
   p.add_argument('--topic', required=True)
   p.add_argument('--rate', type=float, required=True,
                  help='events per second; 0 = as fast as possible')
-  p.add_argument('--start-time', type=float, default=None,
+  p.add_argument('--start_time', '--start-time', type=float, default=None,
                  help='event time of the first event (default: now)')
-  p.add_argument('--malformed-fraction', type=float, default=0.0)
-  p.add_argument('--malformed-out',
+  p.add_argument('--malformed_fraction', '--malformed-fraction', type=float,
+                 default=0.0)
+  p.add_argument('--malformed_out', '--malformed-out',
                  help='JSON-lines file of {event_id, kind} per bad event')
-  p.add_argument('--producer-config', action='append', default=[],
+  p.add_argument('--producer_config', '--producer-config', action='append',
+                 default=[],
                  metavar='KEY=VALUE', help='extra librdkafka settings')
   return parser
 
