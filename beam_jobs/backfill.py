@@ -143,11 +143,12 @@ PROG = 'python -m beam_jobs.backfill'
 FLAG_GROUPS = (opts.FILE_INPUT_FLAGS, ('Backfill', (BackfillOptions,)),
                opts.KAFKA_FLAGS, opts.EVENT_FLAGS, opts.WINDOW_FLAGS,
                opts.MODEL_FLAGS, opts.OUTPUT_FLAGS, opts.RUNNER_FLAGS)
-# Where the summary's figures are: the ReportProgress steps' counters.
+# Where the summary's figures are: the ReportProgress steps' counters, and
+# the scoring stages' dead letters by reason (as in score_stream).
 SUMMARY_COUNTERS = summary_lib.CounterNames(
     read=(scoring.PROGRESS_NAMESPACE, scoring.READ),
     scored=(scoring.PROGRESS_NAMESPACE, scoring.SCORED),
-    reasons=(((scoring.PROGRESS_NAMESPACE, f'{scoring.DEAD}_*'), None),))
+    reasons=summary_lib.SCORING_DEAD_LETTERS)
 
 
 def parse_options(argv: Optional[Sequence[str]] = None) -> PipelineOptions:

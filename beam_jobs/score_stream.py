@@ -40,7 +40,6 @@ from beam_jobs import outputs
 from beam_jobs import scoring
 from beam_jobs import summary as summary_lib
 from models.handler import ModelLoadError
-from transforms import dead_letters as dl
 from transforms.dedup import DropScoredEvents
 from transforms.kafka import StopAt, admin, offsets
 from transforms.kafka import xlang
@@ -82,9 +81,7 @@ FLAG_GROUPS = (opts.KAFKA_FLAGS, opts.EVENT_FLAGS, opts.WINDOW_FLAGS,
 SUMMARY_COUNTERS = summary_lib.CounterNames(
     read=('kafka_read', 'records'),
     scored=('inference', 'events_scored'),
-    reasons=((('parse', 'dead_letter_*'), None),
-             (('window', 'too_late_events'), dl.TOO_LATE),
-             (('inference', 'events_failed'), dl.INFERENCE_ERROR)),
+    reasons=summary_lib.SCORING_DEAD_LETTERS,
     skipped=((('dedup', 'duplicates_skipped'), 'duplicates'),))
 
 

@@ -14,6 +14,8 @@ from typing import NamedTuple, Optional
 
 from apache_beam.metrics import MetricsFilter
 
+from transforms import dead_letters as dl
+
 _LOGGER = logging.getLogger(__name__)
 
 # transforms/inference.py counts scored events per model version as
@@ -39,6 +41,16 @@ class CounterNames(NamedTuple):
   scored: tuple
   reasons: tuple
   skipped: tuple = ()
+
+
+# Dead letters of the scoring stages (beam_jobs/scoring.py), by reason:
+# parse/validate counts each reason, windows the events too late, inference
+# the rows that failed. The same in every job that scores.
+SCORING_DEAD_LETTERS = (
+    (('parse', 'dead_letter_*'), None),
+    (('window', 'too_late_events'), dl.TOO_LATE),
+    (('inference', 'events_failed'), dl.INFERENCE_ERROR),
+)
 
 
 class OffsetsLeft(NamedTuple):
@@ -170,5 +182,5 @@ def summarize(result, names: CounterNames, *, job: str, seconds: float,
       offsets=offsets)
 
 
-__all__ = ['CounterNames', 'OffsetsLeft', 'RunSummary', 'metric_counters',
+__all__ = ['CounterNames', 'OffsetsLeft', 'SCORING_DEAD_LETTERS', 'RunSummary', 'metric_counters',
            'summarize']
