@@ -178,7 +178,8 @@ class LoadedSignature:
     if output_key not in outputs:
       self.close()
       raise ModelLoadError(f'signature {signature!r} of {path} has no output '
-                           f'{output_key!r}; it has {sorted(outputs)}')
+                           f'{output_key!r} (--model_output); it has '
+                           f'{sorted(outputs)}')
     self.output_key = output_key
     self._encoder = None
 
@@ -193,13 +194,17 @@ class LoadedSignature:
       if width is not None and width != len(self.feature_names):
         raise ModelLoadError(
             f'signature {self.signature!r} of {self.path} takes {width} '
-            f'features; the schema has {len(self.feature_names)}')
+            f'features; the features of --schema are '
+            f'{len(self.feature_names)} (docs/your_data.md)')
       return INPUT_TENSOR, name
     missing = set(self.feature_names) - set(specs)
     if missing:
       raise ModelLoadError(
           f'signature {self.signature!r} of {self.path} takes named inputs '
-          f'{sorted(specs)}; missing for features {sorted(missing)[:5]}')
+          f'{sorted(specs)}; none for the --schema features '
+          f'{sorted(missing)[:5]}: name the inputs after the features, or '
+          f'choose another signature with --model_signature '
+          f'(docs/your_data.md)')
     return INPUT_DICT, None
 
   def __call__(self, features: np.ndarray) -> np.ndarray:

@@ -110,6 +110,21 @@ def test_float32_overflow_is_a_dead_letter_not_a_numpy_warning(
   assert [d.reason for d in dead] == [dl.NON_FINITE]
 
 
+@pytest.mark.parametrize('spec, message', [
+    ({'fields': ['a', {'name': 'b', 'required': False}],
+      'features': ['a', 'b']}, "features field 'b' must be required"),
+    ({'fields': ['a', {'name': 's', 'type': 'string'}],
+      'features': ['a', 's']}, "features field 's' must be numeric"),
+    ({'fields': ['a'], 'features': ['a'], 'key_field': 'k'},
+     "key_field 'k' is not a field"),
+    ({'fields': ['a'], 'features': ['a'], 'windows': ['a']},
+     'unknown schema keys'),
+])
+def test_schema_errors_name_what_is_wrong(spec, message):
+  with pytest.raises(ValueError, match=message):
+    schema_lib.from_dict(spec)
+
+
 def test_event_id_is_kept_on_dead_letters_when_readable():
   _, dead = parse([orjson.dumps(good_event(7, MT2='bad'))])
   assert dead[0].event_id == 'e7'
