@@ -74,7 +74,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import (PipelineOptions,
@@ -151,13 +151,7 @@ SUMMARY_COUNTERS = summary_lib.CounterNames(
     reasons=summary_lib.SCORING_DEAD_LETTERS)
 
 
-def parse_options(argv: Optional[Sequence[str]] = None) -> PipelineOptions:
-  """The job's PipelineOptions from a command line; --help and unknown
-  flags exit (beam_jobs/cli.py)."""
-  return cli.parse_args(
-      argv, [cli.Group(*g) for g in FLAG_GROUPS], prog=PROG,
-      description=__doc__.split('\n')[0] + '\n\nBring your own events and '
-      'model: docs/your_data.md. Flags take --flag VALUE or --flag=VALUE.')
+parse_options = cli.options_parser(PROG, FLAG_GROUPS, __doc__)
 
 
 def _iso_time(value: str, flag: str) -> float:

@@ -152,6 +152,26 @@ def parse_args(argv: Optional[Sequence[str]], groups: Sequence[Group], *,
   return PipelineOptions(argv)
 
 
+YOUR_DATA = 'Bring your own events and model: docs/your_data.md. '
+FLAG_FORMS = 'Flags take --flag VALUE or --flag=VALUE.'
+
+
+def options_parser(prog: str, groups: Sequence[tuple], doc: str, *,
+                   note: str = YOUR_DATA + FLAG_FORMS
+                   ) -> Callable[[Optional[Sequence[str]]], PipelineOptions]:
+  """A job's ``parse_options(argv)``: parse_args with the job's flag groups
+  ((title, classes) pairs) and the first line of its docstring."""
+  description = f'{doc.splitlines()[0]}\n\n{note}'
+
+  def parse_options(argv: Optional[Sequence[str]] = None) -> PipelineOptions:
+    """The job's PipelineOptions from a command line; --help and unknown
+    flags exit (beam_jobs/cli.py)."""
+    return parse_args(argv, [Group(*g) for g in groups], prog=prog,
+                      description=description)
+
+  return parse_options
+
+
 def print_summary(result) -> int:
   """Prints ``result.summary`` (a beam_jobs.summary.RunSummary) if the run
   has one; exit status 0."""
@@ -187,4 +207,5 @@ def run_main(argv: Optional[Sequence[str]],
 
 
 __all__ = ['Group', 'PASS_THROUGH', 'build_parser', 'check_flags',
-           'nearest_flag', 'parse_args', 'print_summary', 'run_main']
+           'nearest_flag', 'options_parser', 'parse_args', 'print_summary',
+           'run_main']

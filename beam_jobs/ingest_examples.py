@@ -159,13 +159,8 @@ FLAG_GROUPS = (('Span', (IngestExamplesOptions,)), opts.FILE_INPUT_FLAGS,
                opts.BOUNDED_FLAGS, opts.RUNNER_FLAGS)
 
 
-def parse_options(argv: Optional[Sequence[str]] = None) -> PipelineOptions:
-  """The job's PipelineOptions from a command line; --help and unknown
-  flags exit (beam_jobs/cli.py)."""
-  return cli.parse_args(
-      argv, [cli.Group(*g) for g in FLAG_GROUPS], prog=PROG,
-      description=__doc__.split('\n')[0] + '\n\nFlags take --flag VALUE '
-      'or --flag=VALUE.')
+parse_options = cli.options_parser(PROG, FLAG_GROUPS, __doc__,
+                                   note=cli.FLAG_FORMS)
 
 
 # --- Flags -------------------------------------------------------------------

@@ -85,13 +85,7 @@ SUMMARY_COUNTERS = summary_lib.CounterNames(
     skipped=((('dedup', 'duplicates_skipped'), 'duplicates'),))
 
 
-def parse_options(argv: Optional[Sequence[str]] = None) -> PipelineOptions:
-  """The job's PipelineOptions from a command line; --help and unknown
-  flags exit (beam_jobs/cli.py)."""
-  return cli.parse_args(
-      argv, [cli.Group(*g) for g in FLAG_GROUPS], prog=PROG,
-      description=__doc__.split('\n')[0] + '\n\nBring your own events and '
-      'model: docs/your_data.md. Flags take --flag VALUE or --flag=VALUE.')
+parse_options = cli.options_parser(PROG, FLAG_GROUPS, __doc__)
 
 
 def client_config(options: PipelineOptions) -> dict:

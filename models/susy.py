@@ -46,8 +46,8 @@ import logging
 import os
 import sys
 import time
-from typing import (IO, Callable, Iterator, NamedTuple, Optional, Sequence,
-                    Union)
+from typing import (IO, Any, Callable, Iterable, Iterator, NamedTuple,
+                    Optional, Sequence, Union)
 
 import numpy as np
 
@@ -627,8 +627,33 @@ def produce(bootstrap_servers: str, topic: str, *, n: int, rate: float,
   timestamp. Keys are event ids; which events are malformed is
   ``plan_malformed(n, seed=seed, fraction=malformed_fraction,
   start_index=start_index)``, and ``on_malformed`` sees each of them.
-  Records are batched (linger.ms) and a full local queue is drained by
-  polling rather than failing.
+
+  Returns:
+    As ``produce_events``.
+  """
+  if start_time is None:
+    start_time = time.time()
+  time_rate = rate if rate > 0 else DEFAULT_RATE
+  events = iter_encoded_events(
+      n, seed=seed, drift=drift, start_index=start_index,
+      start_time=start_time - start_index / time_rate, rate=time_rate,
+      malformed_fraction=malformed_fraction)
+  return produce_events(
+      events, topic, rate=rate, on_malformed=on_malformed,
+      producer_config={'bootstrap.servers': bootstrap_servers,
+                       **(producer_config or {})})
+
+
+def produce_events(events: Iterable, topic: str, *, producer_config: dict,
+                   rate: float = 0.0,
+                   on_malformed: Optional[Callable[[Any], None]] = None
+                   ) -> dict:
+  """Produces encoded events to Kafka at ``rate`` events/s (0 = unthrottled).
+
+  Events are anything with ``key``, ``value``, ``timestamp_ms`` and
+  ``malformed`` (EncodedEvent, examples/payments/events.Event). Records are
+  batched (linger.ms) and a full local queue is drained by polling rather
+  than failing.
 
   Returns:
     ``{"produced", "malformed", "failed", "seconds"}``; ``failed`` counts
@@ -636,9 +661,9 @@ def produce(bootstrap_servers: str, topic: str, *, n: int, rate: float,
   """
   # pylint: disable-next=import-outside-toplevel
   from confluent_kafka import Producer
-  config = {'bootstrap.servers': bootstrap_servers, 'linger.ms': 20,
-            'compression.type': 'lz4', 'queue.buffering.max.messages': 500_000}
-  config.update(producer_config or {})
+  config = {'linger.ms': 20, 'compression.type': 'lz4',
+            'queue.buffering.max.messages': 500_000}
+  config.update(producer_config)
   producer = Producer(config)
   failed = [0]
 
@@ -646,15 +671,9 @@ def produce(bootstrap_servers: str, topic: str, *, n: int, rate: float,
     if err is not None:
       failed[0] += 1
 
-  if start_time is None:
-    start_time = time.time()
-  time_rate = rate if rate > 0 else DEFAULT_RATE
   produced = malformed = 0
   started = time.monotonic()
-  for event in iter_encoded_events(
-      n, seed=seed, drift=drift, start_index=start_index,
-      start_time=start_time - start_index / time_rate, rate=time_rate,
-      malformed_fraction=malformed_fraction):
+  for event in events:
     if rate > 0:
       # Steady schedule: never ahead of index / rate seconds since start.
       ahead = (produced / rate) - (time.monotonic() - started)

@@ -12,7 +12,7 @@ import pytest
 
 from beam_jobs import backfill, score_stream
 from examples.payments import build_model, events
-from kafka_helpers import produce, read_topic
+from kafka_helpers import read_topic
 from transforms.sinks import read_row_file
 
 pytestmark = pytest.mark.it
@@ -93,10 +93,10 @@ def test_stream_and_backfill_score_the_payments_domain(
   # --- stream: Kafka -> score_stream (named-input signature) -> Kafka.
   topics = {'in': make_topic(4), 'out': make_topic(2, suffix='-out'),
             'dlq': make_topic(1, suffix='-dlq')}
-  # One partition per merchant category (mod 4): each key's events in order.
-  produce(broker, topics['in'], [
-      (events.CATEGORIES.index(e.key.decode()) % 4, e.key, e.value, None,
-       e.timestamp_ms) for e in generated])
+  # Keyed by merchant category (the example's producer): each key's events
+  # in one partition, in order, as docs/your_data.md advises.
+  stats = events.produce(generated, broker.client_config(), topics['in'])
+  assert stats['produced'] == N and stats['failed'] == 0
   common = ['--schema', events.SCHEMA_PATH, '--model_dir', root,
             '--model_output', 'fraud_probability',
             '--window_size_s', str(WINDOW_S)]

@@ -23,6 +23,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import orjson
 
+from models import susy
+
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            'schema.json')
 FEATURES = ('amount', 'hour', 'card_present', 'distance_km', 'n_items')
@@ -124,26 +126,15 @@ def write_jsonl(events, path: str) -> int:
 
 
 def produce(events, client_config: dict, topic: str, *, rate: float = 0.0
-           ) -> int:
+           ) -> dict:
   """Produces events keyed by merchant category, at ``rate`` per second
-  (0: as fast as possible); returns the number not delivered."""
-  from confluent_kafka import Producer  # pylint: disable=import-outside-toplevel
-  producer = Producer(dict(client_config, **{'linger.ms': 5}))
-  started = time.monotonic()
-  for count, e in enumerate(events):
-    if rate > 0:
-      ahead = count / rate - (time.monotonic() - started)
-      if ahead > 0.005:
-        producer.poll(0)
-        time.sleep(ahead)
-    while True:
-      try:
-        producer.produce(topic, key=e.key, value=e.value,
-                         timestamp=e.timestamp_ms)
-        break
-      except BufferError:
-        producer.poll(0.05)
-  return producer.flush(30)
+  (0: as fast as possible), with models.susy's paced producer.
+
+  Returns:
+    ``{"produced", "malformed", "failed", "seconds"}``.
+  """
+  return susy.produce_events(events, topic, producer_config=client_config,
+                             rate=rate)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -178,10 +169,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.command == 'write':
     print(f'wrote {write_jsonl(events, args.out)} events to {args.out}')
     return 0
-  failed = produce(events, {'bootstrap.servers': args.bootstrap_servers},
-                   args.topic, rate=args.rate)
-  print(f'produced {args.n - failed} events to {args.topic}')
-  return 0 if not failed else 1
+  stats = produce(events, {'bootstrap.servers': args.bootstrap_servers},
+                  args.topic, rate=args.rate)
+  print(f'produced {stats["produced"] - stats["failed"]} events to '
+        f'{args.topic}')
+  return 0 if not stats['failed'] else 1
 
 
 if __name__ == '__main__':
