@@ -26,6 +26,7 @@ value`` and ``--flag=value``, and repeated list flags (``--experiments``,
 import argparse
 import difflib
 import sys
+import textwrap
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from apache_beam.options import pipeline_options as beam_options
@@ -73,14 +74,18 @@ class _BeamParser(_BEAM_PARSER):
 def build_parser(groups: Sequence[Group], *, prog: str,
                  description: str) -> argparse.ArgumentParser:
   """The job's parser: its flags in groups, --help, Beam's pass-through."""
-  parser = _Parser(prog=prog, usage=USAGE, description=description,
-                   epilog=PASS_THROUGH, allow_abbrev=False,
+  parser = _Parser(prog=prog, usage=USAGE, description=_wrap(description),
+                   epilog=_wrap(PASS_THROUGH), allow_abbrev=False,
                    formatter_class=argparse.RawDescriptionHelpFormatter)
   for group in groups:
     section = parser.add_argument_group(group.title)
     for options in group.options:
       options._add_argparse_args(section)  # pylint: disable=protected-access
   return parser
+
+
+def _wrap(text: str) -> str:
+  return '\n\n'.join(textwrap.fill(p, 79) for p in text.split('\n\n'))
 
 
 def _beam_parser(prog: str) -> argparse.ArgumentParser:
