@@ -185,9 +185,9 @@ else
   source scripts/ensure_venv.sh "local"
 fi
 
-printf 'command:'
-printf ' %q' "$VENV_PYTHON" "${CMD[@]}"
-printf '\n'
+# Printed with secret-looking values masked (sasl.password=***): the
+# command may hold an inline secret that validation rejects later.
+printf 'command: %s\n' "$("$VENV_PYTHON" -m transforms.redact "$VENV_PYTHON" "${CMD[@]}")"
 [ "$MODE" = print ] && exit 0
 if [ "$MODE" = run ]; then
   exec "$VENV_PYTHON" "${CMD[@]}"
@@ -202,27 +202,27 @@ echo "dry run: building the job graph with --dry_run=True (nothing is staged or 
 exec "$VENV_PYTHON" - "$JOB" "${CMD[@]:2}" --dry_run=True <<'PY'
 import importlib
 import json
-import logging
 import os
 import sys
 
-logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s %(message)s')
 import apache_beam as beam
 from apache_beam.options.pipeline_options import (DebugOptions, GoogleCloudOptions,
-                                                  PipelineOptions, StandardOptions,
                                                   WorkerOptions)
 from apache_beam.portability.api import beam_runner_api_pb2 as rapi
 
+from beam_jobs import logs
 from beam_jobs import options as opts
+from transforms import redact
 
+logs.configure('WARNING', fmt='%(levelname)s %(name)s %(message)s')
 job_name, argv = sys.argv[1], sys.argv[2:]
 job = importlib.import_module(f'beam_jobs.{job_name}')
-options = PipelineOptions(argv)
+options = job.parse_options(argv)  # unknown flags: exit 2
 try:
   job.validate(options)
   opts.validate_dataflow_paths(options)
 except ValueError as e:
-  print(f'error: {e}', file=sys.stderr)
+  print(f'error: {redact.mask_text(str(e))}', file=sys.stderr)
   sys.exit(2)
 pipeline = beam.Pipeline(options=options)
 job.build_pipeline(pipeline, options)

@@ -52,8 +52,9 @@ On Dataflow (every path gs://; the job checks):
       --dead_letter_path gs://B/dead-letters
 
 Progress: every ``--progress_interval_s`` seconds each worker logs what it
-has read, scored and dead-lettered and its rate; at the end the job logs a
-summary (counts from the pipeline's metrics, events/s). On runners whose
+has read, scored and dead-lettered and its rate; at the end the job prints a
+summary (beam_jobs/summary.py: counts from the pipeline's metrics, dead
+letters by reason, model versions, events/s). On runners whose
 ``run()`` returns at once (Dataflow), the launcher also polls the job's
 metrics at that interval.
 
@@ -73,16 +74,18 @@ import sys
 import threading
 import time
 import uuid
-from typing import Optional
+from typing import Sequence, Union
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import (PipelineOptions,
                                                   StandardOptions)
 
+from beam_jobs import cli
 from beam_jobs import engine as engine_lib
 from beam_jobs import options as opts
 from beam_jobs import outputs
 from beam_jobs import scoring
+from beam_jobs import summary as summary_lib
 from models.handler import ModelLoadError
 from transforms import sources
 from transforms.kafka import StopAt, admin, offsets, xlang
@@ -133,6 +136,22 @@ class BackfillOptions(PipelineOptions):
         help='Seconds between progress lines of each worker (and of the '
         'launcher polling metrics on asynchronous runners); 0 turns them '
         'off (default: 10).')
+
+
+PROG = 'python -m beam_jobs.backfill'
+# --help, in this order (beam_jobs/cli.py).
+FLAG_GROUPS = (opts.FILE_INPUT_FLAGS, ('Backfill', (BackfillOptions,)),
+               opts.KAFKA_FLAGS, opts.EVENT_FLAGS, opts.WINDOW_FLAGS,
+               opts.MODEL_FLAGS, opts.OUTPUT_FLAGS, opts.RUNNER_FLAGS)
+# Where the summary's figures are: the ReportProgress steps' counters, and
+# the scoring stages' dead letters by reason (as in score_stream).
+SUMMARY_COUNTERS = summary_lib.CounterNames(
+    read=(scoring.PROGRESS_NAMESPACE, scoring.READ),
+    scored=(scoring.PROGRESS_NAMESPACE, scoring.SCORED),
+    reasons=summary_lib.SCORING_DEAD_LETTERS)
+
+
+parse_options = cli.options_parser(PROG, FLAG_GROUPS, __doc__)
 
 
 def _iso_time(value: str, flag: str) -> float:
@@ -324,28 +343,10 @@ def preflight(options: PipelineOptions) -> str:
   return described
 
 
-def summarize(result, seconds: float) -> dict:
-  """Counts of a finished (or running) job from its metrics, logged."""
-  counts = {scoring.READ: 0, scoring.SCORED: 0, scoring.DEAD: 0}
-  reasons = {}
-  try:
-    query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(
-        scoring.PROGRESS_NAMESPACE))
-  except Exception as e:  # pylint: disable=broad-except
-    _LOGGER.warning('no metrics from the runner: %s', e)
-    return counts
-  for c in query['counters']:
-    value = c.committed if c.committed is not None else c.attempted
-    name = c.key.metric.name
-    if name in counts:
-      counts[name] += value or 0
-    elif name.startswith('dead_letters_'):
-      reasons[name[len('dead_letters_'):]] = (
-          reasons.get(name[len('dead_letters_'):], 0) + (value or 0))
-  counts['seconds'] = seconds
-  counts['events_per_s'] = counts[scoring.READ] / max(seconds, 1e-9)
-  counts['dead_letter_reasons'] = reasons
-  return counts
+def summarize(result, seconds: float) -> summary_lib.RunSummary:
+  """The figures of a finished (or running) backfill, from its metrics."""
+  return summary_lib.summarize(result, SUMMARY_COUNTERS, job='backfill',
+                               seconds=seconds)
 
 
 def _poll_progress(result, started: float, interval_s: float,
@@ -353,18 +354,24 @@ def _poll_progress(result, started: float, interval_s: float,
   while not done.wait(interval_s):
     c = summarize(result, time.monotonic() - started)
     _LOGGER.info('progress: read %d, scored %d, dead letters %d; %.0f '
-                 'records/s', c[scoring.READ], c[scoring.SCORED],
-                 c[scoring.DEAD], c['events_per_s'])
+                 'records/s', c.records_read, c.events_scored,
+                 c.dead_letters, c.events_per_s)
 
 
-def run(argv: Optional[list[str]] = None, *, block: bool = True):
+def run(argv: Union[Sequence[str], PipelineOptions, None] = None, *,
+        block: bool = True):
   """Parses flags, validates, checks model and inputs, runs the job.
+
+  Args:
+    argv: the command line, or options parse_options already made.
+    block: wait for the end of the run.
 
   Returns:
     The PipelineResult (finished when ``block``); ``result.summary`` holds
-    the final counts when it finished here.
+    the final counts (a beam_jobs.summary.RunSummary) when it finished here.
   """
-  options = PipelineOptions(argv)
+  options = (argv if isinstance(argv, PipelineOptions) else
+             parse_options(argv))
   if options.view_as(StandardOptions).streaming:
     raise ValueError('--streaming: a backfill is a batch job; use '
                      'beam_jobs.score_stream for streams')
@@ -396,26 +403,14 @@ def run(argv: Optional[list[str]] = None, *, block: bool = True):
     result.wait_until_finish()
   finally:
     done.set()
-  summary = summarize(result, time.monotonic() - started)
-  result.summary = summary
-  _LOGGER.info(
-      'backfill %s in %.1f s: read %d records, scored %d events, %d dead '
-      'letters %s; %.0f records/s', str(result.state), summary['seconds'],
-      summary[scoring.READ], summary[scoring.SCORED], summary[scoring.DEAD],
-      summary['dead_letter_reasons'], summary['events_per_s'])
+  result.summary = summarize(result, time.monotonic() - started)
   return result
 
 
 def main(argv=None) -> int:
-  logging.basicConfig(level=logging.INFO,
-                      format='%(asctime)s %(levelname)s %(name)s %(message)s')
-  try:
-    run(argv)
-  except (ValueError, ModelLoadError, admin.KafkaUnavailableError,
-          admin.TopicNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  return 0
+  return cli.run_main(argv, parse_options, run, errors=(
+      ValueError, ModelLoadError, admin.KafkaUnavailableError,
+      admin.TopicNotFoundError))
 
 
 if __name__ == '__main__':

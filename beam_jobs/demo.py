@@ -33,8 +33,10 @@ import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from beam_jobs import local_broker
+from beam_jobs import logs
+from beam_jobs import spelling
 from models import susy
-from transforms.kafka import admin
+from transforms.kafka import admin, client_logs
 
 _LOGGER = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = os.path.join('.run', 'models', 'susy-demo')
@@ -47,7 +49,7 @@ class RateProducer(threading.Thread):
                malformed_fraction: float, seed: int = 7,
                start_index: int = 0):
     super().__init__(name='demo-producer', daemon=True)
-    self._producer = Producer(dict(client_config, **{
+    self._producer = Producer(dict(client_logs.route(client_config), **{
         'linger.ms': 5, 'compression.type': 'lz4'}))
     self._topic = topic
     self._rate = rate
@@ -107,7 +109,7 @@ class OutputWatcher(threading.Thread):
 
   def __init__(self, client_config: dict, predictions: str, dead: str):
     super().__init__(name='demo-output-watcher', daemon=True)
-    self._consumer = Consumer(dict(client_config, **{
+    self._consumer = Consumer(dict(client_logs.route(client_config), **{
         'group.id': f'demo-watch-{uuid.uuid4().hex[:6]}',
         'enable.auto.commit': False}))
     # Explicit assignment from offset 0: no group-join delay to skew the
@@ -201,33 +203,38 @@ def _consumer_lag(client_config: dict, group: str, topic: str) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+  # Flags spelled as the jobs spell them (--model_dir); the hyphen
+  # spellings of earlier versions (--model-dir) still work, unlisted.
   parser = argparse.ArgumentParser(prog='run_local.sh',
                                    description=__doc__.split('\n')[0])
   parser.add_argument('--duration', type=float, default=0,
                       help='seconds to run; 0 = until Ctrl-C (default: 0)')
   parser.add_argument('--rate', type=float, default=1000,
                       help='events produced per second (default: 1000)')
-  parser.add_argument('--malformed-fraction', type=float, default=0.01,
+  parser.add_argument('--malformed_fraction', type=float, default=0.01,
                       help='share of malformed events (default: 0.01)')
-  parser.add_argument('--model-dir', default=DEFAULT_MODEL_DIR,
+  parser.add_argument('--model_dir', default=DEFAULT_MODEL_DIR,
                       help=f'model root (default: {DEFAULT_MODEL_DIR}; a '
                       f'demo model is trained there if empty)')
-  parser.add_argument('--broker-kind', choices=local_broker.KINDS,
+  parser.add_argument('--broker_kind', choices=local_broker.KINDS,
                       default=local_broker.DEFAULT_KIND,
                       help='embedded broker (default: %(default)s)')
   parser.add_argument('--partitions', type=int, default=4,
                       help='partitions of the events topic (default: 4)')
-  parser.add_argument('--window-s', type=float, default=10.0,
+  parser.add_argument('--window_size_s', type=float, default=10.0,
                       help='event-time window size in seconds (default: 10)')
-  args = parser.parse_args(argv)
+  parser.add_argument('--window_s', dest='window_size_s', type=float,
+                      default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+  parser.add_argument('--log_level', type=str.upper, choices=logs.LEVELS,
+                      default=logs.DEFAULT_LEVEL,
+                      help='as for the jobs (default: %(default)s)')
+  argv = sys.argv[1:] if argv is None else argv
+  args = parser.parse_args(spelling.underscore_spellings(argv, parser))
   if args.rate <= 0:
     parser.error('--rate must be > 0')
   if not 0 <= args.malformed_fraction < 1:
-    parser.error('--malformed-fraction must be in [0, 1)')
-  logging.basicConfig(level=logging.WARNING,
-                      format='%(levelname)s %(name)s: %(message)s')
-  logging.getLogger('beam_jobs').setLevel(logging.INFO)
-  logging.getLogger('models.handler').setLevel(logging.INFO)
+    parser.error('--malformed_fraction must be in [0, 1)')
+  logs.configure(args.log_level, fmt='%(levelname)s %(name)s: %(message)s')
 
   broker = None
   bootstrap = os.environ.get('KAFKA_BOOTSTRAP_SERVERS')
@@ -241,7 +248,6 @@ def main(argv: Optional[list[str]] = None) -> int:
       client_config = broker.client_config()
       print(f'started embedded {broker.kind} broker at '
             f'{broker.bootstrap_servers} (pid {broker.pid})')
-    client_config['log_level'] = 0  # librdkafka reconnect noise
     run_id = uuid.uuid4().hex[:8]
     topics = {name: f'demo-{name}-{run_id}'
               for name in ('events', 'predictions', 'dead-letters')}
@@ -260,7 +266,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         '--dead_letter_topic', topics['dead-letters'],
         '--consumer_group', group, '--start', 'earliest',
         '--model_dir', args.model_dir, '--window', 'fixed',
-        '--window_size_s', str(args.window_s), '--idle_timeout_s', '2',
+        '--window_size_s', str(args.window_size_s), '--idle_timeout_s', '2',
+        '--log_level', args.log_level,
     ] + [f'--kafka_config={k}={v}' for k, v in client_config.items()
          if k != 'bootstrap.servers']
     watcher = OutputWatcher(client_config, topics['predictions'],

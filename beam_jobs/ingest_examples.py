@@ -65,7 +65,7 @@ import logging
 import posixpath
 import re
 import sys
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import apache_beam as beam
 import numpy as np
@@ -79,6 +79,7 @@ from apache_beam.options.pipeline_options import (PipelineOptions,
 from apache_beam.transforms import window as window_lib
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
+from beam_jobs import cli
 from beam_jobs import engine as engine_lib
 from beam_jobs import options as opts
 from beam_jobs import outputs
@@ -141,6 +142,19 @@ class IngestExamplesOptions(PipelineOptions):
         'or after this ISO-8601 time, e.g. 2026-11-24T09:00:00Z; with '
         '--start TIME it reads a time range (default: the end offsets seen '
         'at start, unless --max_records/--max_read_time_s).')
+
+
+PROG = 'python -m beam_jobs.ingest_examples'
+# --help, in this order (beam_jobs/cli.py).
+FLAG_GROUPS = (('Span', (IngestExamplesOptions,)), opts.FILE_INPUT_FLAGS,
+               opts.KAFKA_FLAGS, opts.EVENT_FLAGS, opts.WINDOW_FLAGS,
+               ('Dead letters (of these, only --dead_letter_path applies)',
+                (opts.SinkOptions,)),
+               opts.BOUNDED_FLAGS, opts.RUNNER_FLAGS)
+
+
+parse_options = cli.options_parser(PROG, FLAG_GROUPS, __doc__,
+                                   note=cli.FLAG_FORMS)
 
 
 # --- Flags -------------------------------------------------------------------
@@ -645,13 +659,18 @@ def _dead_letters(result) -> Optional[int]:
   return sum(c.committed or c.attempted or 0 for c in found) if found else None
 
 
-def run(argv: Optional[list[str]] = None) -> IngestRun:
+def run(argv: Union[Sequence[str], PipelineOptions, None] = None
+       ) -> IngestRun:
   """Parses flags, validates, runs the batch job to completion.
+
+  Args:
+    argv: the command line, or options parse_options already made.
 
   Returns:
     IngestRun; ``span_dir`` is None when no example was written.
   """
-  options = PipelineOptions(argv)
+  options = (argv if isinstance(argv, PipelineOptions) else
+             parse_options(argv))
   options.view_as(StandardOptions).streaming = False
   validate(options)
   job = options.view_as(IngestExamplesOptions)
@@ -682,14 +701,11 @@ def run(argv: Optional[list[str]] = None) -> IngestRun:
 
 
 def main(argv=None) -> int:
-  logging.basicConfig(level=logging.INFO,
-                      format='%(asctime)s %(levelname)s %(name)s %(message)s')
-  try:
-    done = run(argv)
-  except (ValueError, admin.KafkaUnavailableError,
-          admin.TopicNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  return cli.run_main(argv, parse_options, run, report=_report, errors=(
+      ValueError, admin.KafkaUnavailableError, admin.TopicNotFoundError))
+
+
+def _report(done: IngestRun) -> int:
   if done.span_dir is None:
     print(f'no examples: span {done.span} not written')
     return 0

@@ -40,6 +40,7 @@ import tempfile
 import time
 from typing import Optional
 
+from beam_jobs import spelling
 from transforms.kafka import admin
 
 _LOGGER = logging.getLogger(__name__)
@@ -310,8 +311,10 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser = argparse.ArgumentParser(
       prog='python -m beam_jobs.local_broker',
       description='Start, inspect and stop the embedded Kafka broker.')
+  # --state_file and --data_dir as the jobs spell flags; the hyphen
+  # spellings still work (beam_jobs/spelling.py).
   parser.add_argument(
-      '--state-file', default=os.environ.get('KBI_BROKER_STATE',
+      '--state_file', default=os.environ.get('KBI_BROKER_STATE',
                                              str(DEFAULT_STATE_FILE)),
       help='JSON file recording the running broker '
       '(default: $KBI_BROKER_STATE or .run/broker.json)')
@@ -323,7 +326,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                        help='TCP port; 0 picks a free one (default: 9092)')
   p_start.add_argument('--host', default=DEFAULT_HOST,
                        help=f'address to bind (default: {DEFAULT_HOST})')
-  p_start.add_argument('--data-dir', default=None,
+  p_start.add_argument('--data_dir', default=None,
                        help='broker data directory (default: a new temp dir)')
   p_start.add_argument('--timeout', type=float, default=30.0,
                        help='seconds to wait for the broker (default: 30)')
@@ -337,7 +340,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help='partition count (default: 4)')
   p_delete = sub.add_parser('delete-topic', help='delete a topic')
   p_delete.add_argument('name')
-  args = parser.parse_args(argv)
+  argv = sys.argv[1:] if argv is None else argv
+  args = parser.parse_args(spelling.underscore_spellings(argv, parser))
   logging.basicConfig(level=logging.INFO, format='%(message)s')
 
   try:

@@ -16,6 +16,7 @@ from apache_beam.options.pipeline_options import (KafkaStreamsRunnerOptions,
                                                   PipelineOptions,
                                                   StandardOptions)
 
+from beam_jobs import logs
 from transforms import parse as parse_lib
 from transforms import schema as schema_lib
 from transforms import windows as windows_lib
@@ -25,6 +26,8 @@ from transforms.sinks import files as files_sink
 from transforms.kafka import offsets as offsets_lib
 
 KAFKA_IO_CHOICES = ('python', 'xlang')
+# Beam's default of --bootstrap_servers (KafkaStreamsRunnerOptions).
+_BEAM_DEFAULT_BOOTSTRAP = 'localhost:9092'
 OUTPUT_FILE_FORMATS = ('jsonl', 'parquet', 'tfrecord')
 
 
@@ -223,6 +226,38 @@ def tuned_gc(options: PipelineOptions):
     gc.unfreeze()
 
 
+class LogOptions(PipelineOptions):
+  """How much the run logs (beam_jobs/logs.py)."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--log_level', type=str.upper, choices=logs.LEVELS,
+        default=logs.DEFAULT_LEVEL,
+        help='DEBUG, INFO, WARNING or ERROR. At INFO this project logs what '
+        'it does and libraries only warnings; TensorFlow\'s C++ start-up '
+        'lines show at DEBUG or with TF_CPP_MIN_LOG_LEVEL set (default: '
+        f'{logs.DEFAULT_LEVEL}).')
+
+
+class BootstrapServersFlag:
+  """``--bootstrap_servers`` as the jobs' --help lists it.
+
+  The flag itself is Beam's (KafkaStreamsRunnerOptions, the same meaning):
+  this class only describes it for the job's help and is not a
+  PipelineOptions (a second definition would clash in Beam's parser).
+  """
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--bootstrap_servers', default=_BEAM_DEFAULT_BOOTSTRAP,
+        metavar='HOST:PORT[,HOST:PORT...]',
+        help='Kafka brokers to connect to. Left at the default, the '
+        'KAFKA_BOOTSTRAP_SERVERS environment variable wins when set '
+        f'(default: {_BEAM_DEFAULT_BOOTSTRAP}).')
+
+
 class BoundedRunOptions(PipelineOptions):
   """Stop conditions for tests and demos."""
 
@@ -279,12 +314,23 @@ class SinkOptions(PipelineOptions):
                         'or a private endpoint (default: Google\'s).')
 
 
+# The sections of the jobs' --help (beam_jobs/cli.py): (title, the classes
+# whose flags it lists). Each job lists the sections it uses, in this order
+# and with its own options in between.
+KAFKA_FLAGS = ('Kafka', (BootstrapServersFlag, KafkaOptions))
+FILE_INPUT_FLAGS = ('File input', (FileInputOptions,))
+EVENT_FLAGS = ('Events and schema', (EventOptions,))
+WINDOW_FLAGS = ('Windows', (WindowOptions,))
+MODEL_FLAGS = ('Model', (ModelOptions,))
+OUTPUT_FLAGS = ('Outputs (files and BigQuery; Kafka topics are under Kafka)',
+                (SinkOptions,))
+BOUNDED_FLAGS = ('Bounded runs', (BoundedRunOptions,))
+RUNNER_FLAGS = ('Runner and local tuning', (LogOptions, LocalTuningOptions))
+
+
 def _check(condition: bool, message: str) -> None:
   if not condition:
     raise ValueError(message)
-
-
-_BEAM_DEFAULT_BOOTSTRAP = 'localhost:9092'
 
 
 def bootstrap_servers(options: PipelineOptions) -> str:

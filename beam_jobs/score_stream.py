@@ -26,16 +26,19 @@ import logging
 import signal
 import sys
 import time
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import (PipelineOptions,
                                                   StandardOptions)
 
+from beam_jobs import cli
 from beam_jobs import engine as engine_lib
+from beam_jobs import lag as lag_lib
 from beam_jobs import options as opts
 from beam_jobs import outputs
 from beam_jobs import scoring
+from beam_jobs import summary as summary_lib
 from models.handler import ModelLoadError
 from transforms.dedup import DropScoredEvents
 from transforms.kafka import StopAt, admin, offsets
@@ -45,6 +48,7 @@ from transforms.source_watermark import SourceWatermark
 from transforms.windows import BufferHorizon, WindowSpec
 
 _LOGGER = logging.getLogger(__name__)
+PROG = 'python -m beam_jobs.score_stream'
 
 
 class ScoreStreamOptions(PipelineOptions):
@@ -65,6 +69,25 @@ class ScoreStreamOptions(PipelineOptions):
         'prediction on --output_topic written within this many seconds, or '
         'passed in this run (transforms/dedup.py); choose it longer than the '
         'longest restart (default: off, at-least-once).')
+
+
+# --help, in this order (beam_jobs/cli.py).
+FLAG_GROUPS = (opts.KAFKA_FLAGS, opts.EVENT_FLAGS, opts.WINDOW_FLAGS,
+               opts.MODEL_FLAGS, opts.OUTPUT_FLAGS,
+               ('Stream', (ScoreStreamOptions,)), opts.BOUNDED_FLAGS,
+               opts.RUNNER_FLAGS)
+
+# Where the end-of-run summary's figures are (beam_jobs/summary.py): the
+# steps' own counters (the stream has no progress steps: step names must not
+# change for Dataflow updates).
+SUMMARY_COUNTERS = summary_lib.CounterNames(
+    read=('kafka_read', 'records'),
+    scored=('inference', 'events_scored'),
+    reasons=summary_lib.SCORING_DEAD_LETTERS,
+    skipped=((('dedup', 'duplicates_skipped'), 'duplicates'),))
+
+
+parse_options = cli.options_parser(PROG, FLAG_GROUPS, __doc__)
 
 
 def client_config(options: PipelineOptions) -> dict:
@@ -198,13 +221,21 @@ def preflight(options: PipelineOptions) -> str:
   return described
 
 
-def run(argv: Optional[list[str]] = None, *, block: bool = True):
+def run(argv: Union[Sequence[str], PipelineOptions, None] = None, *,
+        block: bool = True):
   """Parses flags, validates, checks the model and cluster, runs the job.
 
+  Args:
+    argv: the command line, or options parse_options already made.
+    block: wait for the end of the run (a bounded run's end, or Ctrl-C /
+      SIGTERM, which drain it) on the local engine.
+
   Returns:
-    The PipelineResult (already finished when ``block``).
+    The PipelineResult (already finished when ``block``). A run that ended
+    here has ``result.summary``: a beam_jobs.summary.RunSummary.
   """
-  options = PipelineOptions(argv)
+  options = (argv if isinstance(argv, PipelineOptions) else
+             parse_options(argv))
   options.view_as(StandardOptions).streaming = True
   validate(options)
   described = preflight(options)
@@ -222,10 +253,30 @@ def run(argv: Optional[list[str]] = None, *, block: bool = True):
     # A Dataflow streaming job runs until drained or cancelled: the
     # launcher returns once it is submitted.
     return p.run()
+  started = time.monotonic()
   with opts.tuned_gc(options):
     result = p.run()
     _wait(result)
+  result.summary = summary_lib.summarize(
+      result, SUMMARY_COUNTERS, job='score_stream',
+      seconds=time.monotonic() - started, offsets=_offsets_left(options))
   return result
+
+
+def _offsets_left(options: PipelineOptions
+                 ) -> Optional[summary_lib.OffsetsLeft]:
+  """The consumer group's committed offsets and lag on the input topic."""
+  kafka = options.view_as(opts.KafkaOptions)
+  try:
+    rows = lag_lib.lag_rows(client_config(options), kafka.consumer_group,
+                            [kafka.input_topic], timeout_s=10)
+  except Exception as e:  # pylint: disable=broad-except
+    _LOGGER.warning('consumer lag unknown at the end of the run: %s', e)
+    return None
+  return summary_lib.OffsetsLeft(
+      group=kafka.consumer_group, topic=kafka.input_topic,
+      partitions=len(rows), committed=sum(r['committed'] or 0 for r in rows),
+      lag=sum(r['lag'] for r in rows))
 
 
 def _wait(result) -> None:
@@ -250,16 +301,10 @@ def _interrupt_on_sigterm(unused_signum, unused_frame):
 
 
 def main(argv=None) -> int:
-  logging.basicConfig(level=logging.INFO,
-                      format='%(asctime)s %(levelname)s %(name)s %(message)s')
   signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
-  try:
-    run(argv)
-  except (ValueError, ModelLoadError, admin.KafkaUnavailableError,
-          admin.TopicNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  return 0
+  return cli.run_main(argv, parse_options, run, errors=(
+      ValueError, ModelLoadError, admin.KafkaUnavailableError,
+      admin.TopicNotFoundError))
 
 
 if __name__ == '__main__':

@@ -202,7 +202,7 @@ def run_backfill(args, input_path: str, model_root: str, out: str,
   t0 = time.perf_counter()
   result = backfill.run(argv)
   wall = time.perf_counter() - t0
-  summary = dict(result.summary, wall=wall)
+  summary = dict(result.summary.as_dict(), wall=wall)
   if parquet_check:
     import pyarrow.parquet as pq
     rows = sum(pq.ParquetFile(f).metadata.num_rows for f in glob.glob(

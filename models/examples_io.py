@@ -30,6 +30,8 @@ default (``spans=None``): a span is a slice of time, and training on all of
 them is the safe default; pass ``spans=[...]`` to train on recent data only.
 """
 
+from __future__ import annotations
+
 import gzip
 import json
 import logging
@@ -39,12 +41,23 @@ import re
 from typing import Iterable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
-import tensorflow as tf
 from google.protobuf import text_format
 
 from models import example_layout as el
 from models import susy
 from transforms import example_coder, statistics, tfrecord
+
+
+class _LazyTensorFlow:
+  """``tensorflow``, imported on first use: listing and reading spans needs
+  it, a job's ``--help`` and its import must not pay for it."""
+
+  def __getattr__(self, name):
+    import tensorflow  # pylint: disable=import-outside-toplevel
+    return getattr(tensorflow, name)
+
+
+tf = _LazyTensorFlow()
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -239,7 +252,7 @@ def make_dataset(root: str, split: str, *,
                  spans: Optional[Sequence[int]] = None, batch_size: int = 256,
                  feature_names: Optional[Sequence[str]] = None,
                  shuffle_buffer: int = 0, seed: Optional[int] = None,
-                 num_parallel_reads: int = tf.data.AUTOTUNE,
+                 num_parallel_reads: Optional[int] = None,
                  drop_remainder: bool = False) -> tf.data.Dataset:
   """A dataset of ``(features [B, F] float32, label [B] float32)`` batches,
   read by tfx-bsl's TFXIO (``TFExampleRecord`` with the span's schema).
@@ -254,7 +267,7 @@ def make_dataset(root: str, split: str, *,
       interleaved in parallel, so order is stable only with shuffle 0 and a
       single file).
     seed: shuffle seed.
-    num_parallel_reads: files read in parallel.
+    num_parallel_reads: files read in parallel (default: tf.data.AUTOTUNE).
     drop_remainder: drop a last, smaller batch.
 
   Raises:
@@ -276,7 +289,9 @@ def make_dataset(root: str, split: str, *,
   ds = source.TensorFlowDataset(tfxio.TensorFlowDatasetOptions(
       batch_size=batch_size, drop_final_batch=drop_remainder, num_epochs=1,
       shuffle=bool(shuffle_buffer), shuffle_buffer_size=max(shuffle_buffer, 1),
-      shuffle_seed=seed, reader_num_threads=num_parallel_reads,
+      shuffle_seed=seed, reader_num_threads=(
+          tf.data.AUTOTUNE if num_parallel_reads is None else
+          num_parallel_reads),
       label_key=LABEL_KEY))
 
   def to_model_input(features, label):

@@ -34,8 +34,8 @@ Also here: event dicts for Kafka (``to_events``), the real SUSY CSV format
 
   python -m models.susy write-csv --n 100000 --seed 0 --out susy.csv.gz
   python -m models.susy write-jsonl --n 1000 --seed 0 --out events.jsonl
-  python -m models.susy produce --bootstrap-servers 127.0.0.1:9092 \\
-      --topic events --rate 2000 --n 100000 --malformed-fraction 0.01
+  python -m models.susy produce --bootstrap_servers 127.0.0.1:9092 \\
+      --topic events --rate 2000 --n 100000 --malformed_fraction 0.01
 """
 
 import argparse
@@ -46,8 +46,8 @@ import logging
 import os
 import sys
 import time
-from typing import (IO, Callable, Iterator, NamedTuple, Optional, Sequence,
-                    Union)
+from typing import (IO, Any, Callable, Iterable, Iterator, NamedTuple,
+                    Optional, Sequence, Union)
 
 import numpy as np
 
@@ -627,8 +627,33 @@ def produce(bootstrap_servers: str, topic: str, *, n: int, rate: float,
   timestamp. Keys are event ids; which events are malformed is
   ``plan_malformed(n, seed=seed, fraction=malformed_fraction,
   start_index=start_index)``, and ``on_malformed`` sees each of them.
-  Records are batched (linger.ms) and a full local queue is drained by
-  polling rather than failing.
+
+  Returns:
+    As ``produce_events``.
+  """
+  if start_time is None:
+    start_time = time.time()
+  time_rate = rate if rate > 0 else DEFAULT_RATE
+  events = iter_encoded_events(
+      n, seed=seed, drift=drift, start_index=start_index,
+      start_time=start_time - start_index / time_rate, rate=time_rate,
+      malformed_fraction=malformed_fraction)
+  return produce_events(
+      events, topic, rate=rate, on_malformed=on_malformed,
+      producer_config={'bootstrap.servers': bootstrap_servers,
+                       **(producer_config or {})})
+
+
+def produce_events(events: Iterable, topic: str, *, producer_config: dict,
+                   rate: float = 0.0,
+                   on_malformed: Optional[Callable[[Any], None]] = None
+                   ) -> dict:
+  """Produces encoded events to Kafka at ``rate`` events/s (0 = unthrottled).
+
+  Events are anything with ``key``, ``value``, ``timestamp_ms`` and
+  ``malformed`` (EncodedEvent, examples/payments/events.Event). Records are
+  batched (linger.ms) and a full local queue is drained by polling rather
+  than failing.
 
   Returns:
     ``{"produced", "malformed", "failed", "seconds"}``; ``failed`` counts
@@ -636,9 +661,9 @@ def produce(bootstrap_servers: str, topic: str, *, n: int, rate: float,
   """
   # pylint: disable-next=import-outside-toplevel
   from confluent_kafka import Producer
-  config = {'bootstrap.servers': bootstrap_servers, 'linger.ms': 20,
-            'compression.type': 'lz4', 'queue.buffering.max.messages': 500_000}
-  config.update(producer_config or {})
+  config = {'linger.ms': 20, 'compression.type': 'lz4',
+            'queue.buffering.max.messages': 500_000}
+  config.update(producer_config)
   producer = Producer(config)
   failed = [0]
 
@@ -646,15 +671,9 @@ def produce(bootstrap_servers: str, topic: str, *, n: int, rate: float,
     if err is not None:
       failed[0] += 1
 
-  if start_time is None:
-    start_time = time.time()
-  time_rate = rate if rate > 0 else DEFAULT_RATE
   produced = malformed = 0
   started = time.monotonic()
-  for event in iter_encoded_events(
-      n, seed=seed, drift=drift, start_index=start_index,
-      start_time=start_time - start_index / time_rate, rate=time_rate,
-      malformed_fraction=malformed_fraction):
+  for event in events:
     if rate > 0:
       # Steady schedule: never ahead of index / rate seconds since start.
       ahead = (produced / rate) - (time.monotonic() - started)
@@ -723,6 +742,8 @@ def _write_jsonl(args) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+  # Flags spelled as the jobs spell them (--start_time); the hyphen
+  # spellings of earlier versions are accepted too.
   parser = argparse.ArgumentParser(
       prog='python -m models.susy',
       description='SUSY-like events: CSV files, JSON-lines files, Kafka.')
@@ -733,7 +754,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--drift', type=float, default=0.0,
                    help='concept drift in [0, 1] (0 = reference boundary)')
-    p.add_argument('--start-index', type=int, default=0,
+    p.add_argument('--start_index', '--start-index', type=int, default=0,
                    help='stream index of the first event')
 
   p = sub.add_parser('write-csv', help='real UCI SUSY format (.gz allowed)')
@@ -743,26 +764,30 @@ def _build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser('write-jsonl', help='event dicts, one JSON per line')
   common(p)
   p.add_argument('--out', required=True)
-  p.add_argument('--start-time', type=float, default=DEFAULT_START_TIME,
+  p.add_argument('--start_time', '--start-time', type=float,
+                 default=DEFAULT_START_TIME,
                  help='event time (epoch s) of stream index 0')
   p.add_argument('--rate', type=float, default=DEFAULT_RATE,
                  help='events per second of event time')
-  p.add_argument('--malformed-fraction', type=float, default=0.0)
-  p.add_argument('--malformed-out',
+  p.add_argument('--malformed_fraction', '--malformed-fraction', type=float,
+                 default=0.0)
+  p.add_argument('--malformed_out', '--malformed-out',
                  help='JSON-lines file of {event_id, kind} per bad event')
 
   p = sub.add_parser('produce', help='produce event JSON to Kafka')
   common(p)
-  p.add_argument('--bootstrap-servers', required=True)
+  p.add_argument('--bootstrap_servers', '--bootstrap-servers', required=True)
   p.add_argument('--topic', required=True)
   p.add_argument('--rate', type=float, required=True,
                  help='events per second; 0 = as fast as possible')
-  p.add_argument('--start-time', type=float, default=None,
+  p.add_argument('--start_time', '--start-time', type=float, default=None,
                  help='event time of the first event (default: now)')
-  p.add_argument('--malformed-fraction', type=float, default=0.0)
-  p.add_argument('--malformed-out',
+  p.add_argument('--malformed_fraction', '--malformed-fraction', type=float,
+                 default=0.0)
+  p.add_argument('--malformed_out', '--malformed-out',
                  help='JSON-lines file of {event_id, kind} per bad event')
-  p.add_argument('--producer-config', action='append', default=[],
+  p.add_argument('--producer_config', '--producer-config', action='append',
+                 default=[],
                  metavar='KEY=VALUE', help='extra librdkafka settings')
   return parser
 

@@ -50,7 +50,7 @@ def test_files_on_gcs_in_and_out(gcs_emulator, tmp_path):
       '--output_path', f'{out}/predictions', '--output_file_format',
       'parquet', '--dead_letter_path', f'{out}/dead-letters',
       '--split_mb', '0.1'])  # ~0.45 MB per file: several splits each
-  assert result.summary['records_read'] == N
+  assert result.summary.records_read == N
   rows = [r for path in _files(f'{out}/predictions', '.parquet')
           for r in read_row_file(path, 'parquet')]
   assert len(rows) == len({r['event_id'] for r in rows}) == N - bad

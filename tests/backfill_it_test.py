@@ -57,7 +57,7 @@ def test_time_range_of_a_topic_is_scored_and_nothing_else(
       '--output_topic', out, '--dead_letter_topic', dlq,
       '--progress_interval_s', '1'])
   assert str(result.state) == 'DONE'
-  assert result.summary['records_read'] == len(inside)
+  assert result.summary.records_read == len(inside)
 
   rows = [orjson.loads(m.value()) for m in read_topic(broker, out, len(good))]
   assert sorted(r['event_id'] for r in rows) == sorted(good)

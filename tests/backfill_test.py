@@ -149,10 +149,11 @@ def test_jsonl_events_scored_with_window_features_and_dead_letters(
     assert d['payload_b64'] is not None
   # The summary counts from the pipeline's metrics.
   s = result.summary
-  assert (s['records_read'], s['events_scored'], s['dead_letters']) == (
+  assert (s.records_read, s.events_scored, s.dead_letters) == (
       N, len(good), len(bad))
-  assert s['events_per_s'] > 0
-  assert sum(s['dead_letter_reasons'].values()) == len(bad)
+  assert s.events_per_s > 0 and s.balanced
+  assert sum(s.dead_letter_reasons.values()) == len(bad)
+  assert s.model_versions == {2: len(good)}  # events per model version
 
 
 def test_real_susy_csv_gz_without_id_time_or_key(backfill, model_root,
@@ -165,7 +166,7 @@ def test_real_susy_csv_gz_without_id_time_or_key(backfill, model_root,
   result = run_job(backfill, path, model_root, tmp_path, '--schema',
                    'susy_csv', '--default_event_time', when.isoformat(),
                    '--output_file_format', 'parquet')
-  assert result.summary['events_scored'] == rows
+  assert result.summary.events_scored == rows
   out = predictions(tmp_path, 'parquet', schema_lib.susy_csv_schema())
   assert len(out) == rows and dead_letters(tmp_path) == []
   expected = mf.expected_scores(csv_data.features)
@@ -205,7 +206,7 @@ def test_parquet_rows_scored_as_their_json_would_be(backfill, model_root,
   pq.write_table(bad, str(tmp_path / 'rows-c.parquet'))
   result = run_job(backfill, str(tmp_path / 'rows-*.parquet'), model_root,
                    tmp_path, '--output_file_format', 'parquet')
-  assert result.summary['records_read'] == len(good) + 1
+  assert result.summary.records_read == len(good) + 1
   check_predictions(predictions(tmp_path, 'parquet'), data, good)
   (letter,) = dead_letters(tmp_path)
   assert (letter['reason'], letter['event_id'], letter['position']) == (
@@ -235,7 +236,7 @@ def test_tfrecord_examples_scored_as_their_json_would_be(backfill,
     out.write(b''.join(frames))
   result = run_job(backfill, str(tmp_path / 'events.tfrecord.gz'),
                    model_root, tmp_path)
-  assert result.summary['events_scored'] == len(good)
+  assert result.summary.events_scored == len(good)
   check_predictions(predictions(tmp_path), data, good, time_tolerance=1e-3)
   (letter,) = dead_letters(tmp_path)
   assert (letter['reason'], letter['stage'], letter['position']) == (

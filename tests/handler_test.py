@@ -115,9 +115,15 @@ def test_missing_model_and_wrong_signature_fail_clearly(tmp_path):
   with pytest.raises(ModelLoadError, match=r"no signature 'predict'.*"
                      r"serving_default"):
     SavedModelHandler(path, NAMES, signature='predict').validate()
-  with pytest.raises(ModelLoadError, match='takes 18 features; the schema '
-                     'has 3'):
+  with pytest.raises(ModelLoadError, match='takes 18 features; the features '
+                     'of --schema are 3'):
     SavedModelHandler(path, NAMES[:3]).validate()
+  named = mf.write_module_dict(str(tmp_path / 'named'), NAMES)
+  with pytest.raises(ModelLoadError, match=r"none for the --schema features "
+                     r"\['x'\].*--model_signature"):
+    SavedModelHandler(named, NAMES[:17] + ['x']).validate()
+  with pytest.raises(ModelLoadError, match=r"no output 'p' \(--model_output"):
+    SavedModelHandler(named, NAMES, output_key='p').validate()
   text = SavedModelHandler(path, NAMES).validate()
   assert 'tensor input' in text and "'score'" in text
 

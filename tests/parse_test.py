@@ -3,6 +3,7 @@
 import io
 import math
 import struct
+import warnings
 
 import fastavro
 import numpy as np
@@ -89,6 +90,39 @@ def test_each_bad_input_class_is_dead_lettered_with_its_reason(
   assert letter.stage == stage and letter.payload == payload
   assert letter.source == 'kafka:t/0' and letter.record_key == b'k'
   assert letter.detail
+
+
+@pytest.mark.parametrize('payloads, fmt, schema', [
+    ([orjson.dumps(good_event(0)), orjson.dumps(good_event(1, MT2=1e300))],
+     'json', SUSY),
+    ([orjson.dumps(good_event(1, MT2=-1e300))], 'json', SUSY),
+    ([','.join(['1'] + ['1e300'] + ['0.5'] * 17).encode()], 'csv',
+     schema_lib.susy_csv_schema()),
+])
+def test_float32_overflow_is_a_dead_letter_not_a_numpy_warning(
+    payloads, fmt, schema):
+  # The cast to float32 is explicit about overflow: no RuntimeWarning leaks
+  # to the job's stderr (as an error here, it would fail the parse).
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    batches, dead = parse(payloads, schema=schema, fmt=fmt)
+  assert sum(len(b) for b in batches) == len(payloads) - 1
+  assert [d.reason for d in dead] == [dl.NON_FINITE]
+
+
+@pytest.mark.parametrize('spec, message', [
+    ({'fields': ['a', {'name': 'b', 'required': False}],
+      'features': ['a', 'b']}, "features field 'b' must be required"),
+    ({'fields': ['a', {'name': 's', 'type': 'string'}],
+      'features': ['a', 's']}, "features field 's' must be numeric"),
+    ({'fields': ['a'], 'features': ['a'], 'key_field': 'k'},
+     "key_field 'k' is not a field"),
+    ({'fields': ['a'], 'features': ['a'], 'windows': ['a']},
+     'unknown schema keys'),
+])
+def test_schema_errors_name_what_is_wrong(spec, message):
+  with pytest.raises(ValueError, match=message):
+    schema_lib.from_dict(spec)
 
 
 def test_event_id_is_kept_on_dead_letters_when_readable():

@@ -50,6 +50,15 @@ def test_ten_thousand_events_one_percent_malformed(broker, make_topic,
   result = score_stream.run(_job_args(broker, topics, model_root,
                                       '--max_records', str(N_EVENTS)))
   assert str(result.state) == 'DONE'
+  # The end-of-run summary, from the job's own counters and the group.
+  s = result.summary
+  assert (s.records_read, s.events_scored, s.dead_letters) == (
+      N_EVENTS, N_EVENTS - len(malformed), len(malformed))
+  assert s.balanced and s.model_versions == {3: N_EVENTS - len(malformed)}
+  assert set(s.dead_letter_reasons) <= {
+      'malformed', 'missing_field', 'wrong_type', 'not_an_object'}
+  assert (s.offsets.committed, s.offsets.lag) == (N_EVENTS, 0)
+  print('\n' + s.format())
 
   predictions = [orjson.loads(m.value()) for m in read_topic(
       broker, topics['out'], N_EVENTS - len(malformed))]

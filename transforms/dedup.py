@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from transforms.events import EventBatch
 from transforms.kafka import admin
-from transforms.kafka import config_refs
+from transforms.kafka import client_logs, config_refs
 
 _LOGGER = logging.getLogger(__name__)
 _NAMESPACE = 'dedup'
@@ -82,7 +82,7 @@ def read_recent_keys(consumer_config: Mapping, topic: str, since_s: float,
   """Keys of the records of ``topic`` written at or after ``since_s``
   (epoch seconds), read up to the end offsets seen at the start."""
   consumer_config = config_refs.resolve(consumer_config)
-  cfg = dict(consumer_config)
+  cfg = client_logs.route(consumer_config)
   cfg.update({'group.id': f'kbi-dedup-seed-{topic}',
               'enable.auto.commit': False, 'enable.partition.eof': True})
   partitions = admin.topic_partitions(consumer_config, [topic], timeout_s)

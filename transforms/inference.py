@@ -4,7 +4,8 @@
 SavedModelHandler (batched by rows, model shared per process, hot swap) with
 exception handling: a batch the runner could not score at all, and single
 rows the handler isolated as failing, become DeadLetters (stage inference,
-reason inference_error) with their original bytes; every other row is scored.
+reason inference_error) with their original bytes, in the global window;
+every other row is scored.
 """
 
 from typing import NamedTuple
@@ -14,6 +15,7 @@ import numpy as np
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
+from apache_beam.transforms import window
 
 from models.handler import SavedModelHandler, ScoredBatch
 from transforms import dead_letters as dl
@@ -30,15 +32,28 @@ def _row_dead_letter(batch: EventBatch, i: int, detail: str) -> dl.DeadLetter:
 
 
 class _SplitFailedRows(beam.DoFn):
-  """ScoredBatch -> the rows that scored (main) + dead letters for the rest."""
+  """ScoredBatch -> the rows that scored (main) + dead letters for the rest.
+
+  Counts scored events in total and per model version
+  (``events_scored_v<version>``: which versions served, for the summaries).
+  """
 
   def __init__(self):
     self.scored = Metrics.counter(_NAMESPACE, 'events_scored')
     self.failed = Metrics.counter(_NAMESPACE, 'events_failed')
+    self._by_version: dict = {}
+
+  def _count_scored(self, n: int, version: int) -> None:
+    self.scored.inc(n)
+    counter = self._by_version.get(version)
+    if counter is None:
+      counter = self._by_version[version] = Metrics.counter(
+          _NAMESPACE, f'events_scored_v{version}')
+    counter.inc(n)
 
   def process(self, scored: ScoredBatch):
     if not scored.errors:
-      self.scored.inc(len(scored.batch))
+      self._count_scored(len(scored.batch), scored.model_version)
       yield scored
       return
     ok = np.asarray([e is None for e in scored.errors])
@@ -47,7 +62,7 @@ class _SplitFailedRows(beam.DoFn):
       yield pvalue.TaggedOutput(dl.DEAD_LETTER_TAG, _row_dead_letter(
           scored.batch, int(i), scored.errors[i]))
     if ok.any():
-      self.scored.inc(int(ok.sum()))
+      self._count_scored(int(ok.sum()), scored.model_version)
       yield ScoredBatch(scored.batch.take(ok), scored.scores[ok],
                         scored.model_version, scored.scored_time)
 
@@ -92,5 +107,10 @@ class ScoreEvents(beam.PTransform):
     failed = dlq.failed_inferences | 'FailedBatches' >> beam.ParDo(
         _FailedBatchToDeadLetters())
     dead = ((split[dl.DEAD_LETTER_TAG], failed)
-            | 'FlattenInferenceDeadLetters' >> beam.Flatten())
+            | 'FlattenInferenceDeadLetters' >> beam.Flatten()
+            # Scored after windowing (streaming), failed rows are in event
+            # windows; every other stage's dead letters are in the global
+            # window, where the jobs flatten and write them all.
+            | 'DeadLettersToGlobalWindow' >> beam.WindowInto(
+                window.GlobalWindows()))
     return ScoreOutputs(split.scored, dead)

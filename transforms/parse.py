@@ -48,6 +48,16 @@ from transforms.schema import EventSchema
 _LOGGER = logging.getLogger(__name__)
 _NAMESPACE = 'parse'
 
+
+def _float32(values) -> np.ndarray:
+  """Numbers as float32. A finite double beyond float32's range (1e300)
+  becomes inf, which ``_make_batch`` turns into a non_finite dead letter;
+  numpy's "overflow encountered in cast" warning for it is expected here,
+  not a problem to report."""
+  with np.errstate(over='ignore'):
+    return np.asarray(values, dtype=np.float32)
+
+
 INPUT_FORMATS = ('json', 'csv', 'avro')
 # Larger payloads are dead-lettered unparsed: a 100 MB "event" is an attack
 # or a bug, and parsing it would stall the worker.
@@ -559,8 +569,8 @@ class RecordParser:
     batch = self._make_batch(
         source, np.asarray([r.position for r in raws], dtype=np.int64),
         payloads, [f'{source}@{r.position}' for r in raws], [''] * n, times,
-        matrix[:, layout['features']].astype(np.float32),
-        matrix[:, layout['window']].astype(np.float32),
+        _float32(matrix[:, layout['features']]),
+        _float32(matrix[:, layout['window']]),
         matrix[:, label].copy() if label is not None else (
             np.full(n, math.nan) if s.label_field else None),
         [r.key for r in raws], now, dead)
@@ -764,10 +774,10 @@ class RecordParser:
         features = floats[:, shape.float_features].astype(np.float32)
         window = floats[:, shape.float_window].astype(np.float32)
       else:
-        features = np.asarray(list(map(shape.features, vals)),
-                              dtype=np.float32).reshape(m, len(self._features))
-        window = np.asarray(list(map(shape.window, vals)), dtype=np.float32
-                           ).reshape(m, len(self._window_features))
+        features = _float32(list(map(shape.features, vals))).reshape(
+            m, len(self._features))
+        window = _float32(list(map(shape.window, vals))).reshape(
+            m, len(self._window_features))
       labels = (np.asarray(list(map(shape.label, vals)), dtype=np.float64)
                 if shape.label is not None else
                 np.full(m, math.nan) if s.label_field else None)
@@ -1008,8 +1018,8 @@ class RecordParser:
       batch = self._make_batch(
           source, np.asarray(pos, dtype=np.int64), raw_payloads, ids, keys,
           np.asarray(times, dtype=np.float64),
-          np.asarray(feats, dtype=np.float32).reshape(n, n_features),
-          np.asarray(wvals, dtype=np.float32).reshape(n, n_window),
+          _float32(feats).reshape(n, n_features),
+          _float32(wvals).reshape(n, n_window),
           np.asarray(labels, dtype=np.float64) if has_label else None,
           record_keys, now, dead)
       if batch is not None:

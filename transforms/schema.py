@@ -118,6 +118,10 @@ class EventSchema:
         if by_name[name].type not in ('float', 'int', 'bool'):
           raise ValueError(f'schema {self.name!r}: {group} field {name!r} '
                            f'must be numeric, not {by_name[name].type}')
+        if not by_name[name].required:
+          # A model input or window value cannot be absent from an event.
+          raise ValueError(f'schema {self.name!r}: {group} field {name!r} '
+                           f'must be required')
     if self.time_field and by_name[self.time_field].type not in (
         'timestamp', 'float', 'int', 'string'):
       raise ValueError(f'schema {self.name!r}: time_field must be a '

@@ -14,7 +14,7 @@ from typing import Iterable, Mapping, Optional
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from transforms.kafka import config_refs
+from transforms.kafka import client_logs, config_refs
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -41,11 +41,12 @@ class TopicNotFoundError(RuntimeError):
 
 def admin_config(client_config: Mapping[str, object]) -> dict:
   """Returns the subset of a consumer/producer config usable by an admin client
-  (settings given by reference read now: see transforms.kafka.config_refs)."""
-  return {
+  (settings given by reference read now: see transforms.kafka.config_refs;
+  log lines routed: transforms.kafka.client_logs)."""
+  return client_logs.route({
       k: v for k, v in config_refs.resolve(client_config).items()
       if not k.startswith(_NON_ADMIN_PREFIXES)
-  }
+  })
 
 
 def _admin(client_config: Mapping[str, object]) -> AdminClient:
@@ -76,9 +77,11 @@ def wait_for_cluster(client_config: Mapping[str, object],
       break
     try:
       md = admin.list_topics(timeout=min(2.0, remaining))
+      admin.poll(0)  # hands librdkafka's log lines over (client_logs)
       if md.brokers:
         return {b.id: f'{b.host}:{b.port}' for b in md.brokers.values()}
     except KafkaException as e:
+      admin.poll(0)
       last_error = e
       err = e.args[0] if e.args else None
       # Authentication failures do not heal by waiting: report at once.
@@ -89,6 +92,8 @@ def wait_for_cluster(client_config: Mapping[str, object],
             f'Kafka at {client_config.get("bootstrap.servers")} refused '
             f'authentication: {err.str()}') from e
     time.sleep(0.1)
+  # The repeated connection errors, counted, before the error that ends it.
+  client_logs.flush()
   raise KafkaUnavailableError(
       f'Kafka at {client_config.get("bootstrap.servers")!s} did not answer a '
       f'metadata request within {timeout_s:.0f}s'
@@ -229,7 +234,7 @@ def committed_offsets(client_config: Mapping[str, object],
 
 
 def _probe_consumer_config(client_config: Mapping[str, object]) -> dict:
-  cfg = config_refs.resolve(client_config)
+  cfg = client_logs.route(config_refs.resolve(client_config))
   cfg.setdefault('group.id', '_kbi_probe')
   cfg['enable.auto.commit'] = False
   return cfg

@@ -42,6 +42,8 @@ import threading
 import time
 from typing import Any, Callable, Mapping, Optional
 
+from transforms import redact
+
 _LOGGER = logging.getLogger(__name__)
 
 SECRET_PREFIX = 'secret:'
@@ -218,7 +220,9 @@ def parse_entries(entries, *, defer: bool = True) -> dict:
         out[key] = DeferredSetting(ref, key)
       continue
     if '=' not in entry:
-      raise ValueError(f'--kafka_config {entry!r}: expected KEY=VALUE')
+      # Masked: 'sasl.password:x' is a secret with the wrong separator.
+      raise ValueError(f'--kafka_config {redact.mask_arg(entry)!r}: expected '
+                       f'KEY=VALUE')
     key, value = (s.strip() for s in entry.split('=', 1))
     if value.startswith('@' + SECRET_PREFIX):
       try:

@@ -43,7 +43,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from confluent_kafka import (Consumer, KafkaError, KafkaException, Message,
                              TopicPartition)
 
-from transforms.kafka import admin
+from transforms.kafka import admin, client_logs
 from transforms.kafka.errors import RecoverableErrorLog, is_recoverable
 from transforms.kafka import config_refs
 from transforms.kafka import offsets as offsets_lib
@@ -92,9 +92,10 @@ def reader_config(consumer_config: Mapping[str, Any]) -> dict:
   partition EOF events tell it when a partition is caught up. librdkafka
   needs a group.id even for assign(); a throwaway one is used if none is given
   (nothing is committed then). Settings given by reference are read here
-  (transforms.kafka.config_refs), where the consumers are built.
+  (transforms.kafka.config_refs), where the consumers are built, and log
+  lines are routed to Python logging (transforms.kafka.client_logs).
   """
-  cfg = config_refs.resolve(consumer_config)
+  cfg = client_logs.route(config_refs.resolve(consumer_config))
   cfg['enable.auto.commit'] = False
   cfg['enable.auto.offset.store'] = False
   cfg['enable.partition.eof'] = True

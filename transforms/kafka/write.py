@@ -11,7 +11,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from confluent_kafka import KafkaError, Producer
 
-from transforms.kafka import config_refs
+from transforms.kafka import client_logs, config_refs
 from transforms.outage import Outage, OutagePolicy
 
 _LOGGER = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class _ProducerSlot:
     self.owner = None
     self.released_at = 0.0
     # Referenced settings (secrets) are read here, on the worker.
-    config = config_refs.resolve(config)
+    config = client_logs.route(config_refs.resolve(config))
     config['on_delivery'] = self._on_delivery
     config['error_cb'] = self._on_client_error
     self.producer = Producer(config)
