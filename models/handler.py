@@ -297,13 +297,17 @@ class LoadedSignature(Signature):
       if width is not None and width != len(self.feature_names):
         raise ModelLoadError(
             f'signature {self.signature!r} of {self.path} takes {width} '
-            f'features; the schema has {len(self.feature_names)}')
+            f'features; the features of --schema are '
+            f'{len(self.feature_names)} (docs/your_data.md)')
       return INPUT_TENSOR, name
     missing = set(self.feature_names) - set(specs)
     if missing:
       raise ModelLoadError(
           f'signature {self.signature!r} of {self.path} takes named inputs '
-          f'{sorted(specs)}; missing for features {sorted(missing)[:5]}')
+          f'{sorted(specs)}; none for the --schema features '
+          f'{sorted(missing)[:5]}: name the inputs after the features, or '
+          f'choose another signature with --model_signature '
+          f'(docs/your_data.md)')
     return INPUT_DICT, None
 
   def _output(self, output_key: Optional[str]) -> tuple[str, Optional[int]]:
@@ -324,8 +328,8 @@ class LoadedSignature(Signature):
             f'{sorted(outputs)}; choose one with --model_output')
     if output_key not in outputs:
       raise ModelLoadError(f'signature {self.signature!r} of {self.path} has '
-                           f'no output {output_key!r}; it has '
-                           f'{sorted(outputs)}')
+                           f'no output {output_key!r} (--model_output); it '
+                           f'has {sorted(outputs)}')
     shape = outputs[output_key].shape
     if column is not None and not (shape.rank == 2 and shape[-1] == 2):
       column = None
