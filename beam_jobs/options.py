@@ -8,6 +8,7 @@ starts, with a ValueError that names the flag.
 """
 
 import contextlib
+import dataclasses
 import gc
 import os
 import re
@@ -99,6 +100,13 @@ class EventOptions(PipelineOptions):
                         default=parse_lib.DEFAULT_MAX_PAYLOAD_BYTES,
                         help='Larger payloads are dead letters (default: '
                         f'{parse_lib.DEFAULT_MAX_PAYLOAD_BYTES}).')
+    parser.add_argument(
+        '--max_future_s', type=float, default=None,
+        help='Events stamped further ahead of the clock than this many '
+        'seconds are dead letters (reason time_in_future); closer future '
+        'times are scored but never move the watermark past the clock '
+        '(default: the schema\'s max_future_s, '
+        f'{schema_lib.DEFAULT_MAX_FUTURE_S:g} unless it sets one).')
 
 
 class WindowOptions(PipelineOptions):
@@ -460,10 +468,16 @@ def window_spec(w: WindowOptions) -> windows_lib.WindowSpec:
 
 
 def event_schema(e: EventOptions) -> schema_lib.EventSchema:
+  """The event schema of --schema, with --max_future_s applied."""
   try:
-    return schema_lib.resolve(e.schema)
+    schema = schema_lib.resolve(e.schema)
   except ValueError as err:
     raise ValueError(f'--schema: {err}') from None
+  if e.max_future_s is not None:
+    _check(e.max_future_s >= 0,
+           f'--max_future_s must be >= 0, got {e.max_future_s}')
+    schema = dataclasses.replace(schema, max_future_s=e.max_future_s)
+  return schema
 
 
 def validate_model(m: ModelOptions) -> None:
