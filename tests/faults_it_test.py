@@ -2,9 +2,10 @@
 
 * A model that raises on some inputs: those events are dead letters
   (inference_error), every other event is scored.
-* An output that cannot be written: the bundle fails and the runner retries
-  it; the read's offsets are not committed past what was not written, so a
-  rerun with the same consumer group delivers everything.
+* An output that cannot be written: the write is retried in place for as
+  long as the outage policy allows, then fails naming the output; the
+  read's offsets are not committed past what was not written, so a rerun
+  with the same consumer group delivers everything.
 """
 
 import logging
@@ -20,7 +21,7 @@ from kafka_helpers import produce, read_topic
 from models import susy
 from transforms.kafka import ReadFromKafka, StopAt, WriteToKafka, admin
 from transforms.kafka.local_streaming import LocalStreamingRunner
-from transforms.kafka.write import KafkaDeliveryError
+from transforms.outage import OutageError, OutagePolicy
 
 pytestmark = pytest.mark.it
 
@@ -60,18 +61,20 @@ def test_events_the_model_raises_on_are_dead_lettered(broker, make_topic,
     assert b'feature too large' in headers['dlq.detail']
 
 
-def _copy_pipeline(read_config, topic, write_config, out_topic, n):
+def _copy_pipeline(read_config, topic, write_config, out_topic, n,
+                   outage_policy=None):
   p = beam.Pipeline(runner=LocalStreamingRunner(),
                     options=PipelineOptions(streaming=True))
   _ = (p
        | ReadFromKafka(read_config, topic, start='committed',
                        stop=StopAt.total_records(n), max_batch_records=50,
                        with_metadata=False)
-       | WriteToKafka(write_config, out_topic, batched=True))
+       | WriteToKafka(write_config, out_topic, batched=True,
+                      outage_policy=outage_policy))
   return p
 
 
-def test_unwritable_output_fails_the_bundle_is_retried_and_nothing_is_lost(
+def test_unwritable_output_is_retried_then_fails_and_nothing_is_lost(
     broker, make_topic, caplog):
   source, out = make_topic(2), make_topic(2, suffix='-out')
   produce(broker, source, [(i % 2, b'k%d' % i, b'v%d' % i, None, None)
@@ -81,13 +84,16 @@ def test_unwritable_output_fails_the_bundle_is_retried_and_nothing_is_lost(
                                         'auto.offset.reset': 'earliest'})
   unreachable = {'bootstrap.servers': '127.0.0.1:9', 'log_level': 0,
                  'message.timeout.ms': 2000}
-  caplog.set_level(logging.ERROR, logger='apache_beam.runners.direct.executor')
-  with pytest.raises(KafkaDeliveryError, match='not delivered|failed'):
-    _copy_pipeline(read_config, source, unreachable, out, 200).run(
-    ).wait_until_finish()
-  attempts = [r for r in caplog.records
-              if 'Exception at bundle' in r.getMessage()]
-  assert len(attempts) >= 2, 'the failed bundle was not retried'
+  caplog.set_level(logging.WARNING, logger='transforms.outage')
+  policy = OutagePolicy(max_outage_s=3, initial_backoff_s=0.1,
+                        max_backoff_s=0.5, log_every_s=1)
+  with pytest.raises(OutageError, match="Kafka output topic '.*' at "
+                     "127.0.0.1:9 unavailable for"):
+    _copy_pipeline(read_config, source, unreachable, out, 200,
+                   policy).run().wait_until_finish()
+  retries = [r for r in caplog.records
+             if 'unavailable for' in r.getMessage()]
+  assert len(retries) >= 2, 'the write was not retried in place'
   # Nothing was written, so nothing may be committed.
   assert admin.committed_offsets(read_config, group, source) == {
       0: None, 1: None}
