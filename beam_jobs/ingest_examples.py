@@ -450,13 +450,11 @@ class _ToExamples(beam.DoFn):
     for i in np.flatnonzero(~good):
       self.unlabelled.inc()
       missing = not np.isfinite(labels[i])
-      yield pvalue.TaggedOutput(dl.DEAD_LETTER_TAG, dl.DeadLetter(
-          stage=dl.VALIDATE,
+      yield pvalue.TaggedOutput(dl.DEAD_LETTER_TAG, dl.of_row(
+          batch, int(i), stage=dl.VALIDATE,
           reason=dl.MISSING_FIELD if missing else dl.WRONG_TYPE,
           detail=('no label: not a training example' if missing else
-                  f'label {labels[i]!r} is not 0 or 1'),
-          payload=batch.raw[i], source=batch.source,
-          position=int(batch.positions[i]), event_id=batch.ids[i]))
+                  f'label {labels[i]!r} is not 0 or 1')))
     if not good.any():
       return
     rows = np.flatnonzero(good)
@@ -634,10 +632,9 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
     _ = dead_letters | 'WriteDeadLetterFiles' >> WriteDeadLetterFiles(
         sinks.dead_letter_path, streaming=False)
   if kafka.dead_letter_topic:
-    _ = dead_letters | 'WriteDeadLetters' >> xlang.build_write(
-        kafka.kafka_io, client_config(options), kafka.dead_letter_topic,
-        key=outputs.dead_letter_key, value=lambda d: d.payload,
-        headers=lambda d: d.kafka_headers())
+    _ = dead_letters | 'WriteDeadLetters' >> (
+        outputs.write_dead_letters_to_kafka(
+            kafka.kafka_io, client_config(options), kafka.dead_letter_topic))
   return {'examples': examples, 'dead_letters': dead_letters, 'span': span}
 
 

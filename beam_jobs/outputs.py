@@ -13,25 +13,34 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions,
                                                   PipelineOptions)
 
 from beam_jobs import options as opts
-from transforms.kafka import xlang
+from transforms.dead_letters import KafkaFit
+from transforms.kafka import admin, xlang
 from transforms.output import kafka_records
 from transforms.sinks import (WriteDeadLetterFiles, WritePredictionFiles,
                               WritePredictionsToBigQuery)
 
 
-def dead_letter_key(letter):
-  """The dead-letter record's key: the original record's key when it had
-  one (as Kafka Connect's dead-letter queues keep it), else the event id,
-  else where it came from."""
-  if letter.record_key is not None:
-    return letter.record_key
-  return letter.event_id or f'{letter.source}@{letter.position}'
+def write_dead_letters_to_kafka(kafka_io: str, producer_config: dict,
+                                topic: str, *, max_record_bytes: int =
+                                admin.DEFAULT_MAX_RECORD_BYTES,
+                                **write_kwargs) -> beam.PTransform:
+  """The Kafka write of dead letters: each as its original record (key,
+  value, headers, timestamp) plus ``dlq.*`` headers, cut to fit the
+  topic's record limit when it would not (transforms.dead_letters.KafkaFit)."""
+  fit = KafkaFit(max_record_bytes)
+  config = dict(producer_config)
+  config.setdefault('message.max.bytes', max_record_bytes)
+  return xlang.build_write(kafka_io, config, topic, key=fit.key,
+                           value=fit.value, headers=fit.headers,
+                           timestamp=fit.timestamp, **write_kwargs)
 
 
 def write_outputs(predictions: beam.PCollection,
                   dead_letters: beam.PCollection,
                   options: PipelineOptions, *, columns, streaming: bool,
-                  producer_config: Optional[dict]) -> beam.PCollection:
+                  producer_config: Optional[dict],
+                  dead_letter_max_bytes: int = admin.DEFAULT_MAX_RECORD_BYTES
+                  ) -> beam.PCollection:
   """Applies every configured sink; returns all dead letters (incl. sinks').
 
   Args:
@@ -41,6 +50,8 @@ def write_outputs(predictions: beam.PCollection,
     columns: the prediction columns (transforms.output.output_columns).
     streaming: whether the job is a streaming one.
     producer_config: librdkafka producer settings, or None without Kafka.
+    dead_letter_max_bytes: the dead-letter topic's record limit
+      (admin.max_record_bytes, looked up by the job's preflight).
   """
   sinks = options.view_as(opts.SinkOptions)
   kafka = options.view_as(opts.KafkaOptions)
@@ -67,8 +78,7 @@ def write_outputs(predictions: beam.PCollection,
              kafka.kafka_io, producer_config, kafka.output_topic,
              batched=True, outage_policy=outage))
   if kafka.dead_letter_topic:
-    _ = dead_letters | 'WriteDeadLetters' >> xlang.build_write(
+    _ = dead_letters | 'WriteDeadLetters' >> write_dead_letters_to_kafka(
         kafka.kafka_io, producer_config, kafka.dead_letter_topic,
-        key=dead_letter_key, value=lambda d: d.payload,
-        headers=lambda d: d.kafka_headers(), outage_policy=outage)
+        max_record_bytes=dead_letter_max_bytes, outage_policy=outage)
   return dead_letters

@@ -26,7 +26,7 @@ import logging
 import signal
 import sys
 import time
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import (PipelineOptions,
@@ -157,8 +157,17 @@ def validate(options: PipelineOptions) -> None:
   opts.validate_dataflow_paths(options)
 
 
-def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
+def build_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
+                   dead_letter_max_bytes: int =
+                   admin.DEFAULT_MAX_RECORD_BYTES) -> dict:
   """Builds the job; returns its main PCollections for tests.
+
+  Args:
+    p: the pipeline.
+    options: the job's options.
+    dead_letter_max_bytes: the dead-letter topic's record limit (preflight
+      looks it up); larger dead letters are cut to fit, with a hash and
+      their source coordinates.
 
   Returns:
     {'predictions': PCollection of lists of prediction rows,
@@ -202,23 +211,31 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
 
   dead_letters = outputs.write_outputs(
       predictions, dead_letters, options, columns=output_columns(schema),
-      streaming=True, producer_config=dict(common))
+      streaming=True, producer_config=dict(common),
+      dead_letter_max_bytes=dead_letter_max_bytes)
   return {'predictions': predictions, 'dead_letters': dead_letters}
 
 
-def preflight(options: PipelineOptions) -> str:
-  """Checks what can be checked before reading anything: the model loads
-  and fits the schema, the cluster answers, the topics exist.
+class Preflight(NamedTuple):
+  """What the checks before the run learnt."""
+  model: str                  # the model description, for the start line
+  dead_letter_max_bytes: int  # the dead-letter topic's record limit
 
-  Returns:
-    The model description for the start log line.
-  """
+
+def preflight(options: PipelineOptions) -> Preflight:
+  """Checks what can be checked before reading anything: the model loads
+  and fits the schema, the cluster answers, the topics exist; and looks up
+  the dead-letter topic's record limit."""
   kafka = options.view_as(opts.KafkaOptions)
   described = scoring.model_handler(options).validate()
   topics = [t for t in (kafka.input_topic, kafka.output_topic,
                         kafka.dead_letter_topic) if t]
-  admin.topic_partitions(client_config(options), topics, timeout_s=30)
-  return described
+  config = client_config(options)
+  admin.topic_partitions(config, topics, timeout_s=30)
+  limit = admin.DEFAULT_MAX_RECORD_BYTES
+  if kafka.dead_letter_topic:
+    limit = admin.max_record_bytes(config, kafka.dead_letter_topic)
+  return Preflight(described, limit)
 
 
 def run(argv: Union[Sequence[str], PipelineOptions, None] = None, *,
@@ -238,17 +255,18 @@ def run(argv: Union[Sequence[str], PipelineOptions, None] = None, *,
              parse_options(argv))
   options.view_as(StandardOptions).streaming = True
   validate(options)
-  described = preflight(options)
+  checked = preflight(options)
   kafka = options.view_as(opts.KafkaOptions)
   engine = engine_lib.select_engine(options)
   _LOGGER.info(
       'score_stream: reading %s at %s (group %s, start %s), model %s, '
       'predictions -> %s, dead letters -> %s, engine %s',
       kafka.input_topic, opts.bootstrap_servers(options), kafka.consumer_group,
-      kafka.start, described, kafka.output_topic, kafka.dead_letter_topic,
+      kafka.start, checked.model, kafka.output_topic, kafka.dead_letter_topic,
       engine.name)
   p = beam.Pipeline(runner=engine.runner, options=options)
-  build_pipeline(p, options)
+  build_pipeline(p, options,
+                 dead_letter_max_bytes=checked.dead_letter_max_bytes)
   if not block or opts.is_dataflow(options):
     # A Dataflow streaming job runs until drained or cancelled: the
     # launcher returns once it is submitted.

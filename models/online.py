@@ -226,13 +226,11 @@ def _unlabelled_letter(batch, i: int):
   # pylint: disable=import-outside-toplevel
   from transforms import dead_letters as dl
   label = batch.labels[i]
-  return dl.DeadLetter(
-      stage=dl.VALIDATE,
+  return dl.of_row(
+      batch, i, stage=dl.VALIDATE,
       reason=dl.MISSING_FIELD if math.isnan(label) else dl.WRONG_TYPE,
       detail=('no label: cannot learn from it' if math.isnan(label) else
-              f'label {label!r} is not 0 or 1'),
-      payload=batch.raw[i], source=batch.source,
-      position=int(batch.positions[i]), event_id=batch.ids[i])
+              f'label {label!r} is not 0 or 1'))
 
 
 # --- The model ---------------------------------------------------------------

@@ -55,6 +55,10 @@ class EventBatch:
       features over those events; set by WindowFeatures.
     late: bool [n]: the event arrived after its window's end had passed
       the watermark (within the allowed lateness); set by WindowFeatures.
+    records: the source records of the rows (Kafka records: key, headers,
+      timestamp), so that a later stage dead-letters a row as its whole
+      record; empty for file rows (source and position name them) and once
+      dropped by ``without_payloads``.
   """
   source: str
   positions: np.ndarray
@@ -71,6 +75,7 @@ class EventBatch:
   win_mean: Optional[np.ndarray] = None
   win_std: Optional[np.ndarray] = None
   late: Optional[np.ndarray] = None
+  records: list = dataclasses.field(default_factory=list)
 
   def __len__(self) -> int:
     return len(self.ids)
@@ -90,13 +95,14 @@ class EventBatch:
         window_values=self.window_values[idx], labels=opt(self.labels),
         read_time=self.read_time[idx], window=self.window,
         win_count=opt(self.win_count), win_mean=opt(self.win_mean),
-        win_std=opt(self.win_std), late=opt(self.late))
+        win_std=opt(self.win_std), late=opt(self.late),
+        records=pick(self.records) if self.records else [])
 
   def without_payloads(self) -> 'EventBatch':
     """A copy without the payloads and model inputs (``features`` of width
     0): what scored events still need is a fraction of the bytes."""
     return dataclasses.replace(
-        self, raw=[],
+        self, raw=[], records=[],
         features=np.empty((len(self), 0), dtype=self.features.dtype))
 
   def min_time(self) -> float:

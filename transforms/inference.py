@@ -25,10 +25,8 @@ _NAMESPACE = 'inference'
 
 
 def _row_dead_letter(batch: EventBatch, i: int, detail: str) -> dl.DeadLetter:
-  return dl.DeadLetter(stage=dl.INFERENCE, reason=dl.INFERENCE_ERROR,
-                       detail=detail[:1000], payload=batch.raw[i],
-                       source=batch.source, position=int(batch.positions[i]),
-                       event_id=batch.ids[i])
+  return dl.of_row(batch, i, stage=dl.INFERENCE, reason=dl.INFERENCE_ERROR,
+                   detail=detail[:1000])
 
 
 class _SplitFailedRows(beam.DoFn):

@@ -573,7 +573,7 @@ class RecordParser:
         _float32(matrix[:, layout['window']]),
         matrix[:, label].copy() if label is not None else (
             np.full(n, math.nan) if s.label_field else None),
-        [r.key for r in raws], now, dead)
+        raws, now, dead)
     return ([] if batch is None else [batch]), dead
 
   def parse_documents(self, documents: Iterable, *,
@@ -923,18 +923,15 @@ class RecordParser:
         try:
           slow_good[i] = validate_one(item, payloads[i], now, default_time)
         except _Invalid as e:
-          dead.append(dl.DeadLetter(
-              stage=e.stage, reason=e.reason, detail=e.detail,
-              payload=payloads[i], source=item.source,
-              position=item.position, event_id=e.event_id,
-              record_key=item.key, time=now))
+          dead.append(dl.DeadLetter.of_record(
+              item, stage=e.stage, reason=e.reason, detail=e.detail,
+              event_id=e.event_id, payload=payloads[i], time=now))
         except Exception as e:  # pylint: disable=broad-except
           # A parser bug must not stop the job: dead-letter and count it.
-          dead.append(dl.DeadLetter(
-              stage=dl.PARSE, reason=dl.MALFORMED,
+          dead.append(dl.DeadLetter.of_record(
+              item, stage=dl.PARSE, reason=dl.MALFORMED,
               detail=f'unexpected {type(e).__name__}: {e}'[:500],
-              payload=payloads[i], source=item.source,
-              position=item.position, record_key=item.key, time=now))
+              payload=payloads[i], time=now))
     if not slow_good and len(columns) == 1:
       idx, cols = columns[0]
       keep = np.flatnonzero(cols[0])
@@ -968,7 +965,7 @@ class RecordParser:
         source, np.asarray([it.position for it in items], dtype=np.int64),
         payloads, pick(ids), pick(keys), times[keep], features[keep],
         window[keep], None if labels is None else labels[keep],
-        [it.key for it in items], now, dead)
+        items, now, dead)
     return ([] if batch is None else [batch]), dead
 
   def _normalize(self, doc: dict) -> dict:
@@ -1013,7 +1010,7 @@ class RecordParser:
     n_window = len(self._window_features)
     has_label = self.schema.label_field is not None
     for source, (pos, raw_payloads, ids, keys, times, feats, wvals,
-                 labels, record_keys) in rows.by_source.items():
+                 labels, items) in rows.by_source.items():
       n = len(ids)
       batch = self._make_batch(
           source, np.asarray(pos, dtype=np.int64), raw_payloads, ids, keys,
@@ -1021,16 +1018,17 @@ class RecordParser:
           _float32(feats).reshape(n, n_features),
           _float32(wvals).reshape(n, n_window),
           np.asarray(labels, dtype=np.float64) if has_label else None,
-          record_keys, now, dead)
+          items, now, dead)
       if batch is not None:
         batches.append(batch)
     return batches, dead
 
   def _make_batch(self, source, positions, raw_payloads, ids, keys, times,
-                  features, window_values, labels, record_keys, now, dead
+                  features, window_values, labels, items, now, dead
                  ) -> Optional[EventBatch]:
-    """The EventBatch of validated rows; rows whose numbers overflow
-    float32 become dead letters (appended to ``dead``)."""
+    """The EventBatch of validated rows (``items``: their source records);
+    rows whose numbers overflow float32 become dead letters (appended to
+    ``dead``)."""
     n = len(ids)
     # Finite as doubles can still overflow float32 (e.g. 1e300).
     bad = ~np.isfinite(features).all(axis=1)
@@ -1039,20 +1037,21 @@ class RecordParser:
     keep = None
     if bad.any():
       for i in np.flatnonzero(bad):
-        dead.append(dl.DeadLetter(
-            stage=dl.VALIDATE, reason=dl.NON_FINITE,
-            detail='a numeric field overflows float32',
-            payload=raw_payloads[i], source=source,
-            position=int(positions[i]), event_id=ids[i],
-            record_key=record_keys[i], time=now))
+        dead.append(dl.DeadLetter.of_record(
+            items[i], stage=dl.VALIDATE, reason=dl.NON_FINITE,
+            detail='a numeric field overflows float32', event_id=ids[i],
+            payload=raw_payloads[i], time=now))
       keep = np.flatnonzero(~bad)
       if not len(keep):
         return None
+    # Kafka records are kept (key, headers, timestamp) for dead letters of
+    # later stages; file rows are named by source and position.
+    records = list(items) if n and type(items[0]) is KafkaRecord else []
     batch = EventBatch(
         source=source, positions=positions, raw=raw_payloads, ids=ids,
         keys=keys, event_time=times, features=features,
         window_values=window_values, labels=labels,
-        read_time=np.full(n, now, dtype=np.float64))
+        read_time=np.full(n, now, dtype=np.float64), records=records)
     return batch if keep is None else batch.take(keep)
 
 
@@ -1312,14 +1311,7 @@ class _Rows:
     cols[5].append(feats)
     cols[6].append(wvals)
     cols[7].append(label)
-    cols[8].append(raw.key)
-
-  def dead_letter(self, raw, payload, stage, reason, detail, event_id,
-                  now) -> None:
-    self.dead.append(dl.DeadLetter(
-        stage=stage, reason=reason, detail=detail, payload=payload,
-        source=raw.source, position=raw.position, event_id=event_id,
-        record_key=raw.key, time=now))
+    cols[8].append(raw)
 
 
 class _ParseFn(beam.DoFn):

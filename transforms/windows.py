@@ -322,14 +322,12 @@ class _StreamingWindowStateFn(beam.DoFn):
       yield beam.window.TimestampedValue(sub, sub.min_time())
     for i in too_late:
       self.too_late_rows.inc()
-      yield pvalue.TaggedOutput(dl.DEAD_LETTER_TAG, dl.DeadLetter(
-          stage=dl.WINDOW, reason=dl.TOO_LATE,
+      yield pvalue.TaggedOutput(dl.DEAD_LETTER_TAG, dl.of_row(
+          batch, i, stage=dl.WINDOW, reason=dl.TOO_LATE,
           detail=(f'event time {batch.event_time[i]:.3f}: its window closed '
                   f'and the allowed lateness '
                   f'({self._spec.allowed_lateness_s:g}s) passed (watermark '
-                  f'>= {wm / 1e6:.3f})'),
-          payload=batch.raw[i], source=batch.source,
-          position=int(batch.positions[i]), event_id=batch.ids[i]))
+                  f'>= {wm / 1e6:.3f})')))
 
   def _watermark(self, key_bound: Optional[int]) -> int:
     """What this step knows of its input watermark (micros): the latest of
@@ -619,12 +617,12 @@ def _pack_item(item) -> bytes:
   if batch is not item:
     batch = batch.without_payloads()
     scored = dataclasses.replace(item, batch=None)
-  texts = pickle.dumps((batch.raw, batch.ids, batch.keys),
+  texts = pickle.dumps((batch.raw, batch.ids, batch.keys, batch.records),
                        pickle.HIGHEST_PROTOCOL)
   codec = _text_codec()
   if codec:
     texts = (len(texts), codec.compress(texts, asbytes=True))
-  rest = dataclasses.replace(batch, raw=[], ids=[], keys=[])
+  rest = dataclasses.replace(batch, raw=[], ids=[], keys=[], records=[])
   return pickle.dumps((rest, texts, scored), pickle.HIGHEST_PROTOCOL)
 
 
@@ -634,8 +632,9 @@ def _unpack_item(blob: bytes):
     size, packed = texts
     texts = _text_codec().decompress(packed, decompressed_size=size,
                                      asbytes=True)
-  raw, ids, keys = pickle.loads(texts)
-  batch = dataclasses.replace(rest, raw=raw, ids=ids, keys=keys)
+  raw, ids, keys, records = pickle.loads(texts)
+  batch = dataclasses.replace(rest, raw=raw, ids=ids, keys=keys,
+                              records=records)
   if scored is None:
     return batch
   return dataclasses.replace(scored, batch=batch)

@@ -238,3 +238,34 @@ def _probe_consumer_config(client_config: Mapping[str, object]) -> dict:
   cfg.setdefault('group.id', '_kbi_probe')
   cfg['enable.auto.commit'] = False
   return cfg
+
+
+# What a producer and a broker accept by default: librdkafka's
+# message.max.bytes, just under Kafka's default max.message.bytes (1048588).
+DEFAULT_MAX_RECORD_BYTES = 1_000_000
+
+
+def max_record_bytes(client_config: Mapping[str, object], topic: str,
+                     timeout_s: float = 10.0) -> int:
+  """The largest record ``topic`` accepts: its ``max.message.bytes``, else
+  the broker's ``message.max.bytes``, else DEFAULT_MAX_RECORD_BYTES (a
+  broker that does not answer DescribeConfigs). Never above what the
+  client config allows a producer to send (its ``message.max.bytes``)."""
+  from confluent_kafka.admin import ConfigResource  # pylint: disable=import-outside-toplevel
+  admin = _admin(client_config)
+  limit = None
+  try:
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    configs = admin.describe_configs([resource])[resource].result(timeout_s)
+    entry = configs.get('max.message.bytes')
+    if entry is not None and entry.value:
+      limit = int(entry.value)
+  except Exception as e:  # pylint: disable=broad-except
+    _LOGGER.info('topic %s: no max.message.bytes from the broker (%s); '
+                 'assuming %d', topic, e, DEFAULT_MAX_RECORD_BYTES)
+  if limit is None or limit <= 0:
+    limit = DEFAULT_MAX_RECORD_BYTES
+  client_limit = client_config.get('message.max.bytes')
+  if client_limit is not None:
+    limit = min(limit, int(client_limit))
+  return limit
