@@ -141,8 +141,10 @@ def validate(options: PipelineOptions) -> None:
           '--timestamp_source=payload needs --kafka_io=python: Java KafkaIO '
           'cannot run a Python timestamp function; use '
           '--timestamp_source=record (producers set record timestamps)')
-    if options.view_as(opts.WindowOptions).max_delay_s:
-      raise ValueError('--max_delay_s must be 0 with --kafka_io=xlang')
+    if options.view_as(opts.WindowOptions).max_delay_s not in (
+        0, opts.DEFAULT_MAX_DELAY_S):
+      raise ValueError('--max_delay_s must be 0 with --kafka_io=xlang (Java '
+                       'KafkaIO\'s record-time policy has no delay)')
   if job.dedup_horizon_s is not None:
     if job.dedup_horizon_s <= 0:
       raise ValueError(f'--dedup_horizon_s must be > 0, got '
@@ -196,7 +198,8 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
       kafka.kafka_io, consumer_config, [kafka.input_topic],
       start=kafka.start, stop=_stop(options.view_as(opts.BoundedRunOptions)),
       max_batch_records=kafka.read_batch_records,
-      timestamp_policy=timestamp_policy, max_delay_s=wopts.max_delay_s,
+      timestamp_policy=timestamp_policy,
+      max_delay_s=0.0 if kafka.kafka_io == 'xlang' else wopts.max_delay_s,
       idle_timeout_s=wopts.idle_timeout_s, source_watermark=source_watermark,
       buffer_horizon=horizon)
   event_filter = None

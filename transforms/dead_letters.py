@@ -123,7 +123,8 @@ class DeadLetter:
                 ('dlq.reason', self.reason.encode()),
                 ('dlq.detail', self.detail.encode('utf-8', 'replace')[:1000]),
                 ('dlq.source', self.source.encode('utf-8', 'replace')),
-                ('dlq.position', str(self.position).encode())]
+                ('dlq.position', str(self.position).encode()),
+                ('dlq.time', f'{self.time:.3f}'.encode())]
     if self.event_id is not None:
       headers.append(('dlq.event_id', self.event_id.encode('utf-8', 'replace')))
     return headers
