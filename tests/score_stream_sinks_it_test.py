@@ -181,6 +181,12 @@ def test_bounded_and_unbounded_runs_write_every_sink_alike(
                  bq=bq)
     if mode == 'bounded':
       result = score_stream.run(args + ['--max_records', str(total)])
+      # The end-of-run summary counts rows per sink.
+      print('\n' + result.summary.format())
+      assert result.summary.sink_rows == {
+          'kafka': len(docs), 'files': len(docs), 'bigquery': len(docs),
+          'dead-letter topic': len(bad), 'dead-letter files': len(bad)}
+      assert result.summary.balanced
     else:
       result = score_stream.run(args, block=False)
       _wait_for(lambda t=run_topics: _count(broker, t['out']) >= len(docs)
