@@ -374,11 +374,11 @@ def _diagnose(config: dict, topics: dict, produced: int, group: str) -> None:
 
 
 def broker_restart(model_dir: str, log_path: str, work_dir: str, *, n: int,
-                   rate: float, down_s: float, kind: str = 'noida'
-                   ) -> Outcome:
+                   rate: float, down_s: float, kind: str = 'noida',
+                   extra_args=()) -> Outcome:
   """A broker restart mid-stream: the job and the producer keep running
   while the broker stops for ``down_s`` seconds and comes back on the same
-  port and data directory."""
+  port and data directory. ``extra_args`` go to the job."""
   from beam_jobs import local_broker
   data_dir = os.path.join(work_dir, 'broker-data')
   broker = local_broker.start(kind, data_dir=data_dir)
@@ -391,7 +391,7 @@ def broker_restart(model_dir: str, log_path: str, work_dir: str, *, n: int,
                          config={'retention.ms': '-1'})
     group = 'g-restart'
     job = JobProcess(job_args(broker.bootstrap_servers, topics, model_dir,
-                              group, config), log_path)
+                              group, config, *extra_args), log_path)
     job.start()
     job.wait_until_reading()
     auditor = OutputAuditor(config, topics)
