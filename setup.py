@@ -18,7 +18,12 @@ _README = pathlib.Path(__file__).with_name('README.md')
 # constraints.txt (a set tested together); ranges here keep the package
 # installable beside a user's own pins.
 INSTALL_REQUIRES = [
-    'apache-beam[gcp]>=2.77.0,<3',
+    # One Beam minor release: the local streaming runner
+    # (beam_jobs/local_runner.py) works inside the bundle-based DirectRunner's
+    # internals, verified on 2.77.x only, and refuses any other release at run
+    # time. Widen this together with its VERIFIED_BEAM_VERSIONS, after the
+    # checks in docs/local_streaming.md ("Verifying a new Beam version").
+    'apache-beam[gcp]>=2.77.0,<2.78',
     'tensorflow>=2.21,<3',
     'tfx-bsl>=1.21,<2',
     'confluent-kafka>=2.16,<3',

@@ -12,7 +12,12 @@ This module makes that choice explicit and logs it:
 * DirectRunner + ``--streaming``: Prism if a binary is at hand
   (``--prism_location``, ``prism`` on PATH, or Beam's download cache), else
   ``LocalStreamingRunner`` (Beam's bundle-based runner with a native local
-  Kafka read).
+  Kafka read; beam_jobs/local_runner.py). That runner works inside Beam's
+  internals and is verified on one Beam release: on any other, selection
+  fails with an error that names the versions and suggests
+  ``--runner PrismRunner``, rather than falling back silently (Prism without
+  a local binary downloads one at run time, which an offline machine
+  cannot; the user is better told than surprised).
 * DirectRunner, batch: the FnApiRunner (what DirectRunner falls back to for
   batch anyway, without first trying to download Prism).
 """
@@ -73,8 +78,9 @@ def select_engine(options: PipelineOptions) -> Engine:
       options.view_as(PrismRunnerOptions).prism_location = prism
       return Engine('PrismRunner', f'PrismRunner ({prism})')
     # Imported here: it pulls in the direct runner's internals.
-    from transforms.kafka.local_streaming import LocalStreamingRunner
-    return Engine(LocalStreamingRunner(),
+    from beam_jobs import local_runner  # pylint: disable=import-outside-toplevel
+    local_runner.check_beam_version()
+    return Engine(local_runner.LocalStreamingRunner(),
                   'LocalStreamingRunner (bundle-based DirectRunner with a '
                   'native local Kafka read; no Prism binary available)')
   return Engine(_fn_api_runner(options),

@@ -51,7 +51,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from beam_jobs import local_broker
 from transforms.kafka import ReadFromKafka, StopAt, admin
-from transforms.kafka.local_streaming import LocalStreamingRunner
+from beam_jobs.local_runner import LocalStreamingRunner
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -53,17 +53,17 @@ def _pipeline_main(engine: str, config: dict, topic: str, out) -> None:
     # Repairing the SDF path: Beam's overrides in a working order, and the
     # splittable DoFn itself as the source (no native read).
     from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
-    from transforms.kafka import local_streaming
+    from beam_jobs import local_runner
 
     class Reordered(BundleBasedDirectRunner):
 
       def run_pipeline(self, pipeline, options):
-        local_streaming._apply_overrides_in_working_order(pipeline, options)  # pylint: disable=protected-access
+        local_runner._apply_overrides_in_working_order(pipeline, options)  # pylint: disable=protected-access
         return super().run_pipeline(pipeline, options)
 
     runner = Reordered()
   else:
-    from transforms.kafka.local_streaming import LocalStreamingRunner
+    from beam_jobs.local_runner import LocalStreamingRunner
     runner = LocalStreamingRunner()
   try:
     p = beam.Pipeline(runner=runner, options=options)

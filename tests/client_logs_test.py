@@ -5,7 +5,7 @@ import time
 
 from confluent_kafka.admin import AdminClient
 
-from transforms.kafka import admin, client_logs, read
+from transforms.kafka import admin, client_logs, reader_core
 
 REFUSED = ('[thrd:127.0.0.1:1/bootstrap]: 127.0.0.1:1/bootstrap: Connect to '
            'ipv4#127.0.0.1:1 failed: Connection refused (after {}ms in state '
@@ -70,7 +70,7 @@ def test_repeats_are_reported_at_the_interval():
 def test_every_client_config_of_the_package_is_routed():
   assert admin.admin_config({'bootstrap.servers': 'b:1'})['logger'] is (
       client_logs.CLIENT_LOG)
-  assert read.reader_config({'bootstrap.servers': 'b:1'})['logger'] is (
+  assert reader_core.reader_config({'bootstrap.servers': 'b:1'})['logger'] is (
       client_logs.CLIENT_LOG)
   mine = object()
   assert client_logs.route({'logger': mine})['logger'] is mine

@@ -20,7 +20,7 @@ from beam_jobs import score_stream
 from kafka_helpers import produce, read_topic
 from models import susy
 from transforms.kafka import ReadFromKafka, StopAt, WriteToKafka, admin
-from transforms.kafka.local_streaming import LocalStreamingRunner
+from beam_jobs.local_runner import LocalStreamingRunner
 from transforms.outage import OutageError, OutagePolicy
 
 pytestmark = pytest.mark.it

@@ -34,8 +34,7 @@ def _fn(config=None, **read_kwargs) -> _ReadPartitionsFn:
   """The reader DoFn exactly as ReadFromKafka would build it."""
   read = ReadFromKafka(config or UNUSED, 't', start='earliest', stop='end',
                        **read_kwargs)
-  return _ReadPartitionsFn(read.settings['consumer_config'],
-                           **read._fn_kwargs)  # pylint: disable=protected-access
+  return _ReadPartitionsFn(read.settings)
 
 
 def _ts(seconds: float) -> Timestamp:
@@ -239,53 +238,6 @@ def test_watermark_estimator_through_the_harness_wrapper():
   assert est.current_watermark() == _ts(10)
   with pytest.raises(ValueError):
     est.observe_timestamp(10)  # the harness wants Timestamps
-
-
-# Emission (no broker: records built by hand).
-
-
-@pytest.mark.parametrize('max_batch_records', [0, 2])
-def test_records_without_broker_timestamp_never_move_the_watermark(
-    max_batch_records):
-  fn = _fn(max_batch_records=max_batch_records)
-  items = [KafkaRecord('t', 0, i, None, b'v', ts, 1 if ts >= 0 else 0)
-           for i, ts in enumerate([5_000, -1, 7_000])]
-  est = _estimator(max_delay_s=0.0)
-  out = list(fn._emit(list(items), [], est, everything=True))  # pylint: disable=protected-access
-  if max_batch_records:
-    assert [o.value for o in out] == [items[:2], items[2:]]
-    # The earliest valid time of the chunk; the timeless record added none.
-    assert out[0].timestamp == Timestamp.of(5)
-    assert out[1].timestamp == Timestamp.of(7)
-  else:
-    assert [o.value for o in out] == items
-    assert out[0].timestamp == Timestamp.of(5)
-    # A timeless record takes the watermark: neither late nor ahead.
-    assert out[1].timestamp == Timestamp.of(5)
-    assert out[2].timestamp == Timestamp.of(7)
-  assert est.current_watermark() == Timestamp.of(7)
-
-
-def test_future_record_times_never_move_the_watermark_past_the_clock():
-  fn = _fn(max_batch_records=2)
-  now = Timestamp.now()
-  future_ms = (now.micros // 1000) + 20 * 60 * 1000  # 20 minutes ahead
-  items = [KafkaRecord('t', 0, i, None, b'v', ts, 1)
-           for i, ts in enumerate([5_000, future_ms])]
-  est = _estimator(max_delay_s=0.0)
-  list(fn._emit(items, [], est, everything=True))  # pylint: disable=protected-access
-  assert now <= est.current_watermark() <= Timestamp.now()
-
-
-def test_partial_chunk_waits_unless_everything_is_emitted():
-  fn = _fn(max_batch_records=2)
-  items = [KafkaRecord('t', 0, i, None, b'v', 1_000 * i, 1) for i in range(3)]
-  pending = list(items)
-  est = _estimator()
-  out = list(fn._emit(pending, [], est, everything=False))  # pylint: disable=protected-access
-  assert [o.value for o in out] == [items[:2]] and pending == items[2:]
-  out = list(fn._emit(pending, [], est, everything=True))  # pylint: disable=protected-access
-  assert [o.value for o in out] == [items[2:]] and pending == []
 
 
 # Driving process() against a real broker.

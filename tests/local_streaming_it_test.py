@@ -16,7 +16,7 @@ from confluent_kafka import Producer
 
 from beam_jobs import engine as engine_lib
 from transforms.kafka import ReadFromKafka, StopAt, admin
-from transforms.kafka.local_streaming import LocalStreamingRunner
+from beam_jobs.local_runner import LocalStreamingRunner
 
 pytestmark = pytest.mark.it
 

@@ -160,7 +160,7 @@ class BufferHorizon:
   t in epoch micros, it returns the latest such end, in micros:
   once every buffered element's window ends after it, nothing of the record
   is held anywhere (the local runner's offset commits rely on this; see
-  transforms/kafka/local_streaming.py). ``UNKNOWN_HORIZON_US`` for session
+  transforms/kafka/local_read.py). ``UNKNOWN_HORIZON_US`` for session
   and global windows: only a fully drained pipeline frees those.
   """
   specs: tuple[WindowSpec, ...]

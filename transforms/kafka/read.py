@@ -20,15 +20,15 @@ restriction per partition range:
   commit-before-output.
 
 On the local streaming runner the whole transform is replaced by a native read
-(transforms/kafka/local_streaming.py); on every other runner this SDF is the
-source.
+(transforms/kafka/local_read.py, installed by beam_jobs/local_runner.py); on
+every other runner this SDF is the source. What the two readers share
+(settings, fetching, consumer events, records to elements, metrics, offset
+commits) is in transforms/kafka/reader_core.py.
 """
 
 import functools
 import logging
-import threading
 import time
-import uuid
 from typing import (Any, Callable, Iterable, Mapping, Optional, Sequence,
                     Union)
 
@@ -40,22 +40,21 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.typehints import typehints
 from apache_beam.utils.timestamp import Duration, Timestamp
-from confluent_kafka import (Consumer, KafkaError, KafkaException, Message,
-                             TopicPartition)
+from confluent_kafka import Consumer, TopicPartition
 
-from transforms.kafka import admin, client_logs
-from transforms.kafka.errors import RecoverableErrorLog, is_recoverable
+from transforms.kafka import admin
 from transforms.kafka import config_refs
 from transforms.kafka import offsets as offsets_lib
 from transforms.kafka.offsets import PartitionRange, StopAt
+from transforms.kafka.reader_core import (NAMESPACE, ConsumerEvent,
+                                          OffsetCommitter, ReaderCore,
+                                          ReadSettings, reader_config,
+                                          split_at_events, timestamp_mode)
 from transforms.kafka.records import (KafkaRecord, TimestampPolicy,
-                                      chunk_times, micros_of, record_micros,
-                                      records_from_messages,
                                       resolve_timestamp_fn)
 from transforms.kafka.watermark import KafkaWatermarkEstimatorProvider
 
 _LOGGER = logging.getLogger(__name__)
-_NAMESPACE = 'kafka_read'
 
 
 class KafkaRecordCoder(coders.Coder):
@@ -83,27 +82,6 @@ class KafkaRecordCoder(coders.Coder):
 
 
 coders.registry.register_coder(KafkaRecord, KafkaRecordCoder)
-
-
-def reader_config(consumer_config: Mapping[str, Any]) -> dict:
-  """The config of the reader's own consumers, derived from the user's.
-
-  The reader assigns partitions and commits explicitly, so auto-commit is off;
-  partition EOF events tell it when a partition is caught up. librdkafka
-  needs a group.id even for assign(); a throwaway one is used if none is given
-  (nothing is committed then). Settings given by reference are read here
-  (transforms.kafka.config_refs), where the consumers are built, and log
-  lines are routed to Python logging (transforms.kafka.client_logs).
-  """
-  cfg = client_logs.route(config_refs.resolve(consumer_config))
-  cfg['enable.auto.commit'] = False
-  cfg['enable.auto.offset.store'] = False
-  cfg['enable.partition.eof'] = True
-  # Never jump silently: an out-of-range fetch surfaces as an error the reader
-  # handles (transforms.kafka.read._ReadPartitionsFn._out_of_range).
-  cfg['auto.offset.reset'] = 'error'
-  cfg.setdefault('group.id', f'kbi-reader-{uuid.uuid4().hex[:12]}')
-  return cfg
 
 
 class PartitionConsumers:
@@ -149,120 +127,26 @@ class PartitionConsumers:
     self._next_offset.clear()
 
 
-class OffsetCommitter:
-  """Commits consumer-group offsets from a dedicated consumer (thread-safe).
-
-  Separate from the reading consumers so that a runner calling bundle
-  finalization on another thread never touches a consumer that is fetching.
-  """
-
-  def __init__(self, consumer_config: Mapping[str, Any]):
-    self._group = consumer_config.get('group.id')
-    self._consumer = Consumer(reader_config(consumer_config))
-    self._lock = threading.Lock()
-    # Highest offset committed per partition by this committer: bundle
-    # finalizations may arrive out of order (a later checkpoint's before an
-    # earlier one's), and committing the older, smaller offset afterwards
-    # would move the group backwards (re-reads after a restart).
-    self._highest: dict[tuple[str, int], int] = {}
-    self.committed = Metrics.counter(_NAMESPACE, 'offset_commits')
-    self.failed = Metrics.counter(_NAMESPACE, 'offset_commit_failures')
-
-  def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
-    """Commits {(topic, partition): next offset to read}.
-
-    An offset at or below one this committer already committed for the
-    partition is skipped (never moves the group backwards).
-
-    A failed commit is logged and counted, not raised: the records are already
-    durable downstream, and a later commit covers the same partition. The
-    cost of a lost commit is re-reading those records after a restart.
-    """
-    with self._lock:
-      todo = {key: o for key, o in offsets.items()
-              if o > self._highest.get(key, -1)}
-      if not todo:
-        return
-      tps = [TopicPartition(t, p, o) for (t, p), o in todo.items()]
-      try:
-        result = self._consumer.commit(offsets=tps, asynchronous=False)
-      except KafkaException as e:
-        self.failed.inc()
-        _LOGGER.warning('offset commit for group %s failed: %s', self._group,
-                        e)
-        return
-      bad = [tp for tp in result or [] if tp.error is not None]
-      for tp in result or []:
-        if tp.error is None:
-          key = (tp.topic, tp.partition)
-          self._highest[key] = max(self._highest.get(key, -1), tp.offset)
-    if bad:
-      self.failed.inc(len(bad))
-      _LOGGER.warning('offset commit for group %s failed on %s', self._group,
-                      bad)
-    else:
-      self.committed.inc()
-
-  def close(self) -> None:
-    with self._lock:
-      try:
-        self._consumer.close()
-      except RuntimeError:
-        pass
-
-
-def recover_out_of_range(consumer, topic: str, partition: int, offset: int,
-                         err, out_of_range_counter,
-                         deleted_counter) -> int:
-  """Decides where to continue after the broker rejected a fetch as out of range.
-
-  If the offset is still inside the log (some brokers answer out-of-range for
-  a moment right after writes), reading retries at the same offset. If
-  retention deleted it, reading continues at the log start, and the skipped
-  offsets are counted and logged: they no longer exist anywhere.
-
-  Returns:
-    The offset to read next (never below ``offset``: claims stay monotonic).
-  """
-  low, high = consumer.get_watermark_offsets(
-      TopicPartition(topic, partition), timeout=10, cached=False)
-  out_of_range_counter.inc()
-  if offset < low:
-    deleted_counter.inc(low - offset)
-    _LOGGER.warning(
-        '%s[%d]: offsets [%d, %d) were deleted by retention before they '
-        'were read; continuing at %d', topic, partition, offset, low, low)
-    return low
-  _LOGGER.info('%s[%d]: broker answered out of range for offset %d '
-               '(log [%d, %d)): %s; retrying', topic, partition, offset, low,
-               high, err.str())
-  time.sleep(0.05)
-  return offset
-
-
 class _ResolvePartitionsFn(beam.DoFn):
   """Impulse -> one PartitionRange per topic-partition to read."""
 
-  def __init__(self, consumer_config, topics, start, stop, timeout_s):
-    self._config = dict(consumer_config)
-    self._topics = list(topics)
-    self._start = start
-    self._stop = stop
-    self._timeout_s = timeout_s
+  def __init__(self, settings: ReadSettings):
+    self._settings = settings
     self._consumer = None
     self._resolved = None
 
   def setup(self):
     # Referenced settings (secrets) are read on the worker, never pickled.
-    self._resolved = config_refs.resolve(self._config)
+    self._resolved = config_refs.resolve(self._settings.consumer_config)
     self._consumer = Consumer(reader_config(self._resolved))
 
   def process(self, unused_impulse) -> Iterable[PartitionRange]:
-    partitions = admin.topic_partitions(self._resolved, self._topics,
-                                        self._timeout_s)
+    s = self._settings
+    partitions = admin.topic_partitions(self._resolved, list(s.topics),
+                                        s.metadata_timeout_s)
     ranges = offsets_lib.resolve_ranges(
-        self._consumer, self._resolved, partitions, self._start, self._stop,
-        timeout_s=self._timeout_s)
+        self._consumer, self._resolved, partitions, s.start, s.stop,
+        timeout_s=s.metadata_timeout_s)
     for r in ranges:
       _LOGGER.info('kafka read plan: %s[%d] offsets [%d, %s)%s', r.topic,
                    r.partition, r.start_offset,
@@ -329,14 +213,20 @@ def _claim_run(run: list, tracker) -> tuple[list, bool]:
   return [m for m in run if m.offset() < stop], True
 
 
-# How the reader computes element timestamps (see ReadFromKafka.__init__):
-# from the records' broker timestamps, from the wall clock, or with the
-# resolved timestamp function for each record.
-TS_RECORD_TIME = 'record_time'
-TS_PROCESSING_TIME = 'processing_time'
-TS_FUNCTION = 'function'
+def _process_method(*, unbounded: bool):
+  """The reader DoFn's ``process``. Each class gets a function object of its
+  own: Beam marks an unbounded one with an attribute on the function."""
 
-_message_error = Message.error
+  def process(self,
+              element: PartitionRange,
+              # Beam fills the finalizer positionally: it must come before
+              # the restriction and watermark parameters.
+              finalizer=beam.DoFn.BundleFinalizerParam,
+              tracker=beam.DoFn.RestrictionParam(),
+              watermark=beam.DoFn.WatermarkEstimatorParam()):
+    yield from self._read(element, tracker, watermark, finalizer)
+
+  return beam.DoFn.unbounded_per_element()(process) if unbounded else process
 
 
 class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
@@ -354,50 +244,19 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
   full chunks while data keeps arriving.
   """
 
-  def __init__(self, consumer_config: Mapping[str, Any], *, timestamp_fn,
-               with_metadata: bool, commit_offsets: bool,
-               max_batch_records: int, consume_batch: int,
-               checkpoint_interval_s: float, poll_timeout_s: float,
-               idle_resume_s: float, split_offsets: int, max_delay_s: float,
-               idle_timeout_s: float, timestamp_mode: str = TS_FUNCTION):
+  process = _process_method(unbounded=False)
+
+  def __init__(self, settings: ReadSettings):
     beam.DoFn.__init__(self)
     KafkaWatermarkEstimatorProvider.__init__(
-        self, max_delay_s=max_delay_s, idle_timeout_s=idle_timeout_s)
-    if timestamp_mode not in (TS_RECORD_TIME, TS_PROCESSING_TIME,
-                              TS_FUNCTION):
-      raise ValueError(f'unknown timestamp_mode {timestamp_mode!r}')
-    self._config = dict(consumer_config)
-    self._timestamp_fn = timestamp_fn
-    self._timestamp_mode = timestamp_mode
-    self._with_metadata = with_metadata
-    self._commit_offsets = commit_offsets
-    self._max_batch_records = max_batch_records
-    self._consume_batch = consume_batch
-    self._checkpoint_interval_s = checkpoint_interval_s
-    self._poll_timeout_s = poll_timeout_s
-    self._idle_resume = Duration(seconds=idle_resume_s)
-    self._split_offsets = split_offsets
+        self, max_delay_s=settings.max_delay_s,
+        idle_timeout_s=settings.idle_timeout_s)
+    self._settings = settings
+    self._core = ReaderCore(settings)
+    self._idle_resume = Duration(seconds=settings.idle_resume_s)
     self._consumers: Optional[PartitionConsumers] = None
     self._committer: Optional[OffsetCommitter] = None
-    self.records = Metrics.counter(_NAMESPACE, 'records')
-    self.bytes = Metrics.counter(_NAMESPACE, 'bytes')
-    self.checkpoints = Metrics.counter(_NAMESPACE, 'checkpoints')
-    self.out_of_range = Metrics.counter(_NAMESPACE, 'out_of_range_fetches')
-    self.deleted_offsets = Metrics.counter(_NAMESPACE,
-                                           'offsets_deleted_before_read')
-    self.batch_sizes = Metrics.distribution(_NAMESPACE, 'consume_batch_size')
-    self.recoverable_errors = Metrics.counter(_NAMESPACE,
-                                              'recoverable_consumer_errors')
-    self._error_log = RecoverableErrorLog()
-
-  def process(self,
-              element: PartitionRange,
-              # Beam fills the finalizer positionally: it must come before
-              # the restriction and watermark parameters.
-              finalizer=beam.DoFn.BundleFinalizerParam,
-              tracker=beam.DoFn.RestrictionParam(),
-              watermark=beam.DoFn.WatermarkEstimatorParam()):
-    yield from self._read(element, tracker, watermark, finalizer)
+    self.checkpoints = Metrics.counter(NAMESPACE, 'checkpoints')
 
   # RestrictionProvider: offset ranges of one partition.
 
@@ -409,18 +268,19 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
     # with a split, the second half could be finalized (and committed) while
     # the first is still being read, and a crash then would skip the rest of
     # the first half. So a committing read accepts checkpoints only.
-    return KafkaOffsetTracker(restriction,
-                              dynamic_splits=not self._commit_offsets)
+    return KafkaOffsetTracker(
+        restriction, dynamic_splits=not self._settings.commit_offsets)
 
   def split(self, element: PartitionRange, restriction: OffsetRange):
     # Not for a committing read either (see create_tracker): parallelism then
     # comes from partitions, not from ranges within one.
-    if (restriction.stop == offsets_lib.UNBOUNDED or self._split_offsets <= 0
-        or self._commit_offsets
-        or restriction.stop - restriction.start <= self._split_offsets):
+    split_offsets = self._settings.split_offsets
+    if (restriction.stop == offsets_lib.UNBOUNDED or split_offsets <= 0
+        or self._settings.commit_offsets
+        or restriction.stop - restriction.start <= split_offsets):
       yield restriction
       return
-    yield from restriction.split(self._split_offsets, self._split_offsets // 4)
+    yield from restriction.split(split_offsets, split_offsets // 4)
 
   def restriction_size(self, element: PartitionRange,
                        restriction: OffsetRange) -> int:
@@ -438,9 +298,9 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
 
   def setup(self):
     # Referenced settings (secrets) are read on the worker, never pickled.
-    config = config_refs.resolve(self._config)
+    config = config_refs.resolve(self._settings.consumer_config)
     self._consumers = PartitionConsumers(config)
-    if self._commit_offsets:
+    if self._settings.commit_offsets:
       self._committer = OffsetCommitter(config)
 
   def teardown(self):
@@ -450,13 +310,16 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
       self._committer.close()
 
   def _read(self, element: PartitionRange, tracker, watermark, finalizer):
+    core = self._core
     topic, partition = element.topic, element.partition
     restriction = tracker.current_restriction()
     start = restriction.start
     if start >= restriction.stop:
       return  # an empty range: nothing to claim, the tracker is done
     consumer = self._consumers.positioned(topic, partition, start)
-    bundle_deadline = time.monotonic() + self._checkpoint_interval_s
+    bundle_deadline = (time.monotonic() +
+                       self._settings.checkpoint_interval_s)
+    batch = self._settings.max_batch_records
     # The next offset this restriction has not read (what a commit covers).
     next_offset = start
     # Records consumed and claimed but not yet emitted, and their element
@@ -469,21 +332,10 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
           yield from self._emit(items, stamps, watermark, everything=True)
           _finish_range(tracker)
           return
-        messages = self._fetch(consumer)
+        messages = core.fetch(consumer)
         caught_up = not messages
         range_done = repositioned = exact_end = False
-        # Consumer events (end of partition, errors) are rare messages among
-        # the records: find them once, handle the runs of records between.
-        if any(map(_message_error, messages)):
-          events = [i for i, m in enumerate(messages)
-                    if m.error() is not None]
-          events.append(len(messages))
-        else:
-          events = [len(messages)]
-        begin = 0
-        for end in events:
-          run = messages if not begin and end == len(messages) else (
-              messages[begin:end])
+        for run, event in split_at_events(messages):
           if run and run[0].offset() < next_offset:
             # Never re-emit: skip anything fetched before a re-position.
             run = [m for m in run if m.offset() >= next_offset]
@@ -491,9 +343,7 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
             run, range_done = _claim_run(run, tracker)
             if run:
               next_offset = run[-1].offset() + 1
-              self._convert(run, topic, partition, items, stamps)
-              self.records.inc(len(run))
-              self.bytes.inc(sum(map(len, run)))
+              core.convert(run, topic, partition, items, stamps)
             if not range_done and (
                 next_offset >= tracker.current_restriction().stop):
               # The last offset of the range was read: done now, rather than
@@ -502,13 +352,11 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
               _finish_range(tracker)
               range_done = True
               # Nothing past the stop was taken from the consumer's queue.
-              exact_end = end == len(messages)
-          if range_done or end == len(messages):
+              exact_end = event is None
+          if range_done or event is None:
             break
-          event = messages[end]
-          err = event.error()
-          code = err.code()
-          if code == KafkaError._PARTITION_EOF:
+          kind = core.handle_event(event)
+          if kind is ConsumerEvent.PARTITION_EOF:
             caught_up = True
             if event.offset() >= tracker.current_restriction().stop:
               # Nothing left below the stop offset (it may lie past the last
@@ -516,17 +364,11 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
               _finish_range(tracker)
               range_done = True
               break
-          elif code == KafkaError._AUTO_OFFSET_RESET:
-            self._out_of_range(consumer, topic, partition, next_offset, err)
+          elif kind is ConsumerEvent.OUT_OF_RANGE:
+            self._out_of_range(consumer, topic, partition, next_offset,
+                               event.error())
             repositioned = True
             break
-          elif is_recoverable(err):
-            # E.g. a broker restart: librdkafka reconnects by itself.
-            self.recoverable_errors.inc()
-            self._error_log.log(err)
-          else:
-            raise KafkaException(err)
-          begin = end + 1
         if range_done and not exact_end:
           # Records past the range may have been fetched: position unknown.
           self._consumers.invalidate(topic, partition)
@@ -534,9 +376,6 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
           # (After an exact end too: the consumer stands at the stop offset,
           # where the next range of this partition, if any, starts.)
           self._consumers.advanced(topic, partition, next_offset)
-        if messages:
-          self.batch_sizes.update(len(messages))
-        batch = self._max_batch_records
         if range_done or batch <= 0 or caught_up or len(items) >= batch:
           # Emit what is complete; while records keep coming, a partial
           # chunk waits for the next consumer call to fill it.
@@ -568,115 +407,23 @@ class _ReadPartitionsFn(beam.DoFn, RestrictionProvider,
         _LOGGER.debug('%s[%d]: %d records not emitted (read abandoned)',
                       topic, partition, len(items))
 
-  def _fetch(self, consumer) -> list:
-    """Up to ``consume_batch`` queued messages, as soon as any is available.
-
-    ``consume(n, timeout)`` waits for n messages or the whole timeout, so at
-    the end of a range or of the log every call would cost the full poll
-    timeout. Instead: take what is queued; only if nothing is, wait for the
-    first message (or event) and take what arrived with it.
-    """
-    batch = self._consume_batch
-    messages = consumer.consume(num_messages=batch, timeout=0)
-    if messages:
-      return messages
-    first = consumer.poll(self._poll_timeout_s)
-    if first is None:
-      return []
-    return [first] + (consumer.consume(num_messages=batch - 1, timeout=0)
-                      if batch > 1 else [])
-
   def _out_of_range(self, consumer, topic, partition, offset, err) -> None:
-    offset = recover_out_of_range(consumer, topic, partition, offset, err,
-                                  self.out_of_range, self.deleted_offsets)
+    offset = self._core.out_of_range(consumer, topic, partition, offset, err)
     self._consumers.invalidate(topic, partition)
     self._consumers.positioned(topic, partition, offset)
 
-  def _convert(self, run: list, topic: str, partition: int, items: list,
-               stamps: list) -> None:
-    """Appends a run of messages to the pending elements, and their element
-    timestamps to ``stamps`` (not for records with their broker timestamps:
-    those are read from the records when emitted)."""
-    mode = self._timestamp_mode
-    if mode == TS_RECORD_TIME and self._with_metadata:
-      items.extend(records_from_messages(run, topic, partition))
-      return
-    if mode == TS_FUNCTION:
-      records = records_from_messages(run, topic, partition)
-      stamps.extend(micros_of(self._timestamp_fn, records))
-      items.extend(records if self._with_metadata else
-                   [(r[3], r[4]) for r in records])
-      return
-    if mode == TS_RECORD_TIME:
-      items.extend([(m.key(), m.value()) for m in run])
-      stamps.extend([record_micros(m.timestamp()[1]) for m in run])
-      return
-    # Processing time: one clock reading per consumed run.
-    now_micros = Timestamp.of(time.time()).micros
-    items.extend(records_from_messages(run, topic, partition) if self._with_metadata
-                 else [(m.key(), m.value()) for m in run])
-    stamps.extend([now_micros] * len(run))
-
   def _emit(self, items: list, stamps: list, watermark, *, everything: bool):
-    """Emits pending records as timestamped elements (and empties the lists).
-
-    One element per record, or chunks of ``max_batch_records`` that carry
-    their earliest valid record time (never late relative to their own
-    records; records.chunk_times); the watermark follows the latest valid
-    one. A partial last chunk is kept unless ``everything``.
-    """
-    if not items:
-      return
-    if self._timestamp_mode == TS_RECORD_TIME and self._with_metadata:
-      stamps[:] = [record_micros(r[5]) for r in items]
-    size = self._max_batch_records
-    if size <= 0:
-      for item, ts in zip(items, stamps):
-        if ts is None:
-          # No valid event time: the partition's watermark (not late, and
-          # holding nothing back); it must not move the watermark.
-          ts = watermark.current_watermark().micros
-        else:
-          watermark.observe_timestamp(Timestamp(micros=ts))
-        yield beam.window.TimestampedValue(item, Timestamp(micros=ts))
-      items.clear()
-      del stamps[:]
-      return
-    n = len(items) if everything else len(items) - len(items) % size
-    for i in range(0, n, size):
-      low, high = chunk_times(stamps[i:i + size],
-                              watermark.current_watermark().micros)
-      if high is not None:
-        watermark.observe_timestamp(Timestamp(micros=high))
-      yield beam.window.TimestampedValue(items[i:i + size],
-                                         Timestamp(micros=low))
-    del items[:n]
-    del stamps[:n]
+    """Emits pending records as timestamped elements (and empties the lists
+    of what it emits; ReaderCore.take_elements)."""
+    for value, micros, _, _ in self._core.take_elements(
+        items, stamps, watermark, everything=everything):
+      yield beam.window.TimestampedValue(value, Timestamp(micros=micros))
 
 
 class _ReadUnboundedPartitionsFn(_ReadPartitionsFn):
   """The same reader, declared unbounded so runners treat its output as a stream."""
 
-  @beam.DoFn.unbounded_per_element()
-  def process(self,
-              element: PartitionRange,
-              # Beam fills the finalizer positionally: it must come before
-              # the restriction and watermark parameters.
-              finalizer=beam.DoFn.BundleFinalizerParam,
-              tracker=beam.DoFn.RestrictionParam(),
-              watermark=beam.DoFn.WatermarkEstimatorParam()):
-    yield from self._read(element, tracker, watermark, finalizer)
-
-
-def _timestamp_mode(policy) -> str:
-  """How the reader computes the element timestamps of a (valid) policy."""
-  if callable(policy) and not isinstance(policy, TimestampPolicy):
-    return TS_FUNCTION
-  if TimestampPolicy(policy) is TimestampPolicy.PROCESSING_TIME:
-    return TS_PROCESSING_TIME
-  # CREATE_TIME and LOG_APPEND_TIME both read the record's own timestamp
-  # (the broker sets its type); see records.resolve_timestamp_fn.
-  return TS_RECORD_TIME
+  process = _process_method(unbounded=True)
 
 
 class ReadFromKafka(beam.PTransform):
@@ -782,50 +529,41 @@ class ReadFromKafka(beam.PTransform):
     super().__init__()
     if not consumer_config.get('bootstrap.servers'):
       raise ValueError("consumer_config needs 'bootstrap.servers'")
-    self._topics = [topics] if isinstance(topics, str) else list(topics)
-    if not self._topics:
+    topics = (topics,) if isinstance(topics, str) else tuple(topics)
+    if not topics:
       raise ValueError('topics must name at least one topic')
-    if max_batch_records < 0:
-      raise ValueError(f'max_batch_records must be >= 0, got {max_batch_records}')
-    if consume_batch <= 0:
-      raise ValueError(f'consume_batch must be > 0, got {consume_batch}')
-    self._config = dict(consumer_config)
-    self._start = offsets_lib.normalize_start(start)
-    self._stop = offsets_lib.normalize_stop(stop)
+    config = dict(consumer_config)
+    start = offsets_lib.normalize_start(start)
     if commit_offsets is None:
-      commit_offsets = bool(self._config.get('group.id'))
-    if commit_offsets and not self._config.get('group.id'):
+      commit_offsets = bool(config.get('group.id'))
+    if commit_offsets and not config.get('group.id'):
       raise ValueError("commit_offsets=True needs 'group.id' in consumer_config")
-    if self._start == offsets_lib.START_COMMITTED and not self._config.get(
-        'group.id'):
+    if start == offsets_lib.START_COMMITTED and not config.get('group.id'):
       raise ValueError(
           "start='committed' needs 'group.id' in consumer_config; "
           "or use start='earliest'/'latest'")
-    self._timestamp_fn = resolve_timestamp_fn(timestamp_policy)
-    self._timestamp_mode = _timestamp_mode(timestamp_policy)
-    self._metadata_timeout_s = metadata_timeout_s
-    self._local_hints = dict(source_watermark=source_watermark,
-                             buffer_horizon=buffer_horizon)
-    self._fn_kwargs = dict(
-        timestamp_fn=self._timestamp_fn, with_metadata=with_metadata,
-        commit_offsets=commit_offsets, max_batch_records=max_batch_records,
-        consume_batch=consume_batch,
+    self._settings = ReadSettings(
+        consumer_config=config, topics=topics, start=start,
+        stop=offsets_lib.normalize_stop(stop),
+        timestamp_fn=resolve_timestamp_fn(timestamp_policy),
+        timestamp_mode=timestamp_mode(timestamp_policy),
+        with_metadata=with_metadata, commit_offsets=commit_offsets,
+        max_batch_records=max_batch_records, consume_batch=consume_batch,
         checkpoint_interval_s=checkpoint_interval_s,
         poll_timeout_s=poll_timeout_s, idle_resume_s=idle_resume_s,
         split_offsets=split_offsets, max_delay_s=max_delay_s,
-        idle_timeout_s=idle_timeout_s, timestamp_mode=self._timestamp_mode)
+        idle_timeout_s=idle_timeout_s, metadata_timeout_s=metadata_timeout_s,
+        source_watermark=source_watermark, buffer_horizon=buffer_horizon)
 
-  # Read by the local streaming override (it reuses the same settings).
   @property
-  def settings(self) -> dict:
-    return dict(self._fn_kwargs, consumer_config=self._config,
-                topics=self._topics, start=self._start, stop=self._stop,
-                metadata_timeout_s=self._metadata_timeout_s,
-                **self._local_hints)
+  def settings(self) -> ReadSettings:
+    """The resolved settings (the local read and the cross-language read
+    are built from them)."""
+    return self._settings
 
   @property
   def is_bounded(self) -> bool:
-    return self._stop.is_bounded
+    return self._settings.is_bounded
 
   def to_runner_api_parameter(self, context):
     # Serialized as itself (as Beam's ReadFromPubSub is) so the runner API
@@ -837,22 +575,20 @@ class ReadFromKafka(beam.PTransform):
         pbegin
         | 'Impulse' >> beam.Impulse()
         | 'ResolvePartitions' >> beam.ParDo(
-            _ResolvePartitionsFn(self._config, self._topics, self._start,
-                                 self._stop, self._metadata_timeout_s)))
+            _ResolvePartitionsFn(self._settings)))
     # Spread partitions over workers before the read (the SDF would
     # otherwise be fused with the single Impulse element's worker).
     ranges = ranges | 'DistributePartitions' >> beam.Reshuffle()
-    fn_class = (_ReadPartitionsFn if self._stop.is_bounded else
+    fn_class = (_ReadPartitionsFn if self._settings.is_bounded else
                 _ReadUnboundedPartitionsFn)
     return ranges | 'ReadPartitions' >> beam.ParDo(
-        fn_class(self._config, **self._fn_kwargs)).with_output_types(
-            self._element_type())
+        fn_class(self._settings)).with_output_types(self._element_type())
 
   def _element_type(self):
     """The output element type: it picks the coder of the output (without
     it, records would be pickled one by one wherever they are encoded)."""
     kv = typehints.Tuple[typehints.Optional[bytes], typehints.Optional[bytes]]
-    item = KafkaRecord if self._fn_kwargs['with_metadata'] else kv
-    if self._fn_kwargs['max_batch_records'] > 0:
+    item = KafkaRecord if self._settings.with_metadata else kv
+    if self._settings.max_batch_records > 0:
       return typehints.List[item]
     return item

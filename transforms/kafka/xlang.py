@@ -277,15 +277,15 @@ def xlang_read_kwargs(consumer_config: Mapping[str, Any],
   """
   ours = ReadFromKafka(consumer_config, topics, **read_kwargs)
   s = ours.settings
-  if s['max_delay_s']:
+  if s.max_delay_s:
     raise ValueError(
-        f'xlang: max_delay_s={s["max_delay_s"]} cannot be expressed; the Java '
+        f'xlang: max_delay_s={s.max_delay_s} cannot be expressed; the Java '
         f'timestamp policy of the cross-language read has no delay')
-  config = java_client_config(s['consumer_config'])
+  config = java_client_config(s.consumer_config)
   config['enable.auto.commit'] = 'false'
   group = config.get('group.id')
   kwargs: dict[str, Any] = {}
-  start = s['start']
+  start = s.start
   if start in (offsets_lib.START_EARLIEST, offsets_lib.START_LATEST):
     if group:
       raise ValueError(
@@ -302,16 +302,16 @@ def xlang_read_kwargs(consumer_config: Mapping[str, Any],
     if 'auto.offset.reset' in config:
       config['auto.offset.reset'] = _java_offset_reset(
           config['auto.offset.reset'])
-  kwargs.update(_java_stop(s['stop']))
+  kwargs.update(_java_stop(s.stop))
   kwargs.update(
       consumer_config=config,
-      topics=list(s['topics']),
+      topics=list(s.topics),
       key_deserializer=BYTE_ARRAY_DESERIALIZER,
       value_deserializer=BYTE_ARRAY_DESERIALIZER,
-      commit_offset_in_finalize=bool(s['commit_offsets']),
+      commit_offset_in_finalize=bool(s.commit_offsets),
       timestamp_policy=_java_timestamp_policy(
           read_kwargs.get('timestamp_policy', TimestampPolicy.CREATE_TIME)),
-      with_metadata=bool(s['with_metadata']),
+      with_metadata=bool(s.with_metadata),
   )
   return kwargs
 

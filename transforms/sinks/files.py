@@ -741,7 +741,7 @@ class WriteDeadLetterFiles(beam.PTransform):
   Why event-time windows: a file is then written when the watermark passes
   its window, like the prediction files, so the local runner can tell from
   the watermark holds which records' dead letters are still buffered and
-  commit offsets behind them (transforms/kafka/local_streaming.py); a
+  commit offsets behind them (beam_jobs/local_runner.py); a
   processing-time flush in the GlobalWindow hides that. Dead letters behind
   the watermark (too-late events, records of a replayed backlog) are late
   data of an old window: the allowed lateness is long enough that none is
