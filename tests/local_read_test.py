@@ -76,7 +76,8 @@ def _reader(consumer, ranges, *, horizon=None, tuning=LocalReadTuning(),
   reader._committer = _FakeCommitter()  # pylint: disable=protected-access
   for partition, (start, stop) in ranges.items():
     state = _PartitionState(PartitionRange('t', partition, start, stop),
-                            settings.max_delay_s, settings.idle_timeout_s)
+                            settings.max_delay_s, settings.idle_timeout_s,
+                            reader.log_truncations)
     reader._partitions[state.key] = state  # pylint: disable=protected-access
   reader._started = True  # pylint: disable=protected-access
   return reader

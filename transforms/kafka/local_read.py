@@ -90,14 +90,14 @@ def _fingerprint(message) -> int:
 
 
 class _PartitionState:
-  """Where one partition's read stands."""
+  """Where one partition's read stands, and what was read recently."""
 
   __slots__ = ('topic', 'partition', 'next_offset', 'stop_offset', 'done',
                'caught_up', 'estimator', 'committed_next', 'recent',
-               'verify', 'verify_until', 'unsettled')
+               'verify', 'verify_until', 'unsettled', 'truncations')
 
   def __init__(self, r: offsets_lib.PartitionRange, max_delay_s: float,
-               idle_timeout_s: float):
+               idle_timeout_s: float, truncations=None):
     self.topic = r.topic
     self.partition = r.partition
     self.next_offset = r.start_offset
@@ -115,14 +115,44 @@ class _PartitionState:
     # (offset, fingerprint) of the latest records emitted.
     self.recent: collections.deque = collections.deque(
         maxlen=RECENT_FINGERPRINTS)
-    # While re-reading after an out-of-range answer: fingerprints of what
-    # was emitted below ``verify_until`` (see LocalKafkaReader._on_event).
+    # While re-reading after broker data loss: fingerprints of what was
+    # emitted below ``verify_until`` (see start_verify).
     self.verify: Optional[dict] = None
     self.verify_until: Optional[int] = None
+    # The log_truncations counter (None: not counted).
+    self.truncations = truncations
 
   @property
   def key(self) -> tuple[str, int]:
     return (self.topic, self.partition)
+
+  def start_verify(self) -> int:
+    """Re-read what was read recently and compare: records that match are
+    skipped, the first that differs and everything after it are read as
+    new (nothing lost, nothing doubled). Returns the offset to read from."""
+    self.verify = dict(self.recent)
+    self.verify_until = self.next_offset
+    return self.recent[0][0]
+
+  def already_emitted(self, offset: int, fingerprint: int) -> bool:
+    """While verifying: True for a record emitted before (skip it)."""
+    if offset >= self.verify_until:
+      self.verify = self.verify_until = None
+      return False
+    if self.verify.get(offset) == fingerprint:
+      return True
+    _LOGGER.warning(
+        '%s[%d]: the broker\'s record at offset %d is not the one read '
+        'before: it lost records that were read and reused their offsets '
+        '(e.g. a restart without durable writes). Offsets from %d on are '
+        'read again as new records.', self.topic, self.partition, offset,
+        offset)
+    if self.truncations is not None:
+      self.truncations.inc()
+    while self.recent and self.recent[-1][0] >= offset:
+      self.recent.pop()
+    self.verify = self.verify_until = None
+    return False
 
 
 class LocalKafkaReader:
@@ -175,7 +205,8 @@ class LocalKafkaReader:
                                         s.start, stop,
                                         timeout_s=s.metadata_timeout_s)
     for r in ranges:
-      state = _PartitionState(r, s.max_delay_s, s.idle_timeout_s)
+      state = _PartitionState(r, s.max_delay_s, s.idle_timeout_s,
+                              self.log_truncations)
       self._partitions[state.key] = state
       if r.deadline is not None:
         self._deadline = r.deadline
@@ -343,10 +374,9 @@ class LocalKafkaReader:
     if offset < p.next_offset:
       return  # fetched before a re-seek; already emitted
     fingerprint = _fingerprint(message)
-    if p.verify is not None:
-      if self._already_emitted(p, offset, fingerprint):
-        p.next_offset = offset + 1
-        return
+    if p.verify is not None and p.already_emitted(offset, fingerprint):
+      p.next_offset = offset + 1
+      return
     if offset >= p.stop_offset:
       self._finish_partition(p)
       return
@@ -404,20 +434,11 @@ class LocalKafkaReader:
         # acknowledged writes (a restart without durable storage, an
         # unclean leader election) hands out the lost offsets again to new
         # records.
-        resume = self._start_verify(p)
+        resume = p.start_verify()
       p.next_offset = resume
       # Not seek(): librdkafka refuses it (_STATE) for a partition whose
       # fetcher stopped on the error; a new assignment restarts it.
       self._reassign()
-
-  @staticmethod
-  def _start_verify(p: _PartitionState) -> int:
-    """Re-read what was read recently and compare: records that match are
-    skipped, the first that differs and everything after it are read as
-    new (nothing lost, nothing doubled). Returns the offset to read from."""
-    p.verify = dict(p.recent)
-    p.verify_until = p.next_offset
-    return p.recent[0][0]
 
   def _verify_recent(self) -> None:
     """After the brokers were unreachable: a restarted broker that lost
@@ -430,29 +451,10 @@ class LocalKafkaReader:
     moved = False
     for p in self._partitions.values():
       if not p.done and p.recent and p.verify is None:
-        p.next_offset = self._start_verify(p)
+        p.next_offset = p.start_verify()
         moved = True
     if moved:
       self._reassign()
-
-  def _already_emitted(self, p: _PartitionState, offset: int,
-                       fingerprint: int) -> bool:
-    """While verifying: True for a record emitted before (skip it)."""
-    if offset >= p.verify_until:
-      p.verify = p.verify_until = None
-      return False
-    if p.verify.get(offset) == fingerprint:
-      return True
-    _LOGGER.warning(
-        '%s[%d]: the broker\'s record at offset %d is not the one read '
-        'before: it lost records that were read and reused their offsets '
-        '(e.g. a restart without durable writes). Offsets from %d on are '
-        'read again as new records.', p.topic, p.partition, offset, offset)
-    self.log_truncations.inc()
-    while p.recent and p.recent[-1][0] >= offset:
-      p.recent.pop()
-    p.verify = p.verify_until = None
-    return False
 
   def _reassign(self) -> None:
     """Assigns every unfinished partition at its next offset."""
