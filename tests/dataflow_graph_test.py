@@ -56,6 +56,7 @@ from models import susy
 from models.handler import SavedModelHandler
 from transforms.kafka import config_refs
 from transforms.kafka import read as kafka_read
+from transforms.kafka import reader_core as kafka_reader_core
 from transforms.kafka import write as kafka_write
 from transforms.kafka import xlang
 
@@ -474,12 +475,13 @@ def test_kafka_secrets_are_resolved_on_workers_not_put_in_the_job(
       return 0
 
   monkeypatch.setattr(kafka_read, 'Consumer', FakeClient)
+  monkeypatch.setattr(kafka_reader_core, 'Consumer', FakeClient)
   monkeypatch.setattr(kafka_write, 'Producer', FakeClient)
   resolve_fn = dofn_of(built.pipeline, 'ReadFromKafka/ResolvePartitions')
   read_fn = dofn_of(built.pipeline, 'ReadFromKafka/ReadPartitions')
   write_fn = dofn_of(built.pipeline, 'WritePredictions/ProduceToKafka')
   assert any(isinstance(v, config_refs.DeferredSetting)
-             for v in read_fn._config.values())  # pylint: disable=protected-access
+             for v in read_fn._settings.consumer_config.values())  # pylint: disable=protected-access
   resolve_fn.setup()
   read_fn.setup()
   write_fn.setup()
