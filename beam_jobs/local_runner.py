@@ -178,7 +178,9 @@ class _Once:
 
   def __init__(self, fn: Callable[[], None]):
     self._fn = fn
-    self._lock = threading.Lock()
+    # Reentrant: a finalizer (garbage collection) may call it on a thread
+    # that is inside it already.
+    self._lock = threading.RLock()
     self._done = False
 
   def __call__(self) -> None:
@@ -199,7 +201,9 @@ class _RunPatches:
   """
 
   def __init__(self):
-    self._lock = threading.Lock()
+    # Reentrant: a result's finalizer may release on a thread that is
+    # acquiring (garbage collection runs at any allocation).
+    self._lock = threading.RLock()
     self._runs = 0
     # (module, attribute, Beam's function, ours) while installed.
     self._installed: list[tuple[types.ModuleType, str, Callable,

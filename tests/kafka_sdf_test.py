@@ -22,7 +22,8 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 from kafka_helpers import produce
 from transforms.kafka import KafkaRecord, ReadFromKafka, admin
 from transforms.kafka.offsets import UNBOUNDED, PartitionRange
-from transforms.kafka.read import KafkaOffsetTracker, _ReadPartitionsFn
+from transforms.kafka.read import (KafkaOffsetTracker, _ReadPartitionsFn,
+                                   _ReadUnboundedPartitionsFn)
 from transforms.kafka.watermark import (KafkaWatermarkEstimator,
                                         KafkaWatermarkEstimatorProvider)
 
@@ -39,6 +40,17 @@ def _fn(config=None, **read_kwargs) -> _ReadPartitionsFn:
 
 def _ts(seconds: float) -> Timestamp:
   return Timestamp.of(seconds)
+
+
+def test_only_the_unbounded_reader_is_declared_unbounded():
+  settings = ReadFromKafka(UNUSED, 't', start='earliest').settings
+  bounded = _ReadPartitionsFn(settings)
+  unbounded = _ReadUnboundedPartitionsFn(settings)
+  assert not getattr(bounded.process, 'unbounded_per_element', False)
+  assert unbounded.process.unbounded_per_element
+  # One body: both take the same parameters and read through _read.
+  args = beam.transforms.core.get_function_args_defaults
+  assert args(bounded.process) == args(unbounded.process)
 
 
 # Restriction provider.

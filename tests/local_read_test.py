@@ -13,7 +13,7 @@ from confluent_kafka import KafkaError, KafkaException, Message
 from transforms.kafka import ReadFromKafka
 from transforms.kafka.local_read import (UNKNOWN_HORIZON, LocalKafkaReader,
                                          LocalReadTuning, _PartitionState)
-from transforms.kafka.offsets import UNBOUNDED, PartitionRange, StopAt
+from transforms.kafka.offsets import UNBOUNDED, PartitionRange
 
 CONFIG = {'bootstrap.servers': 'unused.invalid:1', 'group.id': 'g'}
 T0_MS = 1_700_000_000_000
