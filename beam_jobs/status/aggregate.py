@@ -132,7 +132,8 @@ class Aggregates:
     # missing one (NaN) too: it was written about now.
     now = self._clock()
     times = np.where(np.isfinite(times), np.minimum(times, now), now)
-    return self.ring.claim(self.ring.bucket_of(times), self._arrays())
+    return self.ring.claim(self.ring.bucket_of(times), self._arrays(),
+                           int(self.ring.bucket_of(np.array([now]))[0]))
 
   def _series_for(self, version, role) -> _Series:
     name = series_name(version, role)

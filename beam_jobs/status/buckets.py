@@ -60,12 +60,23 @@ class TimeRing:
     return np.floor(np.asarray(times, np.float64) / self.bucket_s).astype(
         np.int64)
 
-  def claim(self, buckets: np.ndarray, arrays: Sequence[np.ndarray]
-            ) -> np.ndarray:
+  def claim(self, buckets: np.ndarray, arrays: Sequence[np.ndarray],
+            now_bucket: Optional[int] = None) -> np.ndarray:
     """Slots for ``buckets`` (-1 for one too old), clearing the rows of
-    ``arrays`` (indexed by slot on axis 0) that newer buckets take over."""
+    ``arrays`` (indexed by slot on axis 0) that newer buckets take over.
+
+    Too old: ``n`` or more buckets before the newest of ``buckets``, of
+    the ring, and of ``now_bucket`` (so a batch never claims a slot that
+    a newer bucket of the same batch then takes over).
+    """
     slots = np.full(len(buckets), -1, np.int64)
+    if not len(buckets):
+      return slots
+    newest = max(int(buckets.max()), int(self.ids.max()),
+                 -1 if now_bucket is None else int(now_bucket))
     for b in np.unique(buckets):
+      if b <= newest - self.n:
+        continue
       slot = int(b % self.n)
       held = self.ids[slot]
       if b < held:

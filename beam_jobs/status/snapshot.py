@@ -220,6 +220,10 @@ def models(versions: list, score_view: dict, deployments: dict,
         'predictions': s['total'], 'window_predictions': s['window_count'],
         'accuracy': s['window_accuracy'], 'auc': s['window_auc'],
         'labelled': s['window_labelled']})
+  for version in dep_roles:
+    by_version.setdefault(version, {
+        'version': version, 'complete': None, 'metrics': {},
+        'in_model_dir': False})
   rows = []
   for version, row in by_version.items():
     serving = sorted({x['role'] for x in row.get('live', []) if x['recent']})
