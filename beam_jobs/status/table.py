@@ -36,8 +36,10 @@ def format_table(doc: dict) -> str:
       doc['now'], datetime.timezone.utc).isoformat(timespec='seconds')
   lines = [f'status at {when} (group {s["group"]}; recent = last '
            f'{s["window_s"]:.0f} s)', '', 'throughput (records/s)']
-  for name, value in doc['throughput']['latest'].items():
-    lines.append(f'  {name:50} {_num(value):>10}')
+  latest = doc['throughput']['latest']
+  width = max([len(n) for n in latest] + [30])
+  for name, value in latest.items():
+    lines.append(f'  {name:{width}} {_num(value):>10}')
   lines += ['', 'consumer lag']
   if doc['lag']['partitions']:
     lines += ['  ' + line for line in
