@@ -8,7 +8,8 @@ history_s)``, so a 1M-record topic costs at most ``backfill_records`` per
 partition at start, never a whole reread; the control topic (compacted,
 one record per deployment) is read from its start. From then on it reads
 what is appended. When it falls more than ``max_behind`` records behind
-on a partition it skips ahead to ``end - backfill_records`` and counts
+on a partition it skips ahead to ``end - min(backfill_records,
+max_behind / 2)`` and counts
 what it skipped: the charts become a sample, the throughput figures (from
 offsets, offsets.py) stay exact.
 
@@ -32,6 +33,9 @@ _LOGGER = logging.getLogger(__name__)
 
 # librdkafka's prefetch per consumer, in KB (its default is 64 MB).
 QUEUE_KBYTES = 16384
+# One fetch response at most (a broker that ignores it, like noida, sends
+# ~100 MB answers: docs/brokers.md).
+FETCH_MAX_BYTES = 8 << 20
 BATCH = 1000
 _BEHIND_CHECK_S = 5.0
 MAX_DEPLOYMENTS = 1000
@@ -93,7 +97,9 @@ class TopicTail:
     cfg = client_logs.route(config_refs.resolve(self._config))
     cfg.update({'group.id': 'kbi-status-tail', 'enable.auto.commit': False,
                 'enable.auto.offset.store': False,
-                'queued.max.messages.kbytes': QUEUE_KBYTES})
+                'queued.max.messages.kbytes': QUEUE_KBYTES,
+                'fetch.max.bytes': FETCH_MAX_BYTES,
+                'max.partition.fetch.bytes': FETCH_MAX_BYTES // 4})
     return cfg
 
   def open(self) -> None:
@@ -176,7 +182,8 @@ class TopicTail:
       _, high = self._consumer.get_watermark_offsets(tp, cached=True)
       gap = high - tp.offset
       if tp.topic != self._control and gap > self._max_behind:
-        target = high - self._backfill
+        # Forward only, and to well within --max_behind of the end.
+        target = high - min(self._backfill, self._max_behind // 2)
         self.skipped += target - tp.offset
         _LOGGER.info('%s/%d: %d records behind; skipping %d', tp.topic,
                      tp.partition, gap, target - tp.offset)
