@@ -291,7 +291,7 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
     payload_format = file_format.payload_format
   else:
     records = p | 'ReadKafkaRange' >> xlang.build_read(
-        kafka.kafka_io, _client_config(options), [kafka.input_topic],
+        kafka.kafka_io, opts.client_config(options), [kafka.input_topic],
         start=job.start_time, stop=StopAt.timestamp(job.end_time),
         commit_offsets=False, max_batch_records=kafka.read_batch_records,
         timestamp_policy='create_time')
@@ -304,17 +304,10 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
       scoring.SCORED, run_id, interval)
   dead_letters = outputs.write_outputs(
       predictions, dead_letters, options, columns=output_columns(schema),
-      streaming=False, producer_config=_client_config(options))
+      streaming=False, producer_config=opts.client_config(options))
   dead_letters = dead_letters | 'ProgressDead' >> scoring.ReportProgress(
       scoring.DEAD, run_id, interval)
   return {'predictions': predictions, 'dead_letters': dead_letters}
-
-
-def _client_config(options: PipelineOptions) -> dict:
-  kafka = options.view_as(opts.KafkaOptions)
-  cfg = {'bootstrap.servers': opts.bootstrap_servers(options)}
-  cfg.update(opts.parse_kafka_config(kafka.kafka_config))
-  return cfg
 
 
 def preflight(options: PipelineOptions) -> str:
@@ -339,7 +332,7 @@ def preflight(options: PipelineOptions) -> str:
   topics = [t for t in (kafka.input_topic, kafka.output_topic,
                         kafka.dead_letter_topic) if t]
   if topics:
-    admin.topic_partitions(_client_config(options), topics, timeout_s=30)
+    admin.topic_partitions(opts.client_config(options), topics, timeout_s=30)
   return described
 
 

@@ -90,12 +90,7 @@ SUMMARY_COUNTERS = summary_lib.CounterNames(
 parse_options = cli.options_parser(PROG, FLAG_GROUPS, __doc__)
 
 
-def client_config(options: PipelineOptions) -> dict:
-  """librdkafka settings common to the job's consumers and producers."""
-  kafka = options.view_as(opts.KafkaOptions)
-  cfg = {'bootstrap.servers': opts.bootstrap_servers(options)}
-  cfg.update(opts.parse_kafka_config(kafka.kafka_config))
-  return cfg
+
 
 
 def _stop(bounded: opts.BoundedRunOptions):
@@ -179,7 +174,7 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
   wopts = options.view_as(opts.WindowOptions)
   job = options.view_as(ScoreStreamOptions)
   schema = opts.event_schema(options.view_as(opts.EventOptions))
-  common = client_config(options)
+  common = opts.client_config(options)
   parser = scoring.record_parser(options)
   consumer_config = dict(common, **{'group.id': kafka.consumer_group})
   if kafka.start == offsets.START_COMMITTED:
@@ -233,7 +228,7 @@ def preflight(options: PipelineOptions) -> Preflight:
   described = scoring.model_handler(options).validate()
   topics = [t for t in (kafka.input_topic, kafka.output_topic,
                         kafka.dead_letter_topic) if t]
-  config = client_config(options)
+  config = opts.client_config(options)
   admin.topic_partitions(config, topics, timeout_s=30)
   limit = admin.DEFAULT_MAX_RECORD_BYTES
   if kafka.dead_letter_topic:
@@ -289,7 +284,7 @@ def _offsets_left(options: PipelineOptions
   """The consumer group's committed offsets and lag on the input topic."""
   kafka = options.view_as(opts.KafkaOptions)
   try:
-    rows = lag_lib.lag_rows(client_config(options), kafka.consumer_group,
+    rows = lag_lib.lag_rows(opts.client_config(options), kafka.consumer_group,
                             [kafka.input_topic], timeout_s=10)
   except Exception as e:  # pylint: disable=broad-except
     _LOGGER.warning('consumer lag unknown at the end of the run: %s', e)

@@ -1,6 +1,6 @@
 """WritePredictionsToBigQuery without an emulator: schema, row checks, and
 BigQuery's per-row insert errors -> DeadLetters (the emulator does not
-reproduce per-row errors: NOTES.md).
+reproduce per-row errors: docs/testing.md).
 
 The fake client below answers ``insert_rows_json`` exactly as
 google-cloud-bigquery does: a list of ``insertErrors`` entries
