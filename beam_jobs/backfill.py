@@ -89,7 +89,7 @@ from beam_jobs import summary as summary_lib
 from models.handler import ModelLoadError
 from transforms import sources
 from transforms.kafka import StopAt, admin, offsets, xlang
-from transforms.output import output_columns
+from transforms.prediction_rows import output_columns
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions,
 from beam_jobs import options as opts
 from transforms.dead_letters import KafkaFit
 from transforms.kafka import admin, xlang
-from transforms.output import kafka_records
+from transforms.prediction_rows import kafka_records
 from transforms.sinks import (WriteDeadLetterFiles, WritePredictionFiles,
                               WritePredictionsToBigQuery)
 
@@ -47,7 +47,7 @@ def write_outputs(predictions: beam.PCollection,
     predictions: lists of prediction rows, in their event-time windows.
     dead_letters: DeadLetters of the earlier stages.
     options: the job's options (SinkOptions, KafkaOptions).
-    columns: the prediction columns (transforms.output.output_columns).
+    columns: the prediction columns (transforms.prediction_rows.output_columns).
     streaming: whether the job is a streaming one.
     producer_config: librdkafka producer settings, or None without Kafka.
     dead_letter_max_bytes: the dead-letter topic's record limit

@@ -43,7 +43,7 @@ from models.handler import ModelLoadError
 from transforms.dedup import DropScoredEvents
 from transforms.kafka import StopAt, admin, offsets
 from transforms.kafka import xlang
-from transforms.output import output_columns
+from transforms.prediction_rows import output_columns
 from transforms.source_watermark import SourceWatermark
 from transforms.windows import BufferHorizon, WindowSpec
 

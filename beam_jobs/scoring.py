@@ -34,7 +34,7 @@ from models.handler import SavedModelHandler
 from transforms import dead_letters as dl
 from transforms import parse as parse_lib
 from transforms.inference import ScoreEvents
-from transforms.output import ToPredictionRows
+from transforms.prediction_rows import ToPredictionRows
 from transforms.parse import ParseEvents
 from transforms.source_watermark import SourceWatermark
 from transforms.windows import WindowFeatures

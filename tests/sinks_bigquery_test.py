@@ -24,7 +24,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 from google.api_core import exceptions as api_exceptions
 
-from transforms import output, schema
+from transforms import prediction_rows as output, schema
 from transforms.dead_letters import DeadLetter
 from transforms.sinks import bigquery as bq
 from transforms.sinks.bigquery import (BIGQUERY_INSERT_ERROR,

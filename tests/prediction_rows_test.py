@@ -7,7 +7,7 @@ import orjson
 import pyarrow as pa
 
 from transforms.events import ScoredBatch
-from transforms import output, schema
+from transforms import prediction_rows as output, schema
 from transforms.events import EventBatch
 from transforms.sinks.files import arrow_schema
 
