@@ -373,6 +373,13 @@ def validate(options: PipelineOptions) -> None:
     raise ValueError('--stop_time needs --kafka_io=python')
 
 
+def resolve(options: PipelineOptions) -> PipelineOptions:
+  """Validates the flags; returns what build_pipeline takes (this job
+  still reads its options directly)."""
+  validate(options)
+  return options
+
+
 def _resolve_outputs(options: PipelineOptions) -> None:
   """Fixes the span number and the default dead-letter path (idempotent)."""
   job = options.view_as(IngestExamplesOptions)
