@@ -92,7 +92,3 @@ def _fn_api_runner(options: PipelineOptions):
   return fn_runner.FnApiRunner(
       provision_info=fn_runner.ExtendedProvisionInfo(
           beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
-
-
-def log_engine(engine: Engine, job: str) -> None:
-  _LOGGER.info('%s runs on %s', job, engine.name)

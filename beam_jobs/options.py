@@ -369,6 +369,15 @@ def bootstrap_servers(options: PipelineOptions) -> str:
   return value
 
 
+def client_config(options: PipelineOptions) -> dict:
+  """librdkafka settings common to a job's consumers and producers:
+  ``--bootstrap_servers`` and ``--kafka_config``."""
+  kafka = options.view_as(KafkaOptions)
+  cfg = {'bootstrap.servers': bootstrap_servers(options)}
+  cfg.update(parse_kafka_config(kafka.kafka_config))
+  return cfg
+
+
 def validate_kafka(options: PipelineOptions) -> None:
   kafka = options.view_as(KafkaOptions)
   _check(bool(bootstrap_servers(options)), '--bootstrap_servers is empty')

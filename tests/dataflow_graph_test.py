@@ -104,10 +104,10 @@ def build(job_module, argv: list[str]):
   """Validates and builds a job as run_dataflow.sh --dry-run does; returns
   the PipelineResult of DataflowRunner (``result.job``)."""
   options = PipelineOptions(argv)
-  job_module.validate(options)
+  settings = job_module.resolve(options)
   opts.validate_dataflow_paths(options)
   p = beam.Pipeline(options=options)
-  job_module.build_pipeline(p, options)
+  job_module.build_pipeline(p, settings)
   return p.run()
 
 
@@ -147,6 +147,21 @@ def build_on_emulator(job_module, argv: list[str], gcs) -> BuiltJob:
   staged['pipeline.pb'] = _blob_bytes(url)
   pipeline = rapi.Pipeline.FromString(staged['pipeline.pb'])
   return BuiltJob(job, pipeline, staged, prefix)
+
+
+def _unvalidated_stream_config(o: PipelineOptions):
+  """score_stream's settings without the Dataflow checks (for a control
+  job that deliberately breaks them)."""
+  from beam_jobs import config  # pylint: disable=import-outside-toplevel
+  job = o.view_as(score_stream.ScoreStreamOptions)
+  return score_stream.StreamConfig(
+      config.KafkaSettings(
+          opts.client_config(o), o.view_as(opts.KafkaOptions).input_topic,
+          o.view_as(opts.KafkaOptions).output_topic,
+          o.view_as(opts.KafkaOptions).dead_letter_topic, 'g', 'committed',
+          'python', 1000),
+      config.ScoringSettings.of(o), config.SinkSettings.of(o),
+      config.ReadTiming.of(o), None, job.timestamp_source, None)
 
 
 def transform_names(pipeline: rapi.Pipeline) -> set[str]:
@@ -446,7 +461,8 @@ def test_kafka_secrets_are_resolved_on_workers_not_put_in_the_job(
                                           '--model_dir=gs://b/m'] + SCORE_STREAM_ARGS
   o = PipelineOptions(inline)
   p = beam.Pipeline(options=o)
-  score_stream.build_pipeline(p, o)
+  # Built without validation (resolve would refuse the inline secret).
+  score_stream.build_pipeline(p, _unvalidated_stream_config(o))
   assert contains(p.run().job.proto_pipeline.SerializeToString(),
                   file_secret.encode())
 
