@@ -11,18 +11,18 @@ integer (TF Serving's layout)::
 metrics.json exist**: exporters (models/export.py) write metrics.json last,
 so a version being written, or one whose export failed half way, is never
 served, listed or promoted. This module is the one definition of that, for
-the exporters, the serving handler, the jobs and the operator tools. It
-reads through Beam's FileSystems (local paths and gs://) without importing
-TensorFlow; paths on filesystems only TensorFlow knows (e.g. ``ram://``, or
-an exporter's ``tf.io.gfile`` plugin) are read with ``tf.io.gfile``.
+the exporters, the serving handler, the jobs and the operator tools (the
+status page too). Local paths are read with ``os``, remote ones (gs://) with
+Beam's FileSystems (imported only then), paths on filesystems only
+TensorFlow knows (e.g. ``ram://``) with ``tf.io.gfile``: nothing here
+imports TensorFlow or Beam for a local directory.
 """
 
+import glob
 import json
 import os
 import posixpath
 from typing import Optional
-
-from apache_beam.io.filesystems import FileSystems
 
 METRICS_FILE = 'metrics.json'
 GRAPH_FILES = ('saved_model.pb', 'saved_model.pbtxt')
@@ -38,9 +38,22 @@ def join(base: str, *parts: str) -> str:
   return os.path.join(base, *parts)
 
 
+def _is_local(path: str) -> bool:
+  return '://' not in path or path.startswith('file://')
+
+
+def _local(path: str) -> str:
+  return path[len('file://'):] if path.startswith('file://') else path
+
+
+def _beam():
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
+  return FileSystems
+
+
 def _beam_reads(path: str) -> bool:
   try:
-    FileSystems.get_filesystem(path)
+    _beam().get_filesystem(path)
     return True
   except ValueError:
     return False
@@ -53,16 +66,20 @@ def _gfile():
 
 def exists(path: str) -> bool:
   try:
+    if _is_local(path):
+      return os.path.exists(_local(path))
     if _beam_reads(path):
-      return FileSystems.exists(path)
+      return _beam().exists(path)
     return _gfile().exists(path)
   except Exception:  # pylint: disable=broad-except
     return False
 
 
 def _glob(pattern: str) -> list[str]:
+  if _is_local(pattern):
+    return glob.glob(_local(pattern))
   if _beam_reads(pattern):
-    return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+    return [m.path for m in _beam().match([pattern])[0].metadata_list]
   return list(_gfile().glob(pattern))
 
 
@@ -107,8 +124,11 @@ def latest_version(model_dir: str) -> Optional[int]:
 def read_metrics(path: str) -> dict:
   """metrics.json of a version directory."""
   path = join(os.fspath(path), METRICS_FILE)
+  if _is_local(path):
+    with open(_local(path), encoding='utf-8') as f:
+      return json.load(f)
   if _beam_reads(path):
-    with FileSystems.open(path) as f:
+    with _beam().open(path) as f:
       return json.loads(f.read().decode('utf-8'))
   with _gfile().GFile(path, 'r') as f:
     return json.loads(f.read())

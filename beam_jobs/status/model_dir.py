@@ -1,11 +1,10 @@
 """The model directory as the page shows it: versions and their metrics.
 
-A version is ``<model_dir>/<n>/``; it is complete, and can serve, when
-``metrics.json`` and ``saved_model.pb`` (or ``.pbtxt``) are there: the rule
-of ``models.handler.complete_versions``, the one the jobs load by (tests
-check the two agree). Read without TensorFlow: local directories with
-``os``, others (``gs://``) with Beam's FileSystems, imported only then.
-metrics.json files are read again only when they change.
+A version is ``<model_dir>/<n>/``; whether it is complete, and can serve,
+is models/versions.py's rule, the one the jobs load by. Read without
+TensorFlow: local directories with ``os``, others (``gs://``) with Beam's
+FileSystems, imported only then. metrics.json files are read again only
+when they change.
 """
 
 import json
@@ -14,10 +13,11 @@ import os
 import posixpath
 from typing import Optional
 
+from models import versions as versions_lib
+
 _LOGGER = logging.getLogger(__name__)
 
-METRICS_FILE = 'metrics.json'
-GRAPH_FILES = ('saved_model.pb', 'saved_model.pbtxt')
+METRICS_FILE = versions_lib.METRICS_FILE
 # A metrics.json larger than this is not read (it is shown as such).
 MAX_METRICS_BYTES = 1 << 20
 
@@ -117,8 +117,7 @@ class ModelDir:
         continue
       vdir = self._fs.join(self.root, name)
       metrics_path = self._fs.join(vdir, METRICS_FILE)
-      complete = self._fs.exists(metrics_path) and any(
-          self._fs.exists(self._fs.join(vdir, g)) for g in GRAPH_FILES)
+      complete = versions_lib.is_complete_version(vdir)
       out.append({'version': int(name), 'complete': complete,
                   'metrics': self._metrics(metrics_path) if complete else {}})
     out.sort(key=lambda v: -v['version'])
