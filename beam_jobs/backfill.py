@@ -90,7 +90,7 @@ from beam_jobs import scoring
 from beam_jobs import summary as summary_lib
 from models.handler import ModelLoadError
 from transforms import sources
-from transforms.kafka import StopAt, admin, offsets, xlang
+from transforms.kafka import StopAt, admin, choose, offsets
 from transforms.prediction_rows import output_columns
 
 _LOGGER = logging.getLogger(__name__)
@@ -327,7 +327,7 @@ def build_pipeline(p: beam.Pipeline, cfg: BackfillConfig) -> dict:
         default_time=f.default_time)
     payload_format = f.file_format.payload_format
   else:
-    records = p | 'ReadKafkaRange' >> xlang.build_read(
+    records = p | 'ReadKafkaRange' >> choose.build_read(
         kafka.kafka_io, dict(kafka.client_config), [kafka.input_topic],
         start=cfg.kafka_range.start_time,
         stop=StopAt.timestamp(cfg.kafka_range.end_time),

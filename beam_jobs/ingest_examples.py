@@ -91,7 +91,7 @@ from transforms import parse as parse_lib
 from transforms import sources
 from transforms.events import EventBatch
 from transforms.kafka import StopAt, admin, offsets
-from transforms.kafka import xlang
+from transforms.kafka import choose
 from transforms.parse import ParseEvents
 from transforms.schema import EventSchema
 from transforms.sinks import WriteDeadLetterFiles
@@ -589,7 +589,7 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
                            **{'group.id': consumer_group(options)})
     if kafka.start == offsets.START_COMMITTED:
       consumer_config.setdefault('auto.offset.reset', 'earliest')
-    records = p | 'ReadFromKafka' >> xlang.build_read(
+    records = p | 'ReadFromKafka' >> choose.build_read(
         kafka.kafka_io, consumer_config, [kafka.input_topic],
         start=kafka.start, stop=_stop(options),
         max_batch_records=kafka.read_batch_records,

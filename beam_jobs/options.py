@@ -22,11 +22,11 @@ from transforms import parse as parse_lib
 from transforms import schema as schema_lib
 from transforms import windows as windows_lib
 from transforms.kafka import config_refs
+from transforms.kafka.xlang import KAFKA_IO_CHOICES
 from transforms.outage import DEFAULT_MAX_OUTAGE_S, OutagePolicy
 from transforms.sinks import files as files_sink
 from transforms.kafka import offsets as offsets_lib
 
-KAFKA_IO_CHOICES = ('python', 'xlang')
 # Beam's default of --bootstrap_servers (KafkaStreamsRunnerOptions).
 _BEAM_DEFAULT_BOOTSTRAP = 'localhost:9092'
 OUTPUT_FILE_FORMATS = ('jsonl', 'parquet', 'tfrecord')

@@ -12,7 +12,7 @@ import apache_beam as beam
 
 from beam_jobs import config
 from transforms.dead_letters import KafkaFit
-from transforms.kafka import admin, xlang
+from transforms.kafka import admin, choose
 from transforms.prediction_rows import kafka_records
 from transforms.sinks import (WriteDeadLetterFiles, WritePredictionFiles,
                               WritePredictionsToBigQuery)
@@ -28,7 +28,7 @@ def write_dead_letters_to_kafka(kafka_io: str, producer_config: dict,
   fit = KafkaFit(max_record_bytes)
   config = dict(producer_config)
   config.setdefault('message.max.bytes', max_record_bytes)
-  return xlang.build_write(kafka_io, config, topic, key=fit.key,
+  return choose.build_write(kafka_io, config, topic, key=fit.key,
                            value=fit.value, headers=fit.headers,
                            timestamp=fit.timestamp, **write_kwargs)
 
@@ -72,7 +72,7 @@ def write_outputs(predictions: beam.PCollection,
   if kafka is not None and kafka.output_topic:
     _ = (predictions
          | 'ToKafkaRecords' >> beam.Map(kafka_records)
-         | 'WritePredictions' >> xlang.build_write(
+         | 'WritePredictions' >> choose.build_write(
              kafka.kafka_io, dict(kafka.client_config), kafka.output_topic,
              batched=True, outage_policy=outage))
   if kafka is not None and kafka.dead_letter_topic:

@@ -44,7 +44,7 @@ from beam_jobs import summary as summary_lib
 from models.handler import ModelLoadError
 from transforms.dedup import DropScoredEvents
 from transforms.kafka import StopAt, admin
-from transforms.kafka import xlang
+from transforms.kafka import choose
 from transforms.prediction_rows import output_columns
 from transforms.source_watermark import SourceWatermark
 from transforms.windows import BufferHorizon, WindowSpec
@@ -185,7 +185,7 @@ def build_pipeline(p: beam.Pipeline, cfg: StreamConfig, *,
   # verdict for every sink) and commits offsets as the windowed sinks
   # write what covers them.
   source_watermark = SourceWatermark()
-  records = p | 'ReadFromKafka' >> xlang.build_read(
+  records = p | 'ReadFromKafka' >> choose.build_read(
       kafka.kafka_io, kafka.consumer_config(), [kafka.input_topic],
       start=kafka.start, stop=cfg.stop,
       max_batch_records=kafka.read_batch_records,
