@@ -122,6 +122,7 @@ def resolve(options: PipelineOptions) -> StreamConfig:
   (ValueError names the flag)."""
   kafka = config.KafkaSettings.of(options)
   scoring_settings = config.ScoringSettings.of(options)
+  scoring_settings.events.check_payload_format()
   sinks = config.SinkSettings.of(options)
   timing = config.ReadTiming.of(options)
   stop = config.stop_of(options)
