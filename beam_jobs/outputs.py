@@ -39,9 +39,11 @@ def write_outputs(predictions: beam.PCollection,
                   dead_letters: beam.PCollection,
                   options: PipelineOptions, *, columns, streaming: bool,
                   producer_config: Optional[dict],
-                  dead_letter_max_bytes: int = admin.DEFAULT_MAX_RECORD_BYTES
+                  dead_letter_max_bytes: int = admin.DEFAULT_MAX_RECORD_BYTES,
+                  dead_letter_filter: Optional[beam.PTransform] = None
                   ) -> beam.PCollection:
-  """Applies every configured sink; returns all dead letters (incl. sinks').
+  """Applies every configured sink; returns the dead letters written
+  (incl. sinks').
 
   Args:
     predictions: lists of prediction rows, in their event-time windows.
@@ -52,6 +54,9 @@ def write_outputs(predictions: beam.PCollection,
     producer_config: librdkafka producer settings, or None without Kafka.
     dead_letter_max_bytes: the dead-letter topic's record limit
       (admin.max_record_bytes, looked up by the job's preflight).
+    dead_letter_filter: a DeadLetter -> DeadLetter transform applied
+      before the dead-letter sinks (transforms.dedup.DropWrittenDeadLetters),
+      as step ``DropWrittenDeadLetters``.
   """
   sinks = options.view_as(opts.SinkOptions)
   kafka = options.view_as(opts.KafkaOptions)
@@ -63,6 +68,9 @@ def write_outputs(predictions: beam.PCollection,
         temp_location=options.view_as(GoogleCloudOptions).temp_location)
     dead_letters = ((dead_letters, rejected)
                     | 'AddSinkDeadLetters' >> beam.Flatten())
+  if dead_letter_filter is not None:
+    dead_letters = dead_letters | 'DropWrittenDeadLetters' >> (
+        dead_letter_filter)
   if sinks.output_path:
     _ = predictions | 'WritePredictionFiles' >> WritePredictionFiles(
         sinks.output_path, sinks.output_file_format, columns,

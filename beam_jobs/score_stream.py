@@ -40,7 +40,8 @@ from beam_jobs import outputs
 from beam_jobs import scoring
 from beam_jobs import summary as summary_lib
 from models.handler import ModelLoadError
-from transforms.dedup import DropScoredEvents
+from transforms import dedup
+from transforms.dedup_seed import SeedIncompleteError
 from transforms.kafka import StopAt, admin, offsets
 from transforms.kafka import xlang
 from transforms.output import output_columns
@@ -67,8 +68,22 @@ class ScoreStreamOptions(PipelineOptions):
         '--dedup_horizon_s', type=float, default=None,
         help='Effectively-once output: skip events whose id already has a '
         'prediction on --output_topic written within this many seconds, or '
-        'passed in this run (transforms/dedup.py); choose it longer than the '
-        'longest restart (default: off, at-least-once).')
+        'passed in this run, and dead letters of records already '
+        'dead-lettered on --dead_letter_topic (transforms/dedup.py); choose '
+        'it longer than the longest restart (default: off, at-least-once).')
+    parser.add_argument(
+        '--dedup_seed_timeout_s', type=float, default=None,
+        help='With --dedup_horizon_s: seconds allowed to read the horizon '
+        'back from the output and dead-letter topics at start; the job fails '
+        'to start if that is not enough, never starts on part of it '
+        '(default: derived from the records to read, 60 s + 1 s per 10,000).')
+    parser.add_argument(
+        '--dedup_max_ids', type=int, default=dedup.DEFAULT_MAX_IDS,
+        help='With --dedup_horizon_s: event ids (and dead letters) held per '
+        'worker process at most, ~11 bytes each (~25 at the peak of a merge; '
+        'docs/operations.md, sizing); past it the oldest are forgotten '
+        'early, with a warning; 0: no cap (default: '
+        f'{dedup.DEFAULT_MAX_IDS}).')
 
 
 # --help, in this order (beam_jobs/cli.py).
@@ -152,11 +167,41 @@ def validate(options: PipelineOptions) -> None:
     if not kafka.output_topic:
       raise ValueError('--dedup_horizon_s needs --output_topic: the '
                        'predictions already written are read back from it')
+  if job.dedup_seed_timeout_s is not None and job.dedup_seed_timeout_s <= 0:
+    raise ValueError(f'--dedup_seed_timeout_s must be > 0, got '
+                     f'{job.dedup_seed_timeout_s}')
+  if job.dedup_max_ids < 0:
+    raise ValueError(f'--dedup_max_ids must be >= 0, got {job.dedup_max_ids}')
+  if job.dedup_horizon_s is None and (
+      job.dedup_seed_timeout_s is not None or
+      job.dedup_max_ids != dedup.DEFAULT_MAX_IDS):
+    raise ValueError('--dedup_seed_timeout_s and --dedup_max_ids need '
+                     '--dedup_horizon_s')
   sinks = options.view_as(opts.SinkOptions)
   if not (kafka.output_topic or sinks.output_path or sinks.bq_table):
     raise ValueError('no output: set --output_topic, --output_path or '
                      '--bq_table')
   opts.validate_dataflow_paths(options)
+
+
+def dedup_settings(options: PipelineOptions, *,
+                   remember_on_finalize: bool = True
+                  ) -> Optional[dedup.DedupSettings]:
+  """The effectively-once settings of the flags, or None when off."""
+  job = options.view_as(ScoreStreamOptions)
+  if not job.dedup_horizon_s:
+    return None
+  kafka = options.view_as(opts.KafkaOptions)
+  sinks = options.view_as(opts.SinkOptions)
+  return dedup.DedupSettings(
+      output_topic=kafka.output_topic,
+      dead_letter_topic=kafka.dead_letter_topic,
+      horizon_s=job.dedup_horizon_s, seed_timeout_s=job.dedup_seed_timeout_s,
+      max_ids=job.dedup_max_ids or None,
+      # A dead letter reaches its topic within the sinks' outage retries;
+      # five more minutes for bundles and clocks.
+      write_delay_s=max(sinks.max_outage_s, 0) + 300,
+      remember_on_finalize=remember_on_finalize)
 
 
 def build_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
@@ -173,7 +218,8 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
 
   Returns:
     {'predictions': PCollection of lists of prediction rows,
-     'dead_letters': PCollection of DeadLetter}
+     'dead_letters': PCollection of DeadLetter (as written: with
+       --dedup_horizon_s, without those already written)}
   """
   kafka = options.view_as(opts.KafkaOptions)
   wopts = options.view_as(opts.WindowOptions)
@@ -202,10 +248,13 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
       max_delay_s=0.0 if kafka.kafka_io == 'xlang' else wopts.max_delay_s,
       idle_timeout_s=wopts.idle_timeout_s, source_watermark=source_watermark,
       buffer_horizon=horizon)
-  event_filter = None
-  if job.dedup_horizon_s:
-    event_filter = DropScoredEvents(common, kafka.output_topic,
-                                    job.dedup_horizon_s)
+  event_filter = dead_letter_filter = None
+  settings = dedup_settings(
+      options,
+      remember_on_finalize=engine_lib.finalizes_bundles(p.runner))
+  if settings is not None:
+    event_filter = dedup.DropScoredEvents(common, settings)
+    dead_letter_filter = dedup.DropWrittenDeadLetters(common, settings)
   # A bounded run (--max_records, --max_read_time_s) is the streaming job
   # stopping, not a batch job: the same window state, lateness and sinks.
   predictions, dead_letters = scoring.score_records(
@@ -215,7 +264,8 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
   dead_letters = outputs.write_outputs(
       predictions, dead_letters, options, columns=output_columns(schema),
       streaming=True, producer_config=dict(common),
-      dead_letter_max_bytes=dead_letter_max_bytes)
+      dead_letter_max_bytes=dead_letter_max_bytes,
+      dead_letter_filter=dead_letter_filter)
   return {'predictions': predictions, 'dead_letters': dead_letters}
 
 
@@ -228,7 +278,11 @@ class Preflight(NamedTuple):
 def preflight(options: PipelineOptions) -> Preflight:
   """Checks what can be checked before reading anything: the model loads
   and fits the schema, the cluster answers, the topics exist; and looks up
-  the dead-letter topic's record limit."""
+  the dead-letter topic's record limit. With --dedup_horizon_s on a local
+  engine, reads the horizon back (transforms.dedup.seed) so that a seed
+  that cannot finish stops the job here, with the flag to raise; the
+  local engine's steps run in this process and use it. (Dataflow workers
+  seed themselves: a seed that cannot finish fails their steps' setup.)"""
   kafka = options.view_as(opts.KafkaOptions)
   described = scoring.model_handler(options).validate()
   topics = [t for t in (kafka.input_topic, kafka.output_topic,
@@ -238,6 +292,9 @@ def preflight(options: PipelineOptions) -> Preflight:
   limit = admin.DEFAULT_MAX_RECORD_BYTES
   if kafka.dead_letter_topic:
     limit = admin.max_record_bytes(config, kafka.dead_letter_topic)
+  settings = dedup_settings(options)
+  if settings is not None and not opts.is_dataflow(options):
+    dedup.seed(config, settings)
   return Preflight(described, limit)
 
 
@@ -325,7 +382,7 @@ def main(argv=None) -> int:
   signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
   return cli.run_main(argv, parse_options, run, errors=(
       ValueError, ModelLoadError, admin.KafkaUnavailableError,
-      admin.TopicNotFoundError))
+      admin.TopicNotFoundError, SeedIncompleteError))
 
 
 if __name__ == '__main__':
