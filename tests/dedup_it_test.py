@@ -47,7 +47,14 @@ def _dead_letter_record(i, *, dead_lettered_at, original_ts_ms):
   return letter, record
 
 
-def test_the_seed_holds_the_horizon_and_nothing_older(broker, make_topic):
+_TANSU_END = ('its end offsets are the last batch\'s base + 1: the seed, which '
+              'reads to the end offsets seen at start, misses the rest of '
+              'that batch (docs/brokers.md)')
+
+
+def test_the_seed_holds_the_horizon_and_nothing_older(broker, make_topic,
+                                                      known_broker_bug):
+  known_broker_bug('tansu', _TANSU_END)
   topics = {'out': make_topic(2, suffix='-out'),
             'dlq': make_topic(1, suffix='-dlq')}
   now = time.time()
@@ -68,7 +75,6 @@ def test_the_seed_holds_the_horizon_and_nothing_older(broker, make_topic):
                       dedup.DedupSettings(topics['out'], topics['dlq'], 60))
   new = fingerprints([f'new{i}' for i in range(10)])
   old = fingerprints([f'old{i}' for i in range(10)])
-  # On Tansu the time lookup answers 0: everything is read, then filtered.
   assert not memory.predictions.unseen(new).any()
   assert memory.predictions.unseen(old).all()
   recent = np.array([hash(d.identity()) for d, _ in letters], dtype=np.int64)
@@ -77,7 +83,8 @@ def test_the_seed_holds_the_horizon_and_nothing_older(broker, make_topic):
 
 
 def test_a_seed_that_cannot_finish_in_time_fails_naming_the_flag(
-    broker, make_topic):
+    broker, make_topic, known_broker_bug):
+  known_broker_bug('tansu', _TANSU_END)
   topics = {'out': make_topic(4, suffix='-out')}
   n = 20_000
   produce(broker, topics['out'], [(None, f'e{i}'.encode(), b'{"score": 0.5}',
@@ -94,7 +101,8 @@ def test_a_seed_that_cannot_finish_in_time_fails_naming_the_flag(
 
 
 def test_the_dead_letter_topic_is_read_back_only_as_far_as_the_horizon(
-    broker, make_topic):
+    broker, make_topic, known_broker_bug):
+  known_broker_bug('tansu', _TANSU_END)
   topics = {'out': make_topic(1, suffix='-out'),
             'dlq': make_topic(2, suffix='-dlq')}
   now = time.time()
@@ -122,10 +130,7 @@ def test_the_dead_letter_topic_is_read_back_only_as_far_as_the_horizon(
 
 @pytest.fixture(scope='module')
 def turbine(tmp_path_factory):
-  root = tmp_path_factory.mktemp('turbine')
-  model_root = str(root / 'models')
-  tf_.write_model(model_root, version=1)
-  return {'model_root': model_root, 'schema': tf_.write_schema(str(root))}
+  return tf_.write_domain(tmp_path_factory.mktemp('turbine'))
 
 
 def _job(broker, topics, turbine, group, *extra):

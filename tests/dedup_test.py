@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_jobs import engine
@@ -176,7 +175,7 @@ def test_a_dead_letter_and_its_record_on_the_topic_have_one_identity(
 def _pipeline_memory(config, runner, remember_on_finalize):
   settings = _settings(remember_on_finalize=remember_on_finalize)
   first, again, other = _letter(1), _letter(1, reason=dl.EXTRA_FIELD), _letter(2)
-  with TestPipeline(runner=runner) as p:
+  with beam.Pipeline(runner=runner) as p:
     out = (p | beam.Create([first, again, other])
            | 'Drop' >> dedup.DropWrittenDeadLetters(config, settings))
     assert_that(out | beam.Map(lambda d: d.position), equal_to([1, 2]))

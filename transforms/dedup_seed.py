@@ -52,7 +52,7 @@ class SeedIncompleteError(RuntimeError):
     of = f'{read:,} of {planned:,}' if planned is not None else f'{read:,}'
     super().__init__(
         f'dedup seed incomplete: read {of} records of {topic!r} within the '
-        f'{timeout_s:.0f} s timeout; the job does not start on part of its '
+        f'{timeout_s:g} s timeout; the job does not start on part of its '
         f'horizon (it would write duplicates). Raise {flag} (default: '
         f'{SEED_BASE_S:.0f} s + 1 s per {SEED_MIN_RATE:,.0f} records to read) '
         f'or shorten --dedup_horizon_s')
