@@ -1,4 +1,4 @@
-"""Ids seen within a time horizon, at ~10 bytes per id: the memory of
+"""Ids seen within a time horizon, at ~11 bytes per id: the memory of
 effectively-once output (transforms/dedup.py).
 
 An id is kept as a 64-bit fingerprint (Python's ``hash`` of the id: SipHash
