@@ -38,7 +38,8 @@ def write_outputs(predictions: beam.PCollection,
                   sinks: config.SinkSettings,
                   kafka: Optional[config.KafkaSettings], *, columns,
                   streaming: bool,
-                  dead_letter_max_bytes: int = admin.DEFAULT_MAX_RECORD_BYTES
+                  dead_letter_max_bytes: int = admin.DEFAULT_MAX_RECORD_BYTES,
+                  dead_letter_filter: Optional[beam.PTransform] = None
                   ) -> beam.PCollection:
   """Applies every configured sink; returns the dead letters written
   (incl. sinks').
