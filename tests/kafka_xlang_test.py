@@ -3,6 +3,7 @@ KafkaIO transforms and the adapters. Nothing is expanded (that needs Java and
 the expansion-service jar); these tests need neither a broker nor Java."""
 
 import argparse
+import dataclasses
 
 import apache_beam as beam
 import pytest
@@ -342,3 +343,12 @@ def test_write_adapter_rows_carry_headers_and_topics():
   # The rows encode with the schema coder the xlang input uses.
   coder = beam.coders.registry.get_coder(xlang.XlangKafkaRecord)
   assert coder.decode(coder.encode(out[0])) == out[0]
+
+
+def test_write_settings_are_frozen_and_read_by_name():
+  ours = WriteToKafka(BOOT, 'scores', batched=True, idempotent=False)
+  s = ours.settings
+  assert (s.topic, s.batched) == ('scores', True)
+  assert s.producer_config['bootstrap.servers'] == BOOT['bootstrap.servers']
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    s.topic = 'other'  # pylint: disable=assigning-non-slot

@@ -1,5 +1,6 @@
 """WriteToKafka: asynchronous, idempotent produce that fails the bundle on loss."""
 
+import dataclasses
 import logging
 import sys
 import threading
@@ -23,6 +24,25 @@ HeadersFn = Callable[[Any], Optional[Sequence[tuple[str, bytes]]]]
 # bundle was flushed in finish_bundle already; what is left belongs to a
 # failed bundle, which the runner retries anyway.
 _TEARDOWN_FLUSH_S = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class WriteSettings:
+  """One write's settings, resolved once by WriteToKafka and read by name
+  (the cross-language write, transforms/kafka/xlang.py, is built from them).
+
+  WriteToKafka.__init__ documents each; ``producer_config`` is the effective
+  one (effective_producer_config: the user's plus idempotence and defaults).
+  """
+  producer_config: Mapping[str, Any]
+  topic: Union[str, Callable[[Any], str]]
+  key: Callable[[Any], Optional[bytes]]
+  value: Callable[[Any], Optional[bytes]]
+  headers: Optional[HeadersFn] = None
+  timestamp: Optional[Callable[[Any], Optional[int]]] = None
+  batched: bool = False
+  flush_timeout_s: float = 10.0
+  outage_policy: Optional[OutagePolicy] = None
 
 
 class KafkaDeliveryError(RuntimeError):
@@ -472,28 +492,21 @@ class WriteToKafka(beam.PTransform):
       raise ValueError("producer config needs 'bootstrap.servers'")
     if not topic:
       raise ValueError('topic must be a name or a function')
-    self._config = effective_producer_config(producer_config, idempotent)
-    self._topic = topic
-    self._key = key
-    self._value = value
-    self._headers = headers
-    self._timestamp = timestamp
-    self._batched = batched
-    self._flush_timeout_s = flush_timeout_s
-    self._outage_policy = outage_policy
+    self._settings = WriteSettings(
+        producer_config=effective_producer_config(producer_config, idempotent),
+        topic=topic, key=key, value=value, headers=headers,
+        timestamp=timestamp, batched=batched,
+        flush_timeout_s=flush_timeout_s, outage_policy=outage_policy)
 
   @property
-  def settings(self) -> dict:
-    """The write's settings (read by transforms.kafka.xlang)."""
-    return dict(producer_config=dict(self._config), topic=self._topic,
-                key=self._key, value=self._value, headers=self._headers,
-                timestamp=self._timestamp, batched=self._batched,
-                flush_timeout_s=self._flush_timeout_s,
-                outage_policy=self._outage_policy)
+  def settings(self) -> WriteSettings:
+    """The resolved settings (the cross-language write is built from
+    them)."""
+    return self._settings
 
   def expand(self, pcoll):
+    s = self._settings
     return pcoll | 'ProduceToKafka' >> beam.ParDo(
-        _ProduceFn(self._config, self._topic, self._key, self._value,
-                   self._headers, self._flush_timeout_s, self._batched,
-                   outage_policy=self._outage_policy,
-                   timestamp_fn=self._timestamp))
+        _ProduceFn(dict(s.producer_config), s.topic, s.key, s.value,
+                   s.headers, s.flush_timeout_s, s.batched,
+                   outage_policy=s.outage_policy, timestamp_fn=s.timestamp))

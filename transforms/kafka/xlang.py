@@ -89,7 +89,7 @@ from transforms.kafka import offsets as offsets_lib
 from transforms.kafka.read import ReadFromKafka
 from transforms.kafka.records import (CREATE_TIME, LOG_APPEND_TIME, KafkaRecord,
                                       TimestampPolicy)
-from transforms.kafka.write import WriteToKafka
+from transforms.kafka.write import WriteSettings
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -437,12 +437,12 @@ class _ToJavaRecords(beam.DoFn):
   used. Applies the key/value/headers/topic functions as WriteToKafka does,
   one record at a time (flattening ``batched`` elements)."""
 
-  def __init__(self, settings: dict, with_headers: bool):
-    self._topic = settings['topic']
-    self._key = settings['key']
-    self._value = settings['value']
-    self._headers = settings['headers']
-    self._batched = settings['batched']
+  def __init__(self, settings: WriteSettings, with_headers: bool):
+    self._topic = settings.topic
+    self._key = settings.key
+    self._value = settings.value
+    self._headers = settings.headers
+    self._batched = settings.batched
     self._with_headers = with_headers
 
   def process(self, element):
@@ -482,14 +482,13 @@ class XlangWriteToKafka(beam.PTransform):
     write_kwargs: the arguments it was built with.
   """
 
-  def __init__(self, settings: dict, *, expansion_service=None):
+  def __init__(self, settings: WriteSettings, *, expansion_service=None):
     super().__init__()
-    self.with_headers = bool(settings['headers']) or callable(
-        settings['topic'])
+    self.with_headers = bool(settings.headers) or callable(settings.topic)
     self.write_kwargs = dict(
-        producer_config=xlang_producer_config(settings['producer_config']),
-        topic=_PER_RECORD_TOPIC if callable(settings['topic']) else
-        settings['topic'],
+        producer_config=xlang_producer_config(settings.producer_config),
+        topic=_PER_RECORD_TOPIC if callable(settings.topic) else
+        settings.topic,
         key_serializer=BYTE_ARRAY_SERIALIZER,
         value_serializer=BYTE_ARRAY_SERIALIZER,
         with_headers=self.with_headers)
