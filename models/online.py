@@ -96,7 +96,7 @@ class KafkaMiniBatches:
         defaults to earliest (a new group starts at the beginning).
       topic: the topic of labelled events.
       schema: a transforms.schema.EventSchema (default: susy).
-      input_format: json, csv or avro (transforms/parse.py).
+      input_format: json, csv or avro (transforms/parse/decoders/).
       batch_size: labelled rows per mini-batch (the last may be smaller).
       idle_timeout_s: end of the pass: this long without any record.
       max_batches: stop after this many mini-batches.

@@ -59,8 +59,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms import example_coder, tfrecord
-from transforms.events import RawRecord
-from transforms.parse import Document
+from transforms.events import Document, RawRecord
 
 _LOGGER = logging.getLogger(__name__)
 _NAMESPACE = 'source'
