@@ -22,8 +22,9 @@ Modules, one concern each (dependencies point down the list):
   decoders/     bytes -> dict, one Decoder per input format, in the
                 ``DECODERS`` table; a decoder may add fast paths of its
                 format (JSON: msgspec typed structs; CSV: Arrow chunks).
-  fast.py       the columnar fast path: rows grouped by field set (Shape),
-                checked on columns.
+  fast.py       the columnar fast path: rows grouped by field set, checked
+                on columns.
+  shapes.py     Shape: the value pickers and type verdicts of a field set.
   validate.py   the full validation of one decoded record.
   times.py      event-time values per unit; times of raw records for the
                 readers (EventTimeFn).

@@ -18,7 +18,7 @@ import orjson
 from transforms import dead_letters as dl
 from transforms.parse.decoders.base import Decoder, DecodeOptions
 from transforms.parse.errors import Invalid
-from transforms.parse.fast import Shape
+from transforms.parse.shapes import Shape
 from transforms.parse.getters import attr_getter
 from transforms.schema import EventSchema
 
