@@ -6,7 +6,6 @@ both). Either way the batch is made by ``make_batch``, which also
 dead-letters rows whose numbers overflow float32.
 """
 
-import math
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -43,14 +42,6 @@ class Columns(NamedTuple):
   features: np.ndarray
   window: np.ndarray
   labels: Optional[np.ndarray]
-
-  def row(self, j: int) -> tuple:
-    """Row ``j`` as the full validation gives a row: (event_id, key, time,
-    features, window values, label)."""
-    labels = self.labels
-    return (self.ids[j], self.keys[j], float(self.times[j]),
-            self.features[j], self.window[j],
-            math.nan if labels is None else labels[j])
 
 
 class Rows:

@@ -8,6 +8,7 @@ EventBatch per source. Every record either becomes a row or a DeadLetter
 with a reason code; nothing raises, nothing is dropped.
 """
 
+import math
 import operator
 import time
 from typing import Callable, Iterable, Optional, Sequence
@@ -282,12 +283,15 @@ class RecordParser:
         return batches_lib.batch_from_columns(
             sources.pop(), [items[idx[j]] for j in keep],
             [payloads[idx[j]] for j in keep], cols, keep, now, dead)
-    # Mixed: row by row, in record order.
+    # Mixed: row by row, in record order (a row as validate_one gives it).
     rows = batches_lib.Rows(dead)
     for i in range(n):
       if i in fast_rows:
         cols, j = fast_rows[i]
-        rows.add(items[i], payloads[i], cols.row(j))
+        _, ids, keys, times, features, window, labels = cols
+        rows.add(items[i], payloads[i], (
+            ids[j], keys[j], float(times[j]), features[j], window[j],
+            math.nan if labels is None else labels[j]))
       elif i in slow_good:
         rows.add(items[i], payloads[i], slow_good[i])
     s = self.schema
