@@ -83,7 +83,6 @@ from beam_jobs import cli
 from beam_jobs import engine as engine_lib
 from beam_jobs import options as opts
 from beam_jobs import outputs
-from beam_jobs.score_stream import client_config
 from models import example_layout as el
 from models import examples_io
 from transforms import dead_letters as dl
@@ -92,7 +91,7 @@ from transforms import parse as parse_lib
 from transforms import sources
 from transforms.events import EventBatch
 from transforms.kafka import StopAt, admin, offsets
-from transforms.kafka import xlang
+from transforms.kafka import choose
 from transforms.parse import ParseEvents
 from transforms.schema import EventSchema
 from transforms.sinks import WriteDeadLetterFiles
@@ -374,6 +373,13 @@ def validate(options: PipelineOptions) -> None:
     raise ValueError('--stop_time needs --kafka_io=python')
 
 
+def resolve(options: PipelineOptions) -> PipelineOptions:
+  """Validates the flags; returns what build_pipeline takes (this job
+  still reads its options directly)."""
+  validate(options)
+  return options
+
+
 def _resolve_outputs(options: PipelineOptions) -> None:
   """Fixes the span number and the default dead-letter path (idempotent)."""
   job = options.view_as(IngestExamplesOptions)
@@ -579,11 +585,11 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
         confluent_wire_format=events.confluent_wire_format,
         expected_schema_id=events.avro_schema_id,
         max_payload_bytes=events.max_payload_bytes)
-    consumer_config = dict(client_config(options),
+    consumer_config = dict(opts.client_config(options),
                            **{'group.id': consumer_group(options)})
     if kafka.start == offsets.START_COMMITTED:
       consumer_config.setdefault('auto.offset.reset', 'earliest')
-    records = p | 'ReadFromKafka' >> xlang.build_read(
+    records = p | 'ReadFromKafka' >> choose.build_read(
         kafka.kafka_io, consumer_config, [kafka.input_topic],
         start=kafka.start, stop=_stop(options),
         max_batch_records=kafka.read_batch_records,
@@ -634,7 +640,8 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
   if kafka.dead_letter_topic:
     _ = dead_letters | 'WriteDeadLetters' >> (
         outputs.write_dead_letters_to_kafka(
-            kafka.kafka_io, client_config(options), kafka.dead_letter_topic))
+            kafka.kafka_io, opts.client_config(options),
+            kafka.dead_letter_topic))
   return {'examples': examples, 'dead_letters': dead_letters, 'span': span}
 
 
@@ -673,7 +680,7 @@ def run(argv: Union[Sequence[str], PipelineOptions, None] = None
   job = options.view_as(IngestExamplesOptions)
   kafka = options.view_as(opts.KafkaOptions)
   if kafka.input_topic:
-    admin.topic_partitions(client_config(options), [kafka.input_topic],
+    admin.topic_partitions(opts.client_config(options), [kafka.input_topic],
                            timeout_s=30)
   _resolve_outputs(options)
   engine = engine_lib.select_engine(options)

@@ -46,7 +46,7 @@ import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from beam_jobs import demo, local_broker
-from models import export, susy
+from models import susy, versions
 from models.handler import LoadedSignature
 from transforms.kafka import admin
 
@@ -236,7 +236,7 @@ def job_unbounded(config: dict, bootstrap: str, topics: dict,
   """The job unbounded: first a backlog of n, then a steady input rate.
 
   ``end_offsets_exact``: the broker's end offsets count the outputs (not
-  Tansu's: NOTES.md); else they are counted by a consumer.
+  Tansu's: docs/brokers.md); else they are counted by a consumer.
   """
   group = f'bench-unbounded-{uuid.uuid4().hex[:6]}'
   watcher = None
@@ -468,8 +468,8 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   print(demo.ensure_demo_model(args.model_dir), flush=True)
-  version = export.latest_version(args.model_dir)
-  model = LoadedSignature(export.version_dir(args.model_dir, version), version,
+  version = versions.latest_version(args.model_dir)
+  model = LoadedSignature(versions.version_dir(args.model_dir, version), version,
                           'serving_default', susy.FEATURE_NAMES, None)
   broker = None
   external = os.environ.get('KAFKA_BOOTSTRAP_SERVERS')

@@ -248,11 +248,11 @@ def load_or_build(model_dir: str, *, config: str, feature_names: Sequence[str],
   # pylint: disable=import-outside-toplevel
   import keras
   import tensorflow as tf
-  from models import export, registry
-  latest = export.latest_version(model_dir)
+  from models import export, registry, versions
+  latest = versions.latest_version(model_dir)
   model, version, config_name = None, None, config
   if latest is not None:
-    path = export.version_dir(model_dir, latest)
+    path = versions.version_dir(model_dir, latest)
     if tf.io.gfile.exists(f'{path}/{export.KERAS_FILE}'):
       meta = export.read_model_meta(path)
       if list(meta.get('feature_names', [])) != list(feature_names):

@@ -1,6 +1,6 @@
 """Columnar batches of events: the element type between parse and sinks.
 
-Per-element work dominates Python pipelines (NOTES.md: ~25 us per element in
+Per-element work dominates Python pipelines (docs/performance.md: ~25 us per element in
 window code vs ~0.1 us per row in numpy), so one element carries many events:
 the rows of one source chunk (one Kafka partition poll, or a run of lines of
 one file), later split by key and window. Columns are numpy arrays so window
@@ -129,6 +129,25 @@ class EventBatch:
 
   def min_time(self) -> float:
     return float(self.event_time.min())
+
+
+@dataclasses.dataclass
+class ScoredBatch:
+  """The model's result for one EventBatch (models produce it; the output
+  and window steps read it).
+
+  Attributes:
+    batch: the scored events.
+    scores: float32 [n] (or [n, k] for multi-output models).
+    model_version: the version that scored them (0 for an unversioned dir).
+    scored_time: epoch seconds when the scores were computed.
+    errors: None, or one message per row (None for rows that scored).
+  """
+  batch: EventBatch
+  scores: np.ndarray
+  model_version: int
+  scored_time: float
+  errors: Optional[list] = None
 
 
 def concat_features(batches: Sequence[EventBatch]) -> np.ndarray:

@@ -3,7 +3,7 @@
 ``ReadFileChunks(pattern, ...)`` reads every file matching a glob (local or
 ``gs://``, via Beam's FileSystems) and emits lists of ~``chunk_records``
 records, all of one file: per-element work dominates Python pipelines
-(NOTES.md), so one element is a chunk, as with the Kafka read. The chunks go
+(docs/performance.md), so one element is a chunk, as with the Kafka read. The chunks go
 straight into ``ParseEvents``:
 
 * line files (JSON lines, CSV, anything one-record-per-line; optionally
