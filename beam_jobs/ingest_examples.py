@@ -337,9 +337,10 @@ def validate(options: PipelineOptions) -> None:
       raise ValueError(f'{flag} is a scoring-job flag; this job writes '
                        f'examples to --output')
   if _input(options):
-    if events.input_format == 'avro':
-      raise ValueError('--input reads text lines: use --input_format json '
-                       'or csv (Avro needs --input_topic)')
+    if events.input_format not in parse_lib.line_formats():
+      raise ValueError(f'--input reads text lines: use --input_format '
+                       f'{" or ".join(parse_lib.line_formats())} '
+                       f'({events.input_format} needs --input_topic)')
     stops = [f for f, v in (('--max_records', bounded.max_records),
                             ('--stop_time', job.stop_time),
                             ('--max_read_time_s', bounded.max_read_time_s))

@@ -438,6 +438,8 @@ def run(bootstrap_servers: str, topic: str, model_dir: str, *,
 
 
 def _build_parser() -> argparse.ArgumentParser:
+  # pylint: disable-next=import-outside-toplevel
+  from transforms import parse as parse_lib
   parser = argparse.ArgumentParser(
       prog='python -m models.online',
       description='Learn online from labelled Kafka events; export versions.')
@@ -474,7 +476,8 @@ def _build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--schema', default='susy',
                       help='event schema name or file (default: susy)')
   parser.add_argument('--input_format', default='json',
-                      choices=('json', 'csv', 'avro'))
+                      choices=parse_lib.INPUT_FORMATS,
+                      help='encoding of event payloads (default: json)')
   parser.add_argument('--dead_letter_topic', default=None,
                       help='topic for skipped events (default: none, '
                       'counted only)')

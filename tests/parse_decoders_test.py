@@ -21,7 +21,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from transforms import dead_letters as dl
 from transforms import parse
 from transforms import schema as schema_lib
+from transforms import sources
 from transforms.events import RawRecord
+from transforms.kafka import KafkaRecord
 
 NOW = 1_800_000_000.0
 
@@ -95,6 +97,8 @@ class KeyValueDecoder(parse.Decoder):
   """``id=r1,ts=1800000000,x=0.5``: a value per field, by the schema's
   field kinds; the whole of a new format."""
 
+  line_based = True  # one record per line: line files can hold it
+
   def __init__(self, schema, options):
     super().__init__(schema, options)
     kinds = {'float': float, 'int': int, 'timestamp': float}
@@ -154,17 +158,49 @@ def test_a_new_format_is_one_decoder_in_the_table():
                         batch.features)
 
 
+# The bad records of kv_records: (index, reason).
+KV_DEAD = [(2, dl.MISSING_FIELD), (3, dl.MALFORMED), (4, dl.NON_FINITE),
+           (5, dl.TIME_IN_FUTURE), (6, dl.EMPTY_VALUE), (7, dl.EMPTY_VALUE)]
+
+
 @pytest.mark.usefixtures('kv_format')
-def test_a_new_format_through_the_beam_stage():
+def test_a_new_format_through_the_beam_stage(tmp_path):
+  """Kafka records and a line file of the new format, through ParseEvents:
+  the good records become rows, every bad one a dead letter with the whole
+  original record and its reason."""
+  now = time.time()
+  lines = [r.payload for r in kv_records(now)]
+  kafka = [KafkaRecord('t', 0, i, b'k%d' % i, line, int(now * 1000) - 5000,
+                       1, (('trace', b'%d' % i),))
+           for i, line in enumerate(lines)]
+  path = tmp_path / 'events.kv'
+  path.write_bytes(b'\n'.join(lines) + b'\n')
+  # Line files take the format because its decoder is line_based.
+  file_format = sources.resolve_file_format(str(path), 'auto', 'kv')
+  assert tuple(file_format) == (sources.LINES, 'kv')
   with beam.Pipeline(runner=FnApiRunner()) as p:
-    parsed = (p | beam.Create([kv_records(time.time())])
-              | parse.ParseEvents(SCHEMA, 'kv'))
-    ids = parsed.events | beam.FlatMap(lambda b: b.ids)
-    reasons = parsed.dead_letters | beam.Map(lambda d: d.reason)
-    assert_that(ids, equal_to(['r0', 'r1']), label='Rows')
-    assert_that(reasons, equal_to([
-        dl.MISSING_FIELD, dl.MALFORMED, dl.TIME_IN_FUTURE, dl.EMPTY_VALUE,
-        dl.EMPTY_VALUE, dl.NON_FINITE]), label='DeadLetters')
+    from_kafka = (p | beam.Create([kafka])
+                  | 'ParseKafka' >> parse.ParseEvents(SCHEMA, 'kv'))
+    from_file = (p | sources.ReadFileChunks(str(path), file_format.kind)
+                 | 'ParseFile' >> parse.ParseEvents(SCHEMA, 'kv'))
+    for name, parsed in (('Kafka', from_kafka), ('File', from_file)):
+      assert_that(parsed.events | f'{name}Ids' >> beam.FlatMap(
+          lambda b: b.ids), equal_to(['r0', 'r1']), label=f'{name}Rows')
+    assert_that(
+        from_kafka.dead_letters | beam.Map(lambda d: (
+            d.position, d.reason, d.payload, d.record_key, d.record_headers,
+            d.record_timestamp_ms)),
+        equal_to([(i, reason, lines[i], b'k%d' % i, (('trace', b'%d' % i),),
+                   int(now * 1000) - 5000) for i, reason in KV_DEAD]),
+        label='KafkaDeadLetters')
+    # Line numbers from 1; the blank line (the empty record) is skipped by
+    # the reader, not dead-lettered.
+    assert_that(
+        from_file.dead_letters | beam.Map(lambda d: (
+            d.source, d.position, d.reason, d.payload)),
+        equal_to([(f'file:{path}', i + 1, reason, lines[i])
+                  for i, reason in KV_DEAD if lines[i]]),
+        label='FileDeadLetters')
 
 
 def test_confluent_options_reach_the_avro_decoder():

@@ -33,19 +33,17 @@ Modules, one concern each (dependencies point down the list):
   getters.py    C-level pickers of a row's values.
   errors.py     Invalid: a record that becomes a dead letter.
 
-Adding an input format is one new decoder plus a test: subclass
-``Decoder`` with a ``decode(payload) -> dict`` that raises ``Invalid`` for
-bad bytes, and add it to ``DECODERS`` (decoders/__init__.py). Nothing
-else changes: validation, event times, the fast path over the decoded
-dicts and dead letters are the same for every format
-(tests/parse_decoders_test.py adds a ``key=value`` format in a test).
+Adding an input format is one new decoder plus a test
+(docs/your_data.md, "Another input format"): validation, event times, the
+fast path over the decoded dicts and dead letters are the same for every
+format.
 """
 
 from typing import Sequence
 
 from transforms.events import Document
 from transforms.parse.decoders import (DECODERS, INPUT_FORMATS, DecodeOptions,
-                                       Decoder)
+                                       Decoder, line_formats)
 from transforms.parse.errors import Invalid
 from transforms.parse.parser import DEFAULT_MAX_PAYLOAD_BYTES, RecordParser
 from transforms.parse.times import EventTimeFn
@@ -54,4 +52,4 @@ from transforms.parse.transform import ParseEvents
 __all__: Sequence[str] = [
     'DECODERS', 'DEFAULT_MAX_PAYLOAD_BYTES', 'DecodeOptions', 'Decoder',
     'Document', 'EventTimeFn', 'INPUT_FORMATS', 'Invalid', 'ParseEvents',
-    'RecordParser']
+    'RecordParser', 'line_formats']

@@ -1,10 +1,9 @@
 """Decoders by input format: the one table the parser looks formats up in.
 
-Adding a format is one new decoder plus a test: a ``Decoder`` subclass
-(decoders/base.py) whose ``decode(payload)`` returns the record's fields as
-a dict or raises ``Invalid``, and its entry in ``DECODERS``. Validation,
-event times, the columnar fast path and dead letters then work as for
-every other format (tests/parse_decoders_test.py adds one in a test).
+Adding a format is one new decoder plus a test (docs/your_data.md,
+"Another input format"): a ``Decoder`` subclass (decoders/base.py) whose
+``decode(payload)`` returns the record's fields as a dict or raises
+``Invalid``, and its entry in ``DECODERS``.
 """
 
 from transforms.parse.decoders.avro import AvroDecoder
@@ -21,5 +20,11 @@ DECODERS: dict[str, type[Decoder]] = {
 # The formats of the table as shipped (the jobs' --input_format choices).
 INPUT_FORMATS = tuple(DECODERS)
 
+
+def line_formats() -> tuple[str, ...]:
+  """The formats line files can hold (their decoder is ``line_based``),
+  read from the table when asked, so a format added to it counts."""
+  return tuple(f for f, d in DECODERS.items() if d.line_based)
+
 __all__ = ['AvroDecoder', 'CsvDecoder', 'DECODERS', 'DecodeOptions',
-           'Decoder', 'INPUT_FORMATS', 'JsonDecoder']
+           'Decoder', 'INPUT_FORMATS', 'JsonDecoder', 'line_formats']

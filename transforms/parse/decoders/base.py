@@ -52,6 +52,9 @@ class Decoder:
       writer schema).
   """
 
+  # A record is one line of text (no newline inside one): line files
+  # (backfill, ingest_examples --input) can hold this format.
+  line_based = False
   # A fast path: ``typed.decode_all(payloads, limit)`` -> (docs, (indices,
   # structs)) and ``typed.shape`` (see json.TypedJson); None: none.
   typed = None

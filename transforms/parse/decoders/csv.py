@@ -32,6 +32,8 @@ _PLAIN_NUMERIC_CSV = b'0123456789eE+-.,\n'
 class CsvDecoder(Decoder):
   """A CSV line per payload."""
 
+  line_based = True
+
   def __init__(self, schema: EventSchema, options: DecodeOptions):
     super().__init__(schema, options)
     self._columns = schema.columns

@@ -32,6 +32,8 @@ _TYPED_KINDS = {'float': float, 'int': int, 'string': str, 'bool': bool,
 class JsonDecoder(Decoder):
   """A JSON object per payload."""
 
+  line_based = True
+
   def __init__(self, schema: EventSchema, options: DecodeOptions):
     super().__init__(schema, options)
     self.typed = TypedJson.build(schema)
