@@ -257,24 +257,8 @@ class RecordParser:
           fast_rows[i] = (cols, j)
     # Everything else: the full validation, in record order.
     dead: list[dl.DeadLetter] = []
-    slow_good = {}
-    if len(fast_rows) < n:
-      for i in range(n):
-        if i in fast_rows:
-          continue
-        item = items[i]
-        try:
-          slow_good[i] = validate_one(item, payloads[i], now, default_time)
-        except Invalid as e:
-          dead.append(dl.DeadLetter.of_record(
-              item, stage=e.stage, reason=e.reason, detail=e.detail,
-              event_id=e.event_id, payload=payloads[i], time=now))
-        except Exception as e:  # pylint: disable=broad-except
-          # A parser bug must not stop the job: dead-letter and count it.
-          dead.append(dl.DeadLetter.of_record(
-              item, stage=dl.PARSE, reason=dl.MALFORMED,
-              detail=f'unexpected {type(e).__name__}: {e}'[:500],
-              payload=payloads[i], time=now))
+    slow_good = _validate_rest(items, payloads, fast_rows, now, default_time,
+                               validate_one, dead) if len(fast_rows) < n else {}
     if not slow_good and len(columns) == 1:
       idx, cols = columns[0]
       keep = np.flatnonzero(cols.ok)
@@ -297,3 +281,28 @@ class RecordParser:
     s = self.schema
     return rows.batches(now, len(s.features), len(s.window_features),
                         s.label_field is not None)
+
+
+def _validate_rest(items: list, payloads: list, fast_rows: dict, now: float,
+                   default_time: Optional[float], validate_one,
+                   dead: list) -> dict:
+  """The full validation of the records the fast path did not take, in
+  record order: their rows by record index; the others become dead letters
+  (appended to ``dead``)."""
+  good = {}
+  for i, item in enumerate(items):
+    if i in fast_rows:
+      continue
+    try:
+      good[i] = validate_one(item, payloads[i], now, default_time)
+    except Invalid as e:
+      dead.append(dl.DeadLetter.of_record(
+          item, stage=e.stage, reason=e.reason, detail=e.detail,
+          event_id=e.event_id, payload=payloads[i], time=now))
+    except Exception as e:  # pylint: disable=broad-except
+      # A parser bug must not stop the job: dead-letter and count it.
+      dead.append(dl.DeadLetter.of_record(
+          item, stage=dl.PARSE, reason=dl.MALFORMED,
+          detail=f'unexpected {type(e).__name__}: {e}'[:500],
+          payload=payloads[i], time=now))
+  return good
