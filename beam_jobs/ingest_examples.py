@@ -93,6 +93,7 @@ from transforms import sources
 from transforms.events import EventBatch
 from transforms.kafka import StopAt, admin
 from transforms.kafka import choose
+from transforms.parse import line_formats
 from transforms.schema import EventSchema
 from transforms.sinks import WriteDeadLetterFiles
 from transforms.windows import WindowFeatures, WindowSpec
@@ -351,9 +352,10 @@ def consumer_group(options: PipelineOptions) -> str:
 def _check_files(pattern: str, events: config.EventSettings,
                  options: PipelineOptions) -> None:
   """--input reads whole text files, which must exist."""
-  if events.input_format == 'avro':
-    raise ValueError('--input reads text lines: use --input_format json '
-                     'or csv (Avro needs --input_topic)')
+  if events.input_format not in line_formats():
+    raise ValueError(f'--input reads text lines: use --input_format '
+                     f'{" or ".join(line_formats())} ({events.input_format} '
+                     f'needs --input_topic)')
   job = options.view_as(IngestExamplesOptions)
   bounded = options.view_as(opts.BoundedRunOptions)
   stops = [f for f, v in (('--max_records', bounded.max_records),

@@ -87,6 +87,9 @@ def test_flags_are_checked_before_the_job_starts(event_files, tmp_path):
        '--num_shards'),
       (['--input', event_files['glob'], '--output_topic', 'x'],
        '--output_topic is a scoring-job flag'),
+      (['--input', event_files['glob'], '--input_format', 'avro'],
+       r'--input reads text lines: use --input_format json or csv \(avro '
+       r'needs --input_topic\)'),
   ]
   for extra, message in cases:
     with pytest.raises(ValueError, match=message):

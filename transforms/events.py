@@ -8,7 +8,7 @@ ids, aggregates and model inputs are computed on arrays.
 """
 
 import dataclasses
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -28,6 +28,28 @@ class RawRecord(NamedTuple):
   payload: Optional[bytes]
   timestamp: Optional[float] = None
   key: Optional[bytes] = None
+
+
+class Document(NamedTuple):
+  """A typed row to validate (``RecordParser.parse_documents``): what a
+  RawRecord is for bytes, for rows a reader has already decoded (Parquet,
+  tf.Example).
+
+  Attributes:
+    source: 'file:<path>' (or 'kafka:<topic>/<partition>').
+    position: record number in the file (or offset).
+    doc: the row as a dict; an Exception when the reader could not decode
+      the row (a dead letter).
+    timestamp: record/file time in epoch seconds, or None.
+    key: the record key, or None.
+    payload: the row's original bytes, or None (the row as JSON is kept).
+  """
+  source: str
+  position: int
+  doc: Any
+  timestamp: Optional[float] = None
+  key: Optional[bytes] = None
+  payload: Optional[bytes] = None
 
 
 @dataclasses.dataclass
