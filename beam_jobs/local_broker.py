@@ -19,8 +19,10 @@ noida keeps its whole Kafka state in memory and in one snapshot file of its
 data directory (``kafka.json``), rewritten every few seconds through a temp
 file (``kafka.tmp``) and once more when it stops; its control token
 (``noida.control.json``) sits beside them. The broker runs with umask 077
-so that token and the snapshot are readable by their owner only, and
-``stop`` waits for the final save (docs/brokers.md).
+so that token and the snapshot are readable by their owner only.
+``stop`` closes noida's Kafka port before its final save (so no write is
+acknowledged that the save misses) and waits for that save
+(docs/brokers.md).
 
 Command line::
 
@@ -343,11 +345,15 @@ def stop(info: BrokerInfo, *, timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
          state_file: Optional[os.PathLike] = None) -> StopResult:
   """Stops a broker by PID, waits for its final save and a free port.
 
-  noida saves its whole log when it gets SIGTERM and exits after the save;
-  that can take minutes for a large log, so the wait is long and logged
-  every 10 s with the size written so far. A broker that is still running
-  after ``timeout_s`` is killed; for noida that cuts its save short: its
-  partial snapshot is removed and the error says so (the previous complete
+  noida first has its Kafka service stopped through its own control
+  channel (``noida-db stop kafka``): it closes the Kafka port, then saves
+  the whole log, so no write is acknowledged that the save misses; a
+  SIGTERM alone saves too, but keeps acknowledging writes during the save
+  and loses them (docs/brokers.md). Then SIGTERM ends the process. A save
+  can take minutes for a large log, so the wait is long and logged every
+  10 s with the size written so far. A broker that is still running after
+  ``timeout_s`` is killed; for noida that cuts its save short: its partial
+  snapshot is removed and the error says so (the previous complete
   snapshot stays).
 
   Returns:
@@ -359,8 +365,15 @@ def stop(info: BrokerInfo, *, timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
   """
   was_running = info.is_alive()
   started = time.monotonic()
-  killed = _terminate(info.pid, timeout_s,
-                      progress=lambda waited: _log_save_progress(info, waited))
+
+  def progress(waited_s: float) -> None:
+    _log_save_progress(info, waited_s)
+
+  if info.kind == 'noida' and was_running:
+    _stop_noida_kafka(info, timeout_s, progress)
+  killed = _terminate(info.pid,
+                      max(0.0, timeout_s - (time.monotonic() - started)),
+                      progress=progress)
   seconds = time.monotonic() - started
   usage = disk_usage(info)
   problem = None
@@ -373,8 +386,8 @@ def stop(info: BrokerInfo, *, timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
         f'({usage.partial / 2**20:.1f} MB); {NOIDA_SNAPSHOT} holds its '
         f'previous save, and records acknowledged after that save are lost')
   elif killed:
-    problem = (f'{info.kind} broker (pid {info.pid}) did not exit within '
-               f'{timeout_s:g} s of SIGTERM and was killed')
+    problem = (f'{info.kind} broker (pid {info.pid}) did not stop within '
+               f'{timeout_s:g} s and was killed')
     if info.kind == 'noida':
       problem += (f' before its final save; records acknowledged after its '
                   f'last snapshot ({NOIDA_SNAPSHOT}) are lost')
@@ -394,6 +407,34 @@ def stop(info: BrokerInfo, *, timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
   return StopResult(seconds=seconds,
                     saved=info.kind == 'noida' and was_running,
                     snapshot_bytes=usage.snapshot)
+
+
+def _stop_noida_kafka(info: BrokerInfo, timeout_s: float,
+                      progress: Callable[[float], None]) -> None:
+  """Asks noida to stop its Kafka service (closing the port, then saving)
+  and waits up to ``timeout_s`` for its answer; on any failure, the SIGTERM
+  that follows still saves."""
+  started = time.monotonic()
+  with open(info.log_path, 'ab') as log:
+    proc = subprocess.Popen(
+        [find_binary('noida'), 'stop', 'kafka', '--data-dir', info.data_dir],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+  next_progress = started + 10.0
+  while proc.poll() is None:
+    now = time.monotonic()
+    if now - started > timeout_s or not info.is_alive():
+      proc.kill()
+      proc.wait()
+      return
+    if now >= next_progress:
+      progress(now - started)
+      next_progress = now + 10.0
+    time.sleep(0.05)
+  if proc.returncode != 0:
+    _LOGGER.warning('noida-db stop kafka (pid %d) failed with exit %d (see '
+                    '%s); stopping it with SIGTERM, which saves but loses '
+                    'writes acknowledged during the save', info.pid,
+                    proc.returncode, info.log_path)
 
 
 def _log_save_progress(info: BrokerInfo, waited_s: float) -> None:
