@@ -342,7 +342,8 @@ def disk_usage(info: BrokerInfo) -> DiskUsage:
 
 
 def stop(info: BrokerInfo, *, timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
-         state_file: Optional[os.PathLike] = None) -> StopResult:
+         state_file: Optional[os.PathLike] = None,
+         close_port_first: bool = True) -> StopResult:
   """Stops a broker by PID, waits for its final save and a free port.
 
   noida first has its Kafka service stopped through its own control
@@ -355,6 +356,14 @@ def stop(info: BrokerInfo, *, timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
   ``timeout_s`` is killed; for noida that cuts its save short: its partial
   snapshot is removed and the error says so (the previous complete
   snapshot stays).
+
+  Args:
+    info: the broker.
+    timeout_s: seconds to wait for the save and exit before killing it.
+    state_file: removed once the broker is gone, if given.
+    close_port_first: False stops noida with SIGTERM alone, as
+      ``noida-db down`` or Ctrl-C do (bench/broker_restart_loss.py
+      measures what that loses).
 
   Returns:
     How long it took and what was saved.
@@ -369,7 +378,7 @@ def stop(info: BrokerInfo, *, timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
   def progress(waited_s: float) -> None:
     _log_save_progress(info, waited_s)
 
-  if info.kind == 'noida' and was_running:
+  if info.kind == 'noida' and was_running and close_port_first:
     _stop_noida_kafka(info, timeout_s, progress)
   killed = _terminate(info.pid,
                       max(0.0, timeout_s - (time.monotonic() - started)),
