@@ -203,7 +203,8 @@ def main(argv: Optional[list[str]] = None) -> int:
   args = parser.parse_args(argv)
   work_dir = tempfile.mkdtemp(prefix='kbi-restart-loss-')
   print(f'{args.broker}: {args.before_s:g} s of production, stop '
-        f'(SIGTERM), {args.down_s:g} s down, start, {args.after_s:g} s more; '
+        f'({"SIGTERM alone" if args.sigterm_only else "local_broker.stop"}), '
+        f'{args.down_s:g} s down, start, {args.after_s:g} s more; '
         f'topic retention '
         + (f'{args.retention_s:g} s' if args.retention_s > 0 else 'none'),
         flush=True)
