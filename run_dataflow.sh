@@ -219,13 +219,13 @@ job_name, argv = sys.argv[1], sys.argv[2:]
 job = importlib.import_module(f'beam_jobs.{job_name}')
 options = job.parse_options(argv)  # unknown flags: exit 2
 try:
-  job.validate(options)
+  settings = job.resolve(options)  # every job: the settings build_pipeline takes
   opts.validate_dataflow_paths(options)
 except ValueError as e:
   print(f'error: {redact.mask_text(str(e))}', file=sys.stderr)
   sys.exit(2)
 pipeline = beam.Pipeline(options=options)
-job.build_pipeline(pipeline, options)
+job.build_pipeline(pipeline, settings)
 result = pipeline.run()
 proto = result.job.proto
 graph = result.job.proto_pipeline

@@ -8,5 +8,7 @@ cd "$(dirname "$0")"
 source scripts/ensure_venv.sh "test,local"
 # The BigQuery emulator's own venv (.venv-bqemu; pyarrow 26, Beam needs < 26).
 scripts/ensure_bq_emulator.sh
+# Debian's chromium for the status page's browser test (tests/status_page_it_test.py).
+scripts/ensure_chromium.sh
 # pytest exits 5 when it collected no test: that fails this script too.
 exec "$VENV_PYTHON" -m pytest "$@"

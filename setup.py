@@ -41,7 +41,13 @@ REPORT_REQUIRES = [
     'matplotlib>=3.8',
 ]
 
-TEST_REQUIRES = LOCAL_REQUIRES + REPORT_REQUIRES + [
+# The status page (python -m beam_jobs.status): its HTTP server. Its chart
+# library, uPlot, comes from npm (scripts/ensure_status_assets.sh).
+STATUS_REQUIRES = [
+    'aiohttp>=3.9',
+]
+
+TEST_REQUIRES = LOCAL_REQUIRES + REPORT_REQUIRES + STATUS_REQUIRES + [
     'pytest>=8',
     'pytest-timeout>=2.3',
     'hypothesis>=6.100',
@@ -62,10 +68,14 @@ setuptools.setup(
     packages=setuptools.find_packages(
         include=['beam_jobs', 'beam_jobs.*', 'transforms', 'transforms.*',
                  'models', 'models.*']),
+    # The status page's own files (uPlot is installed by npm, not shipped).
+    package_data={'beam_jobs.status': ['web/*.html', 'web/*.js', 'web/*.css',
+                                       'web/package*.json']},
     install_requires=INSTALL_REQUIRES,
     extras_require={
         'local': LOCAL_REQUIRES,
         'report': REPORT_REQUIRES,
+        'status': STATUS_REQUIRES,
         'test': TEST_REQUIRES,
     },
     entry_points={

@@ -68,19 +68,21 @@ competes with both workers. It can pay off with more cores than workers;
 measure before using it.
 """
 
+import dataclasses
 import datetime
 import logging
 import sys
 import threading
 import time
 import uuid
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import (PipelineOptions,
                                                   StandardOptions)
 
 from beam_jobs import cli
+from beam_jobs import config
 from beam_jobs import engine as engine_lib
 from beam_jobs import options as opts
 from beam_jobs import outputs
@@ -88,8 +90,8 @@ from beam_jobs import scoring
 from beam_jobs import summary as summary_lib
 from models.handler import ModelLoadError
 from transforms import sources
-from transforms.kafka import StopAt, admin, offsets, xlang
-from transforms.output import output_columns
+from transforms.kafka import StopAt, admin, choose, offsets
+from transforms.prediction_rows import output_columns
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -161,44 +163,115 @@ def _iso_time(value: str, flag: str) -> float:
     raise ValueError(f'{flag}: {e}') from None
 
 
-def input_file_format(options: PipelineOptions) -> sources.FileFormat:
-  """How --input is read; ValueError names the flag at fault."""
+@dataclasses.dataclass(frozen=True)
+class FileInput:
+  """--input files and how they are read."""
+  pattern: str
+  file_format: sources.FileFormat
+  chunk_records: int
+  split_bytes: int
+  skip_header_lines: int
+  default_time: Union[float, str, None]   # epoch seconds, 'file_mtime'
+
+
+@dataclasses.dataclass(frozen=True)
+class KafkaRange:
+  """--input_topic read from --start_time up to --end_time."""
+  start_time: str
+  end_time: str
+
+
+@dataclasses.dataclass(frozen=True)
+class BackfillConfig:
+  """Everything the backfill needs, resolved once from the flags."""
+  scoring: config.ScoringSettings
+  sinks: config.SinkSettings
+  kafka: config.KafkaSettings
+  files: Optional[FileInput]
+  kafka_range: Optional[KafkaRange]
+  progress_interval_s: float
+
+  def source(self) -> str:
+    """What is read, for logs."""
+    if self.files is not None:
+      return self.files.pattern
+    return (f'{self.kafka.input_topic} [{self.kafka_range.start_time}, '
+            f'{self.kafka_range.end_time})')
+
+
+def _file_input(options: PipelineOptions, pattern: str,
+                events: config.EventSettings) -> FileInput:
   job = options.view_as(BackfillOptions)
-  events = options.view_as(opts.EventOptions)
+  schema = events.schema
+  for flag in ('start_time', 'end_time'):
+    if getattr(job, flag) is not None:
+      raise ValueError(f'--{flag} is for a Kafka range (--input_topic), '
+                       f'not for --input files')
   try:
-    return sources.resolve_file_format(_input(options), job.file_format,
-                                       events.input_format)
+    file_format = sources.resolve_file_format(pattern, job.file_format,
+                                              events.input_format)
   except ValueError as e:
     raise ValueError(f'--input_format={events.input_format} with '
                      f'--file_format={job.file_format}: {e}') from None
+  default = job.default_event_time
+  if default is not None and default != sources.FILE_MTIME:
+    default = _iso_time(default, '--default_event_time')
+  if not schema.time_field and default is None:
+    raise ValueError(
+        f'--default_event_time is required: schema {schema.name!r} has no '
+        f'time field (an ISO-8601 time, or {sources.FILE_MTIME})')
+  if isinstance(default, float):
+    latest = time.time() + schema.max_future_s
+    if not schema.min_event_time <= default <= latest:
+      raise ValueError(
+          f'--default_event_time {job.default_event_time} is outside the '
+          f'event times schema {schema.name!r} accepts (from '
+          f'{_utc(schema.min_event_time)} to now + '
+          f'{schema.max_future_s:.0f} s): every event would be a dead '
+          f'letter')
+  if file_format.payload_format == 'csv' and events.input_format == 'avro':
+    raise ValueError('--input_format=avro cannot read line files')
+  if file_format.payload_format is not None:
+    events.check_payload_format(file_format.payload_format)
+  header = 1 if (file_format.payload_format == 'csv' and
+                 schema.csv_header) else 0
+  return FileInput(pattern, file_format, job.chunk_records,
+                   max(1, int(job.split_mb * (1 << 20))), header, default)
 
 
-def _input(options: PipelineOptions):
-  return options.view_as(opts.FileInputOptions).input
-
-
-def default_event_time(options: PipelineOptions):
-  """--default_event_time as epoch seconds, 'file_mtime' or None."""
-  value = options.view_as(BackfillOptions).default_event_time
-  if value is None or value == sources.FILE_MTIME:
-    return value
-  return _iso_time(value, '--default_event_time')
-
-
-def validate(options: PipelineOptions) -> None:
-  """Rejects bad flags before anything starts (ValueError names the flag)."""
+def _kafka_range(options: PipelineOptions,
+                 kafka: config.KafkaSettings) -> KafkaRange:
   job = options.view_as(BackfillOptions)
-  kafka = options.view_as(opts.KafkaOptions)
-  sinks = options.view_as(opts.SinkOptions)
-  events = options.view_as(opts.EventOptions)
-  opts.validate_model(options.view_as(opts.ModelOptions))
-  opts.window_spec(options.view_as(opts.WindowOptions))
-  opts.validate_sinks(sinks)
-  schema = opts.event_schema(events)
-  if bool(_input(options)) == bool(kafka.input_topic):
+  if kafka.kafka_io != 'python':
+    raise ValueError('--kafka_io must be python for a backfill (the range '
+                     'read needs start and stop times per partition)')
+  if job.default_event_time is not None:
+    raise ValueError('--default_event_time is for --input files; a Kafka '
+                     'range uses record timestamps when the schema has no '
+                     'time field')
+  if job.start_time is None or job.end_time is None:
+    raise ValueError('--start_time and --end_time are required with '
+                     '--input_topic (ISO-8601, e.g. 2026-11-24T00:00:00Z)')
+  start = _iso_time(job.start_time, '--start_time')
+  end = _iso_time(job.end_time, '--end_time')
+  if not start < end:
+    raise ValueError(f'--end_time {job.end_time} must be after '
+                     f'--start_time {job.start_time}')
+  return KafkaRange(job.start_time, job.end_time)
+
+
+def resolve(options: PipelineOptions) -> BackfillConfig:
+  """The job's settings; rejects bad flags before anything starts
+  (ValueError names the flag)."""
+  job = options.view_as(BackfillOptions)
+  pattern = options.view_as(opts.FileInputOptions).input
+  if bool(pattern) == bool(options.view_as(opts.KafkaOptions).input_topic):
     raise ValueError('set exactly one input: --input (files) or '
                      '--input_topic (a Kafka range with --start_time and '
                      '--end_time)')
+  scoring_settings = config.ScoringSettings.of(options)
+  sinks = config.SinkSettings.of(options)
+  kafka = config.KafkaSettings.of(options, validate_input=not pattern)
   if job.chunk_records < 1:
     raise ValueError(f'--chunk_records must be >= 1, got {job.chunk_records}')
   if not job.split_mb > 0:
@@ -207,48 +280,12 @@ def validate(options: PipelineOptions) -> None:
   if job.progress_interval_s < 0:
     raise ValueError(f'--progress_interval_s must be >= 0, got '
                      f'{job.progress_interval_s}')
-  if _input(options):
-    for flag in ('start_time', 'end_time'):
-      if getattr(job, flag) is not None:
-        raise ValueError(f'--{flag} is for a Kafka range (--input_topic), '
-                         f'not for --input files')
-    file_format = input_file_format(options)
-    default = default_event_time(options)
-    if not schema.time_field and default is None:
-      raise ValueError(
-          f'--default_event_time is required: schema {schema.name!r} has no '
-          f'time field (an ISO-8601 time, or {sources.FILE_MTIME})')
-    if isinstance(default, float):
-      latest = time.time() + schema.max_future_s
-      if not schema.min_event_time <= default <= latest:
-        raise ValueError(
-            f'--default_event_time {job.default_event_time} is outside the '
-            f'event times schema {schema.name!r} accepts (from '
-            f'{_utc(schema.min_event_time)} to now + '
-            f'{schema.max_future_s:.0f} s): every event would be a dead '
-            f'letter')
-    if file_format.payload_format == 'csv' and events.input_format == 'avro':
-      raise ValueError('--input_format=avro cannot read line files')
+  files = kafka_range = None
+  if pattern:
+    files = _file_input(options, pattern, scoring_settings.events)
   else:
-    opts.validate_kafka(options)
-    if kafka.kafka_io != 'python':
-      raise ValueError('--kafka_io must be python for a backfill (the range '
-                       'read needs start and stop times per partition)')
-    if job.default_event_time is not None:
-      raise ValueError('--default_event_time is for --input files; a Kafka '
-                       'range uses record timestamps when the schema has no '
-                       'time field')
-    if job.start_time is None or job.end_time is None:
-      raise ValueError('--start_time and --end_time are required with '
-                       '--input_topic (ISO-8601, e.g. 2026-11-24T00:00:00Z)')
-    start = _iso_time(job.start_time, '--start_time')
-    end = _iso_time(job.end_time, '--end_time')
-    if not start < end:
-      raise ValueError(f'--end_time {job.end_time} must be after '
-                       f'--start_time {job.start_time}')
-    if events.input_format == 'avro' and not schema.avro_schema:
-      raise ValueError('--input_format=avro needs a --schema with an '
-                       '"avro_schema"')
+    kafka_range = _kafka_range(options, kafka)
+    scoring_settings.events.check_payload_format()
   if not (kafka.output_topic or sinks.output_path or sinks.bq_table):
     raise ValueError('no output: set --output_path, --bq_table or '
                      '--output_topic')
@@ -256,10 +293,18 @@ def validate(options: PipelineOptions) -> None:
     raise ValueError('dead letters must go somewhere: set '
                      '--dead_letter_path or --dead_letter_topic')
   if (kafka.output_topic or kafka.dead_letter_topic) and not (
-      opts.bootstrap_servers(options)):
+      kafka.bootstrap_servers):
     raise ValueError('--bootstrap_servers is empty')
   # On Dataflow: every path the workers read or write must be gs://.
   opts.validate_dataflow_paths(options)
+  return BackfillConfig(scoring_settings, sinks, kafka, files, kafka_range,
+                        job.progress_interval_s)
+
+
+def validate(options: PipelineOptions) -> None:
+  """Rejects bad flags before anything starts (``resolve`` without the
+  result)."""
+  resolve(options)
 
 
 def _utc(seconds: float) -> str:
@@ -267,79 +312,68 @@ def _utc(seconds: float) -> str:
       seconds, datetime.timezone.utc).isoformat()
 
 
-def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
+def build_pipeline(p: beam.Pipeline, cfg: BackfillConfig) -> dict:
   """Builds the job; returns its main PCollections for tests.
 
   Returns:
     {'predictions': PCollection of lists of prediction rows,
      'dead_letters': PCollection of DeadLetter}
   """
-  job = options.view_as(BackfillOptions)
-  kafka = options.view_as(opts.KafkaOptions)
-  events = options.view_as(opts.EventOptions)
-  schema = opts.event_schema(events)
+  kafka = cfg.kafka
   run_id = uuid.uuid4().hex
-  interval = job.progress_interval_s
-  if _input(options):
-    file_format = input_file_format(options)
-    header = 1 if (file_format.payload_format == 'csv' and
-                   schema.csv_header) else 0
+  interval = cfg.progress_interval_s
+  if cfg.files is not None:
+    f = cfg.files
     records = p | 'ReadFiles' >> sources.ReadFileChunks(
-        _input(options), file_format.kind, chunk_records=job.chunk_records,
-        split_bytes=max(1, int(job.split_mb * (1 << 20))),
-        skip_header_lines=header, default_time=default_event_time(options))
-    payload_format = file_format.payload_format
+        f.pattern, f.file_format.kind, chunk_records=f.chunk_records,
+        split_bytes=f.split_bytes, skip_header_lines=f.skip_header_lines,
+        default_time=f.default_time)
+    payload_format = f.file_format.payload_format
   else:
-    records = p | 'ReadKafkaRange' >> xlang.build_read(
-        kafka.kafka_io, _client_config(options), [kafka.input_topic],
-        start=job.start_time, stop=StopAt.timestamp(job.end_time),
+    records = p | 'ReadKafkaRange' >> choose.build_read(
+        kafka.kafka_io, dict(kafka.client_config), [kafka.input_topic],
+        start=cfg.kafka_range.start_time,
+        stop=StopAt.timestamp(cfg.kafka_range.end_time),
         commit_offsets=False, max_batch_records=kafka.read_batch_records,
         timestamp_policy='create_time')
     payload_format = None
   records = records | 'ProgressRead' >> scoring.ReportProgress(
       scoring.READ, run_id, interval)
   predictions, dead_letters = scoring.score_records(
-      records, options, payload_format=payload_format, bounded=True)
+      records, cfg.scoring, payload_format=payload_format, bounded=True)
   predictions = predictions | 'ProgressScored' >> scoring.ReportProgress(
       scoring.SCORED, run_id, interval)
   dead_letters = outputs.write_outputs(
-      predictions, dead_letters, options, columns=output_columns(schema),
-      streaming=False, producer_config=_client_config(options))
+      predictions, dead_letters, cfg.sinks, kafka,
+      columns=output_columns(cfg.scoring.events.schema), streaming=False)
   dead_letters = dead_letters | 'ProgressDead' >> scoring.ReportProgress(
       scoring.DEAD, run_id, interval)
   return {'predictions': predictions, 'dead_letters': dead_letters}
 
 
-def _client_config(options: PipelineOptions) -> dict:
-  kafka = options.view_as(opts.KafkaOptions)
-  cfg = {'bootstrap.servers': opts.bootstrap_servers(options)}
-  cfg.update(opts.parse_kafka_config(kafka.kafka_config))
-  return cfg
-
-
-def preflight(options: PipelineOptions) -> str:
+def preflight(cfg: BackfillConfig) -> str:
   """Checks the model, the input files or topic, and the output topics.
 
   Returns:
     The model description for the start log line.
   """
-  job = options.view_as(BackfillOptions)
-  kafka = options.view_as(opts.KafkaOptions)
-  described = scoring.model_handler(options).validate()
-  if _input(options):
-    from apache_beam.io.filesystems import FileSystems
+  kafka = cfg.kafka
+  described = cfg.scoring.model.handler(cfg.scoring.events.schema).validate()
+  if cfg.files is not None:
+    from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
+    pattern = cfg.files.pattern
     try:
-      matched = FileSystems.match([_input(options)])[0].metadata_list
+      matched = FileSystems.match([pattern])[0].metadata_list
     except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f'--input {_input(options)}: cannot list: {e}') from e
+      raise ValueError(f'--input {pattern}: cannot list: {e}') from e
     if not matched:
-      raise ValueError(f'--input {_input(options)} matches no files')
+      raise ValueError(f'--input {pattern} matches no files')
     _LOGGER.info('backfill: %d input files, %.1f MB', len(matched),
                  sum(m.size_in_bytes for m in matched) / 1e6)
   topics = [t for t in (kafka.input_topic, kafka.output_topic,
                         kafka.dead_letter_topic) if t]
   if topics:
-    admin.topic_partitions(_client_config(options), topics, timeout_s=30)
+    admin.topic_partitions(kafka.client_config, topics, timeout_s=30)
   return described
 
 
@@ -375,30 +409,26 @@ def run(argv: Union[Sequence[str], PipelineOptions, None] = None, *,
   if options.view_as(StandardOptions).streaming:
     raise ValueError('--streaming: a backfill is a batch job; use '
                      'beam_jobs.score_stream for streams')
-  validate(options)
-  described = preflight(options)
-  job = options.view_as(BackfillOptions)
-  kafka = options.view_as(opts.KafkaOptions)
-  sinks = options.view_as(opts.SinkOptions)
+  cfg = resolve(options)
+  described = preflight(cfg)
+  kafka, sinks = cfg.kafka, cfg.sinks
   engine = engine_lib.select_engine(options)
-  source = (_input(options) if _input(options) else
-            f'{kafka.input_topic} [{job.start_time}, {job.end_time})')
   _LOGGER.info('backfill: reading %s, model %s, predictions -> %s, dead '
-               'letters -> %s, engine %s', source, described,
+               'letters -> %s, engine %s', cfg.source(), described,
                sinks.output_path or sinks.bq_table or kafka.output_topic,
                sinks.dead_letter_path or kafka.dead_letter_topic, engine.name)
   p = beam.Pipeline(runner=engine.runner, options=options)
-  build_pipeline(p, options)
+  build_pipeline(p, cfg)
   started = time.monotonic()
   with opts.tuned_gc(options):
     result = p.run()
   if not block:
     return result
   done = threading.Event()
-  if job.progress_interval_s > 0 and str(result.state) not in (
+  if cfg.progress_interval_s > 0 and str(result.state) not in (
       'DONE', 'FAILED', 'CANCELLED', 'UPDATED', 'DRAINED'):
     threading.Thread(target=_poll_progress, daemon=True, args=(
-        result, started, job.progress_interval_s, done)).start()
+        result, started, cfg.progress_interval_s, done)).start()
   try:
     result.wait_until_finish()
   finally:

@@ -177,9 +177,9 @@ class OutputWatcher(threading.Thread):
 
 def ensure_demo_model(model_dir: str) -> str:
   """Trains and exports a small demo model unless one exists."""
-  from models import export
-  if export.latest_version(model_dir) is not None:
-    return f'using model version {export.latest_version(model_dir)} in ' \
+  from models import versions
+  if versions.latest_version(model_dir) is not None:
+    return f'using model version {versions.latest_version(model_dir)} in ' \
            f'{model_dir}'
   import tempfile
   from models import examples_io, registry, train

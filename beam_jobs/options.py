@@ -22,11 +22,11 @@ from transforms import parse as parse_lib
 from transforms import schema as schema_lib
 from transforms import windows as windows_lib
 from transforms.kafka import config_refs
+from transforms.kafka.xlang import KAFKA_IO_CHOICES
 from transforms.outage import DEFAULT_MAX_OUTAGE_S, OutagePolicy
 from transforms.sinks import files as files_sink
 from transforms.kafka import offsets as offsets_lib
 
-KAFKA_IO_CHOICES = ('python', 'xlang')
 # Beam's default of --bootstrap_servers (KafkaStreamsRunnerOptions).
 _BEAM_DEFAULT_BOOTSTRAP = 'localhost:9092'
 OUTPUT_FILE_FORMATS = ('jsonl', 'parquet', 'tfrecord')
@@ -367,6 +367,15 @@ def bootstrap_servers(options: PipelineOptions) -> str:
       'KAFKA_BOOTSTRAP_SERVERS'):
     return os.environ['KAFKA_BOOTSTRAP_SERVERS']
   return value
+
+
+def client_config(options: PipelineOptions) -> dict:
+  """librdkafka settings common to a job's consumers and producers:
+  ``--bootstrap_servers`` and ``--kafka_config``."""
+  kafka = options.view_as(KafkaOptions)
+  cfg = {'bootstrap.servers': bootstrap_servers(options)}
+  cfg.update(parse_kafka_config(kafka.kafka_config))
+  return cfg
 
 
 def validate_kafka(options: PipelineOptions) -> None:

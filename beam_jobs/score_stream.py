@@ -22,7 +22,9 @@ On Dataflow (see run_dataflow.sh, which fills these in):
       --output_topic predictions --dead_letter_topic events-dlq
 """
 
+import dataclasses
 import logging
+import math
 import signal
 import sys
 import time
@@ -33,6 +35,7 @@ from apache_beam.options.pipeline_options import (PipelineOptions,
                                                   StandardOptions)
 
 from beam_jobs import cli
+from beam_jobs import config
 from beam_jobs import engine as engine_lib
 from beam_jobs import lag as lag_lib
 from beam_jobs import options as opts
@@ -40,10 +43,11 @@ from beam_jobs import outputs
 from beam_jobs import scoring
 from beam_jobs import summary as summary_lib
 from models.handler import ModelLoadError
-from transforms.dedup import DropScoredEvents
-from transforms.kafka import StopAt, admin, offsets
-from transforms.kafka import xlang
-from transforms.output import output_columns
+from transforms import dedup
+from transforms.dedup_seed import SeedIncompleteError
+from transforms.kafka import StopAt, admin
+from transforms.kafka import choose
+from transforms.prediction_rows import output_columns
 from transforms.source_watermark import SourceWatermark
 from transforms.windows import BufferHorizon, WindowSpec
 
@@ -67,8 +71,22 @@ class ScoreStreamOptions(PipelineOptions):
         '--dedup_horizon_s', type=float, default=None,
         help='Effectively-once output: skip events whose id already has a '
         'prediction on --output_topic written within this many seconds, or '
-        'passed in this run (transforms/dedup.py); choose it longer than the '
-        'longest restart (default: off, at-least-once).')
+        'passed in this run, and dead letters of records already '
+        'dead-lettered on --dead_letter_topic (transforms/dedup.py); choose '
+        'it longer than the longest restart (default: off, at-least-once).')
+    parser.add_argument(
+        '--dedup_seed_timeout_s', type=float, default=None,
+        help='With --dedup_horizon_s: seconds allowed to read the horizon '
+        'back from the output and dead-letter topics at start; the job fails '
+        'to start if that is not enough, never starts on part of it '
+        '(default: derived from the records to read, 60 s + 1 s per 10,000).')
+    parser.add_argument(
+        '--dedup_max_ids', type=int, default=dedup.DEFAULT_MAX_IDS,
+        help='With --dedup_horizon_s: event ids (and dead letters) held per '
+        'worker process at most, ~11 bytes each (~25 at the peak of a merge; '
+        'docs/operations.md, sizing); past it the oldest are forgotten '
+        'early, with a warning; 0: no cap (default: '
+        f'{dedup.DEFAULT_MAX_IDS}).')
 
 
 # --help, in this order (beam_jobs/cli.py).
@@ -90,47 +108,41 @@ SUMMARY_COUNTERS = summary_lib.CounterNames(
 parse_options = cli.options_parser(PROG, FLAG_GROUPS, __doc__)
 
 
-def client_config(options: PipelineOptions) -> dict:
-  """librdkafka settings common to the job's consumers and producers."""
-  kafka = options.view_as(opts.KafkaOptions)
-  cfg = {'bootstrap.servers': opts.bootstrap_servers(options)}
-  cfg.update(opts.parse_kafka_config(kafka.kafka_config))
-  return cfg
 
 
-def _stop(bounded: opts.BoundedRunOptions):
-  if bounded.max_records is not None:
-    return StopAt.total_records(bounded.max_records)
-  if bounded.max_read_time_s is not None:
-    return StopAt.read_time(bounded.max_read_time_s)
-  return None
+
+@dataclasses.dataclass(frozen=True)
+class StreamConfig:
+  """Everything the streaming job needs, resolved once from the flags."""
+  kafka: config.KafkaSettings
+  scoring: config.ScoringSettings
+  sinks: config.SinkSettings
+  timing: config.ReadTiming
+  stop: Optional[StopAt]
+  timestamp_source: str
+  dedup: Optional[dedup.DedupSettings]   # --dedup_horizon_s; None: off
+
+  def buffer_horizon(self) -> BufferHorizon:
+    """How long the job's windowed sinks may hold a record's output: its
+    event windows (prediction files) and, with --dead_letter_path, the
+    dead letters' flush windows."""
+    specs = [self.scoring.window]
+    if self.sinks.dead_letter_path:
+      specs.append(WindowSpec(kind='fixed',
+                              size_s=self.sinks.dead_letter_flush_s))
+    return BufferHorizon(tuple(specs))
 
 
-def buffer_horizon(spec: WindowSpec,
-                   sinks: opts.SinkOptions) -> BufferHorizon:
-  """How long the job's windowed sinks may hold a record's output: its
-  event windows (prediction files) and, with --dead_letter_path, the dead
-  letters' flush windows."""
-  specs = [spec]
-  if sinks.dead_letter_path:
-    specs.append(WindowSpec(kind='fixed', size_s=sinks.dead_letter_flush_s))
-  return BufferHorizon(tuple(specs))
-
-
-def validate(options: PipelineOptions) -> None:
-  """Rejects bad flags before anything starts (ValueError names the flag)."""
-  kafka = options.view_as(opts.KafkaOptions)
-  opts.validate_kafka(options)
-  opts.validate_model(options.view_as(opts.ModelOptions))
-  opts.validate_bounded(options.view_as(opts.BoundedRunOptions))
-  opts.validate_sinks(options.view_as(opts.SinkOptions))
-  opts.window_spec(options.view_as(opts.WindowOptions))
+def resolve(options: PipelineOptions) -> StreamConfig:
+  """The job's settings; rejects bad flags before anything starts
+  (ValueError names the flag)."""
+  kafka = config.KafkaSettings.of(options)
+  scoring_settings = config.ScoringSettings.of(options)
+  scoring_settings.events.check_payload_format()
+  sinks = config.SinkSettings.of(options)
+  timing = config.ReadTiming.of(options)
+  stop = config.stop_of(options)
   opts.validate_local_tuning(options)
-  schema = opts.event_schema(options.view_as(opts.EventOptions))
-  events = options.view_as(opts.EventOptions)
-  if events.input_format == 'avro' and not schema.avro_schema:
-    raise ValueError('--input_format=avro needs a --schema with an '
-                     '"avro_schema"')
   if kafka.output_topic and not kafka.dead_letter_topic:
     raise ValueError('--dead_letter_topic is required with --output_topic: '
                      'dead letters must go somewhere')
@@ -141,81 +153,106 @@ def validate(options: PipelineOptions) -> None:
           '--timestamp_source=payload needs --kafka_io=python: Java KafkaIO '
           'cannot run a Python timestamp function; use '
           '--timestamp_source=record (producers set record timestamps)')
-    if options.view_as(opts.WindowOptions).max_delay_s not in (
-        0, opts.DEFAULT_MAX_DELAY_S):
+    if timing.max_delay_s not in (0, opts.DEFAULT_MAX_DELAY_S):
       raise ValueError('--max_delay_s must be 0 with --kafka_io=xlang (Java '
                        'KafkaIO\'s record-time policy has no delay)')
-  if job.dedup_horizon_s is not None:
-    if job.dedup_horizon_s <= 0:
-      raise ValueError(f'--dedup_horizon_s must be > 0, got '
-                       f'{job.dedup_horizon_s}')
-    if not kafka.output_topic:
-      raise ValueError('--dedup_horizon_s needs --output_topic: the '
-                       'predictions already written are read back from it')
-  sinks = options.view_as(opts.SinkOptions)
+    # Java KafkaIO's record-time policy has no delay.
+    timing = dataclasses.replace(timing, max_delay_s=0.0)
+  dedup_settings = _dedup_settings(job, kafka, sinks)
   if not (kafka.output_topic or sinks.output_path or sinks.bq_table):
     raise ValueError('no output: set --output_topic, --output_path or '
                      '--bq_table')
   opts.validate_dataflow_paths(options)
+  return StreamConfig(kafka, scoring_settings, sinks, timing, stop,
+                      job.timestamp_source, dedup_settings)
 
 
-def build_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
+def _dedup_settings(job: ScoreStreamOptions, kafka: config.KafkaSettings,
+                    sinks: config.SinkSettings
+                   ) -> Optional[dedup.DedupSettings]:
+  """The effectively-once settings of the flags, or None when off."""
+  if job.dedup_seed_timeout_s is not None and job.dedup_seed_timeout_s <= 0:
+    raise ValueError(f'--dedup_seed_timeout_s must be > 0, got '
+                     f'{job.dedup_seed_timeout_s}')
+  if job.dedup_max_ids < 0:
+    raise ValueError(f'--dedup_max_ids must be >= 0, got {job.dedup_max_ids}')
+  if job.dedup_horizon_s is None:
+    if (job.dedup_seed_timeout_s is not None or
+        job.dedup_max_ids != dedup.DEFAULT_MAX_IDS):
+      raise ValueError('--dedup_seed_timeout_s and --dedup_max_ids need '
+                       '--dedup_horizon_s')
+    return None
+  if job.dedup_horizon_s <= 0:
+    raise ValueError(f'--dedup_horizon_s must be > 0, got '
+                     f'{job.dedup_horizon_s}')
+  if not kafka.output_topic:
+    raise ValueError('--dedup_horizon_s needs --output_topic: the '
+                     'predictions already written are read back from it')
+  return dedup.DedupSettings(
+      output_topic=kafka.output_topic,
+      dead_letter_topic=kafka.dead_letter_topic,
+      horizon_s=job.dedup_horizon_s, seed_timeout_s=job.dedup_seed_timeout_s,
+      max_ids=job.dedup_max_ids or None,
+      # A dead letter reaches its topic within the sinks' outage retries;
+      # five more minutes for bundles and clocks.
+      write_delay_s=(sinks.outage.max_outage_s if math.isfinite(
+          sinks.outage.max_outage_s) else 0) + 300)
+
+
+def validate(options: PipelineOptions) -> None:
+  """Rejects bad flags before anything starts (``resolve`` without the
+  result)."""
+  resolve(options)
+
+
+def build_pipeline(p: beam.Pipeline, cfg: StreamConfig, *,
                    dead_letter_max_bytes: int =
                    admin.DEFAULT_MAX_RECORD_BYTES) -> dict:
   """Builds the job; returns its main PCollections for tests.
 
   Args:
     p: the pipeline.
-    options: the job's options.
+    cfg: the job's settings (``resolve``).
     dead_letter_max_bytes: the dead-letter topic's record limit (preflight
       looks it up); larger dead letters are cut to fit, with a hash and
       their source coordinates.
 
   Returns:
     {'predictions': PCollection of lists of prediction rows,
-     'dead_letters': PCollection of DeadLetter}
+     'dead_letters': PCollection of DeadLetter (as written: with
+       --dedup_horizon_s, without those already written)}
   """
-  kafka = options.view_as(opts.KafkaOptions)
-  wopts = options.view_as(opts.WindowOptions)
-  job = options.view_as(ScoreStreamOptions)
-  schema = opts.event_schema(options.view_as(opts.EventOptions))
-  common = client_config(options)
-  parser = scoring.record_parser(options)
-  consumer_config = dict(common, **{'group.id': kafka.consumer_group})
-  if kafka.start == offsets.START_COMMITTED:
-    # A group without committed offsets starts at the beginning of the log.
-    consumer_config.setdefault('auto.offset.reset', 'earliest')
-  timestamp_policy = (parser.event_time_fn() if job.timestamp_source ==
-                      'payload' else 'create_time')
+  kafka, events = cfg.kafka, cfg.scoring.events
+  timestamp_policy = (events.parser().event_time_fn()
+                      if cfg.timestamp_source == 'payload' else 'create_time')
   # Locally, the read shows the window step its watermark (one lateness
   # verdict for every sink) and commits offsets as the windowed sinks
   # write what covers them.
   source_watermark = SourceWatermark()
-  horizon = buffer_horizon(opts.window_spec(wopts),
-                           options.view_as(opts.SinkOptions))
-
-  records = p | 'ReadFromKafka' >> xlang.build_read(
-      kafka.kafka_io, consumer_config, [kafka.input_topic],
-      start=kafka.start, stop=_stop(options.view_as(opts.BoundedRunOptions)),
+  records = p | 'ReadFromKafka' >> choose.build_read(
+      kafka.kafka_io, kafka.consumer_config(), [kafka.input_topic],
+      start=kafka.start, stop=cfg.stop,
       max_batch_records=kafka.read_batch_records,
-      timestamp_policy=timestamp_policy,
-      max_delay_s=0.0 if kafka.kafka_io == 'xlang' else wopts.max_delay_s,
-      idle_timeout_s=wopts.idle_timeout_s, source_watermark=source_watermark,
-      buffer_horizon=horizon)
-  event_filter = None
-  if job.dedup_horizon_s:
-    event_filter = DropScoredEvents(common, kafka.output_topic,
-                                    job.dedup_horizon_s)
+      timestamp_policy=timestamp_policy, max_delay_s=cfg.timing.max_delay_s,
+      idle_timeout_s=cfg.timing.idle_timeout_s,
+      source_watermark=source_watermark, buffer_horizon=cfg.buffer_horizon())
+  event_filter = dead_letter_filter = None
+  if cfg.dedup is not None:
+    settings = cfg.dedup._replace(
+        remember_on_finalize=engine_lib.finalizes_bundles(p.runner))
+    event_filter = dedup.DropScoredEvents(dict(kafka.client_config), settings)
+    dead_letter_filter = dedup.DropWrittenDeadLetters(
+        dict(kafka.client_config), settings)
   # A bounded run (--max_records, --max_read_time_s) is the streaming job
   # stopping, not a batch job: the same window state, lateness and sinks.
   predictions, dead_letters = scoring.score_records(
-      records, options, event_filter=event_filter, bounded=False,
+      records, cfg.scoring, event_filter=event_filter, bounded=False,
       source_watermark=source_watermark)
-
   dead_letters = outputs.write_outputs(
-      predictions, dead_letters, options, columns=output_columns(schema),
-      streaming=True, producer_config=dict(common),
-      dead_letter_max_bytes=dead_letter_max_bytes)
+      predictions, dead_letters, cfg.sinks, kafka,
+      columns=output_columns(events.schema), streaming=True,
+      dead_letter_max_bytes=dead_letter_max_bytes,
+      dead_letter_filter=dead_letter_filter)
   return {'predictions': predictions, 'dead_letters': dead_letters}
 
 
@@ -225,19 +262,26 @@ class Preflight(NamedTuple):
   dead_letter_max_bytes: int  # the dead-letter topic's record limit
 
 
-def preflight(options: PipelineOptions) -> Preflight:
+def preflight(cfg: StreamConfig, *, seed_here: bool = True) -> Preflight:
   """Checks what can be checked before reading anything: the model loads
   and fits the schema, the cluster answers, the topics exist; and looks up
-  the dead-letter topic's record limit."""
-  kafka = options.view_as(opts.KafkaOptions)
-  described = scoring.model_handler(options).validate()
+  the dead-letter topic's record limit. With --dedup_horizon_s and
+  ``seed_here`` (a local engine, whose steps run in this process and use
+  it), reads the horizon back (transforms.dedup.seed), so that a seed that
+  cannot finish stops the job here, with the flag to raise. (Dataflow
+  workers seed themselves: a seed that cannot finish fails their steps'
+  setup.)"""
+  kafka = cfg.kafka
+  described = cfg.scoring.model.handler(cfg.scoring.events.schema).validate()
   topics = [t for t in (kafka.input_topic, kafka.output_topic,
                         kafka.dead_letter_topic) if t]
-  config = client_config(options)
-  admin.topic_partitions(config, topics, timeout_s=30)
+  admin.topic_partitions(kafka.client_config, topics, timeout_s=30)
   limit = admin.DEFAULT_MAX_RECORD_BYTES
   if kafka.dead_letter_topic:
-    limit = admin.max_record_bytes(config, kafka.dead_letter_topic)
+    limit = admin.max_record_bytes(kafka.client_config,
+                                   kafka.dead_letter_topic)
+  if cfg.dedup is not None and seed_here:
+    dedup.seed(kafka.client_config, cfg.dedup)
   return Preflight(described, limit)
 
 
@@ -257,19 +301,18 @@ def run(argv: Union[Sequence[str], PipelineOptions, None] = None, *,
   options = (argv if isinstance(argv, PipelineOptions) else
              parse_options(argv))
   options.view_as(StandardOptions).streaming = True
-  validate(options)
-  checked = preflight(options)
-  kafka = options.view_as(opts.KafkaOptions)
+  cfg = resolve(options)
+  checked = preflight(cfg, seed_here=not opts.is_dataflow(options))
+  kafka = cfg.kafka
   engine = engine_lib.select_engine(options)
   _LOGGER.info(
       'score_stream: reading %s at %s (group %s, start %s), model %s, '
       'predictions -> %s, dead letters -> %s, engine %s',
-      kafka.input_topic, opts.bootstrap_servers(options), kafka.consumer_group,
+      kafka.input_topic, kafka.bootstrap_servers, kafka.consumer_group,
       kafka.start, checked.model, kafka.output_topic, kafka.dead_letter_topic,
       engine.name)
   p = beam.Pipeline(runner=engine.runner, options=options)
-  build_pipeline(p, options,
-                 dead_letter_max_bytes=checked.dead_letter_max_bytes)
+  build_pipeline(p, cfg, dead_letter_max_bytes=checked.dead_letter_max_bytes)
   if not block or opts.is_dataflow(options):
     # A Dataflow streaming job runs until drained or cancelled: the
     # launcher returns once it is submitted.
@@ -280,16 +323,15 @@ def run(argv: Union[Sequence[str], PipelineOptions, None] = None, *,
     _wait(result)
   result.summary = summary_lib.summarize(
       result, SUMMARY_COUNTERS, job='score_stream',
-      seconds=time.monotonic() - started, offsets=_offsets_left(options))
+      seconds=time.monotonic() - started, offsets=_offsets_left(kafka))
   return result
 
 
-def _offsets_left(options: PipelineOptions
+def _offsets_left(kafka: config.KafkaSettings
                  ) -> Optional[summary_lib.OffsetsLeft]:
   """The consumer group's committed offsets and lag on the input topic."""
-  kafka = options.view_as(opts.KafkaOptions)
   try:
-    rows = lag_lib.lag_rows(client_config(options), kafka.consumer_group,
+    rows = lag_lib.lag_rows(kafka.client_config, kafka.consumer_group,
                             [kafka.input_topic], timeout_s=10)
   except Exception as e:  # pylint: disable=broad-except
     _LOGGER.warning('consumer lag unknown at the end of the run: %s', e)
@@ -325,7 +367,7 @@ def main(argv=None) -> int:
   signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
   return cli.run_main(argv, parse_options, run, errors=(
       ValueError, ModelLoadError, admin.KafkaUnavailableError,
-      admin.TopicNotFoundError))
+      admin.TopicNotFoundError, SeedIncompleteError))
 
 
 if __name__ == '__main__':

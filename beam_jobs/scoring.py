@@ -27,15 +27,11 @@ from typing import NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs import options as opts
-from models.handler import SavedModelHandler
+from beam_jobs import config
 from transforms import dead_letters as dl
-from transforms import parse as parse_lib
 from transforms.inference import ScoreEvents
-from transforms.output import ToPredictionRows
-from transforms.parse import ParseEvents
+from transforms.prediction_rows import ToPredictionRows
 from transforms.source_watermark import SourceWatermark
 from transforms.windows import WindowFeatures
 
@@ -60,35 +56,8 @@ class ScoringOutputs(NamedTuple):
   dead_letters: beam.PCollection
 
 
-def record_parser(options: PipelineOptions,
-                  payload_format: Optional[str] = None
-                 ) -> parse_lib.RecordParser:
-  """The RecordParser of the event flags (``payload_format`` overrides
-  ``--input_format``)."""
-  events = options.view_as(opts.EventOptions)
-  return parse_lib.RecordParser(
-      opts.event_schema(events), payload_format or events.input_format,
-      confluent_wire_format=events.confluent_wire_format,
-      expected_schema_id=events.avro_schema_id,
-      max_payload_bytes=events.max_payload_bytes)
-
-
-def model_handler(options: PipelineOptions) -> SavedModelHandler:
-  """The SavedModelHandler of the model flags, for the schema's features."""
-  model = options.view_as(opts.ModelOptions)
-  schema = opts.event_schema(options.view_as(opts.EventOptions))
-  return SavedModelHandler(
-      model.model_dir, schema.features,
-      window_features=schema.window_features,
-      signature=model.model_signature,
-      output_key=model.model_output, poll_interval_s=model.model_poll_s,
-      pinned_version=model.model_version,
-      min_batch_rows=model.min_batch_size or model.max_batch_size,
-      max_batch_rows=model.max_batch_size,
-      model_handler=model.model_handler)
-
-
-def score_records(records: beam.PCollection, options: PipelineOptions, *,
+def score_records(records: beam.PCollection,
+                  settings: config.ScoringSettings, *,
                   payload_format: Optional[str] = None,
                   bounded: Optional[bool] = None,
                   event_filter: Optional[beam.PTransform] = None,
@@ -99,7 +68,7 @@ def score_records(records: beam.PCollection, options: PipelineOptions, *,
   Args:
     records: KafkaRecord, RawRecord or Document items, or lists of them
       (one list per chunk: per-element overhead dominates).
-    options: the job's options (EventOptions, WindowOptions, ModelOptions).
+    settings: events, window and model settings (beam_jobs/config.py).
     payload_format: the payloads' format when not ``--input_format``
       (e.g. CSV lines of a file); unused for Documents.
     bounded: force WindowFeatures' batch (True) or streaming (False)
@@ -110,20 +79,16 @@ def score_records(records: beam.PCollection, options: PipelineOptions, *,
     source_watermark: the read's published watermark, where it runs in
       this process (lateness is then judged as the sinks will judge it).
   """
-  events = options.view_as(opts.EventOptions)
-  schema = opts.event_schema(events)
-  spec = opts.window_spec(options.view_as(opts.WindowOptions))
-  parsed = records | 'ParseEvents' >> ParseEvents(
-      schema, payload_format or events.input_format,
-      confluent_wire_format=events.confluent_wire_format,
-      expected_schema_id=events.avro_schema_id,
-      max_payload_bytes=events.max_payload_bytes)
+  schema = settings.events.schema
+  parsed = records | 'ParseEvents' >> settings.events.parse_events(
+      payload_format)
   events_in = parsed.events
   if event_filter is not None:
     events_in = events_in | 'FilterEvents' >> event_filter
   if bounded is None:
     bounded = records.is_bounded
-  window_features = WindowFeatures(spec, len(schema.window_features),
+  window_features = WindowFeatures(settings.window,
+                                   len(schema.window_features),
                                    bounded=bounded,
                                    source_watermark=source_watermark)
   if bounded:
@@ -132,13 +97,14 @@ def score_records(records: beam.PCollection, options: PipelineOptions, *,
     # scoring, and the join's stage boundary then moves ids and scores
     # instead of payloads and model inputs (~5x fewer bytes, which the
     # FnApiRunner copies several times).
-    scored = events_in | 'ScoreEvents' >> ScoreEvents(model_handler(options))
+    scored = events_in | 'ScoreEvents' >> ScoreEvents(
+        settings.model.handler(schema))
     windowed = scored.scored | 'WindowFeatures' >> window_features
     scored_rows = windowed.events
   else:
     windowed = events_in | 'WindowFeatures' >> window_features
     scored = windowed.events | 'ScoreEvents' >> ScoreEvents(
-        model_handler(options))
+        settings.model.handler(schema))
     scored_rows = scored.scored
   predictions = scored_rows | 'ToPredictionRows' >> beam.ParDo(
       ToPredictionRows(schema))
@@ -258,5 +224,4 @@ class ReportProgress(beam.PTransform):
         pcoll.element_type)
 
 
-__all__ = ['ReportProgress', 'ScoringOutputs', 'model_handler',
-           'record_parser', 'score_records']
+__all__ = ['ReportProgress', 'ScoringOutputs', 'score_records']

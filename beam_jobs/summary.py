@@ -53,6 +53,20 @@ SCORING_DEAD_LETTERS = (
 )
 
 
+# Rows each sink wrote: (label, step of the job's graph, counter namespace,
+# counter name, namespace and name of a counter to subtract or None).
+SINK_COUNTERS = (
+    ('kafka', 'WritePredictions', 'kafka_write', 'records_written', None),
+    ('files', 'WritePredictionFiles', 'file_sink', 'rows_written', None),
+    ('bigquery', 'WriteBigQuery', 'bigquery_sink', 'rows_sent',
+     ('bigquery_sink', 'rejected_rows')),
+    ('dead-letter topic', 'WriteDeadLetters', 'kafka_write',
+     'records_written', None),
+    ('dead-letter files', 'WriteDeadLetterFiles', 'file_sink',
+     'rows_written', None),
+)
+
+
 class OffsetsLeft(NamedTuple):
   """A consumer group's position on a topic when the run ended."""
   group: str
@@ -74,6 +88,8 @@ class RunSummary:
   model_versions: dict
   skipped: dict = dataclasses.field(default_factory=dict)
   offsets: Optional[OffsetsLeft] = None
+  # Rows written per sink the job has (SINK_COUNTERS labels).
+  sink_rows: dict = dataclasses.field(default_factory=dict)
 
   @property
   def dead_letters(self) -> int:
@@ -97,7 +113,8 @@ class RunSummary:
             'model_versions': dict(self.model_versions),
             'skipped': dict(self.skipped), 'seconds': self.seconds,
             'events_per_s': self.events_per_s, 'state': self.state,
-            'offsets': self.offsets._asdict() if self.offsets else None}
+            'offsets': self.offsets._asdict() if self.offsets else None,
+            'sink_rows': dict(self.sink_rows)}
 
   def format(self) -> str:
     """A few aligned lines for people."""
@@ -116,6 +133,9 @@ class RunSummary:
     ]
     for label, count in sorted(self.skipped.items()):
       lines.append(f'  {label:<13} {count}')
+    if self.sink_rows:
+      lines.append('  written       ' + ', '.join(
+          f'{label} {count}' for label, count in self.sink_rows.items()))
     if self.offsets is not None:
       o = self.offsets
       lines.append(f'  committed     offsets {o.committed} on {o.partitions} '
@@ -142,6 +162,30 @@ def metric_counters(result) -> dict:
     value = c.committed if c.committed is not None else c.attempted
     key = (c.key.metric.namespace, c.key.metric.name)
     out[key] = out.get(key, 0) + (value or 0)
+  return out
+
+
+def sink_rows(result) -> dict:
+  """{sink label: rows written} of the sinks this pipeline has (counters of
+  the sink steps: SINK_COUNTERS)."""
+  try:
+    query = result.metrics().query(MetricsFilter())
+  except Exception:  # pylint: disable=broad-except
+    return {}
+  by_step: dict = {}
+  for c in query['counters']:
+    value = c.committed if c.committed is not None else c.attempted
+    top = c.key.step.split('/')[0]
+    key = (top, c.key.metric.namespace, c.key.metric.name)
+    by_step[key] = by_step.get(key, 0) + (value or 0)
+  out = {}
+  for label, step, namespace, name, minus in SINK_COUNTERS:
+    if not any(s == step for s, _, _ in by_step):
+      continue
+    rows = by_step.get((step, namespace, name), 0)
+    if minus is not None:
+      rows -= by_step.get((step,) + minus, 0)
+    out[label] = rows
   return out
 
 
@@ -179,8 +223,8 @@ def summarize(result, names: CounterNames, *, job: str, seconds: float,
       model_versions=versions,
       skipped={label: counters.get(key, 0) for key, label in names.skipped
                if counters.get(key, 0)},
-      offsets=offsets)
+      offsets=offsets, sink_rows=sink_rows(result))
 
 
-__all__ = ['CounterNames', 'OffsetsLeft', 'SCORING_DEAD_LETTERS', 'RunSummary', 'metric_counters',
-           'summarize']
+__all__ = ['CounterNames', 'OffsetsLeft', 'SCORING_DEAD_LETTERS', 'RunSummary',
+           'SINK_COUNTERS', 'metric_counters', 'sink_rows', 'summarize']

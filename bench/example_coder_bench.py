@@ -123,8 +123,8 @@ def main(argv=None) -> int:
 
 def _prediction_rows(batch: EventBatch, repeat: int) -> None:
   from tensorflow.core.example import example_pb2  # pylint: disable=import-outside-toplevel
-  from models.handler import ScoredBatch  # pylint: disable=import-outside-toplevel
-  from transforms import output  # pylint: disable=import-outside-toplevel
+  from transforms.events import ScoredBatch  # pylint: disable=import-outside-toplevel
+  from transforms import prediction_rows as output  # pylint: disable=import-outside-toplevel
   from transforms.sinks import files  # pylint: disable=import-outside-toplevel
   schema = schema_lib.susy_schema()
   columns = output.output_columns(schema)

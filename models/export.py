@@ -27,8 +27,9 @@ Completeness: on local disk a version is written into
 step, so it appears complete or not at all. Object stores (``gs://``) have
 no atomic directory rename, so there the version is written in place with
 ``metrics.json`` last: **a version is complete when metrics.json exists**
-(next to saved_model.pb and variables/). Readers use ``list_versions`` /
-``latest_version``, which only return complete versions, on either kind of
+(next to saved_model.pb and variables/). Readers use models/versions.py's
+``list_versions`` / ``latest_version``, which only return complete versions
+(the one definition of "complete"), on either kind of
 storage. All file operations go through ``tf.io.gfile``.
 """
 
@@ -47,6 +48,8 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
+from models.versions import METRICS_FILE, version_dir
+
 _LOGGER = logging.getLogger(__name__)
 
 SERVING_DEFAULT = 'serving_default'
@@ -54,7 +57,6 @@ SERVE_EXAMPLES = 'serve_examples'
 FEATURES_INPUT = 'features'
 EXAMPLES_INPUT = 'examples'
 SCORE_OUTPUT = 'score'
-METRICS_FILE = 'metrics.json'
 META_FILE = 'model_meta.json'
 # The trained Keras model too, for warm-starting a retrain (TF Serving
 # ignores assets.extra/).
@@ -80,27 +82,9 @@ def _local_path(path: str) -> str:
   return path[len('file://'):] if path.startswith('file://') else path
 
 
-def version_dir(model_dir: str, version: int) -> str:
-  """The directory of ``version`` under ``model_dir``."""
-  return _join(os.fspath(model_dir), str(int(version)))
-
-
-def is_complete_version(path: str) -> bool:
-  """Whether a version directory is complete and safe to load.
-
-  Complete = saved_model.pb (or .pbtxt), a variables/ directory and
-  metrics.json all exist; metrics.json is written last on every storage.
-  """
-  path = os.fspath(path)
-  gfile = tf.io.gfile
-  has_graph = (gfile.exists(_join(path, 'saved_model.pb'))
-               or gfile.exists(_join(path, 'saved_model.pbtxt')))
-  return (has_graph and gfile.isdir(_join(path, 'variables'))
-          and gfile.exists(_join(path, METRICS_FILE)))
-
-
 def _integer_dirs(model_dir: str) -> list[int]:
-  """All integer-named entries of ``model_dir``, complete or not."""
+  """All integer-named entries of ``model_dir``, complete or not (a new
+  version number must not reuse one of an export that failed)."""
   if not tf.io.gfile.isdir(model_dir):
     return []
   versions = []
@@ -109,25 +93,6 @@ def _integer_dirs(model_dir: str) -> list[int]:
     if name.isdigit():
       versions.append(int(name))
   return sorted(versions)
-
-
-def list_versions(model_dir: str) -> list[int]:
-  """Complete versions under ``model_dir``, ascending ([] if none/absent)."""
-  model_dir = os.fspath(model_dir)
-  return [v for v in _integer_dirs(model_dir)
-          if is_complete_version(version_dir(model_dir, v))]
-
-
-def latest_version(model_dir: str) -> Optional[int]:
-  """The highest complete version, or None."""
-  versions = list_versions(model_dir)
-  return versions[-1] if versions else None
-
-
-def read_metrics(path: str) -> dict:
-  """metrics.json of a version directory."""
-  with tf.io.gfile.GFile(_join(os.fspath(path), METRICS_FILE), 'r') as f:
-    return json.loads(f.read())
 
 
 def read_model_meta(path: str) -> dict:

@@ -31,8 +31,8 @@ element comes back as a ScoredBatch with one score per row and the model
 version that produced it.
 
 Model directory: either a SavedModel itself, or a TF-Serving-style root with
-integer version subdirectories (``<model_dir>/<version>/``), where a version
-is complete when saved_model.pb, variables/ and metrics.json exist. With a
+integer version subdirectories (``<model_dir>/<version>/``); which versions
+are complete is models/versions.py's one definition. With a
 versioned root the handler serves the latest complete version and checks for
 a newer one every ``poll_interval_s`` seconds: a new version is loaded and
 smoke-tested off to the side and swapped in between two batches; a corrupt or
@@ -46,7 +46,6 @@ fail are returned with an error and become dead letters downstream. Loading
 errors raise (the runner retries; at job start they fail the job).
 """
 
-import dataclasses
 import logging
 import os
 import posixpath
@@ -62,14 +61,14 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
 from models import example_layout as el
+from models import versions
 from transforms import example_coder
-from transforms.events import EventBatch, concat_features
+from transforms.events import EventBatch, ScoredBatch, concat_features
 
 _LOGGER = logging.getLogger(__name__)
 _NAMESPACE = 'inference'
 
 DEFAULT_SIGNATURE = 'serving_default'
-METRICS_FILE = 'metrics.json'
 
 INPUT_TENSOR = 'tensor'
 INPUT_DICT = 'dict'
@@ -92,56 +91,6 @@ class ModelLoadError(RuntimeError):
   """A model directory or version cannot be loaded or does not fit."""
 
 
-@dataclasses.dataclass
-class ScoredBatch:
-  """The result for one EventBatch.
-
-  Attributes:
-    batch: the scored events.
-    scores: float32 [n] (or [n, k] for multi-output models).
-    model_version: the version that scored them (0 for an unversioned dir).
-    scored_time: epoch seconds when the scores were computed.
-    errors: None, or one message per row (None for rows that scored).
-  """
-  batch: EventBatch
-  scores: np.ndarray
-  model_version: int
-  scored_time: float
-  errors: Optional[list] = None
-
-
-def _join(base: str, *parts: str) -> str:
-  if '://' in base:
-    return posixpath.join(base, *parts)
-  return os.path.join(base, *parts)
-
-
-def _exists(path: str) -> bool:
-  try:
-    return FileSystems.exists(path)
-  except Exception:  # pylint: disable=broad-except
-    return False
-
-
-def _is_saved_model(path: str) -> bool:
-  return (_exists(_join(path, 'saved_model.pb')) or
-          _exists(_join(path, 'saved_model.pbtxt')))
-
-
-def complete_versions(model_dir: str) -> list[int]:
-  """Complete integer versions under ``model_dir`` (ascending)."""
-  try:
-    matches = FileSystems.match([_join(model_dir, '*', METRICS_FILE)])[0]
-  except Exception:  # pylint: disable=broad-except
-    return []
-  versions = []
-  for meta in matches.metadata_list:
-    name = os.path.basename(os.path.dirname(meta.path.rstrip('/')))
-    if name.isdigit() and _is_saved_model(_join(model_dir, name)):
-      versions.append(int(name))
-  return sorted(versions)
-
-
 def _local_copy(path: str) -> tuple[str, Optional[str]]:
   """A local directory with the SavedModel at ``path`` (copied if remote).
 
@@ -151,7 +100,7 @@ def _local_copy(path: str) -> tuple[str, Optional[str]]:
   if '://' not in path:
     return path, None
   tmp = tempfile.mkdtemp(prefix='kbi-model-')
-  matches = FileSystems.match([_join(path, '**')])[0].metadata_list
+  matches = FileSystems.match([versions.join(path, '**')])[0].metadata_list
   if not matches:
     raise ModelLoadError(f'no files under {path}')
   prefix = path.rstrip('/') + '/'
@@ -376,11 +325,12 @@ class VersionedModel:
     # Before the first load: a version refused then is counted too.
     self.swaps = Metrics.counter(_NAMESPACE, 'model_swaps')
     self.refusals = Metrics.counter(_NAMESPACE, 'model_versions_refused')
-    self.versioned = not _is_saved_model(model_dir)
+    self.versioned = not versions.is_saved_model(model_dir)
     self.current = self._load_initial()
 
   def _load(self, version: int) -> Signature:
-    path = _join(self._dir, str(version)) if self.versioned else self._dir
+    path = (versions.version_dir(self._dir, version) if self.versioned else
+            self._dir)
     loaded = self._loader(path, version, self._signature, self._layout,
                           self._output_key)
     try:
@@ -394,18 +344,19 @@ class VersionedModel:
     if not self.versioned:
       name = os.path.basename(self._dir.rstrip('/'))
       return self._load(int(name) if name.isdigit() else 0)
-    versions = complete_versions(self._dir)
+    complete = versions.list_versions(self._dir)
     if self._pinned is not None:
-      if self._pinned not in versions:
+      if self._pinned not in complete:
         raise ModelLoadError(f'model version {self._pinned} is not a complete '
-                             f'version under {self._dir} (have {versions})')
+                             f'version under {self._dir} (have {complete})')
       return self._load(self._pinned)
-    if not versions:
+    if not complete:
       raise ModelLoadError(
           f'no SavedModel at {self._dir}: neither saved_model.pb nor complete '
-          f'version directories (<n>/saved_model.pb + metrics.json)')
+          f'version directories (<n>/saved_model.pb, variables/ and '
+          f'metrics.json)')
     errors = []
-    for version in reversed(versions):
+    for version in reversed(complete):
       try:
         return self._load(version)
       except ModelLoadError as e:
@@ -423,7 +374,7 @@ class VersionedModel:
     if now - self._last_poll < self._poll_interval_s:
       return
     self._last_poll = now
-    candidates = [v for v in complete_versions(self._dir)
+    candidates = [v for v in versions.list_versions(self._dir)
                   if v > self.current.version and v not in self._refused]
     if not candidates:
       return

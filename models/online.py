@@ -96,7 +96,7 @@ class KafkaMiniBatches:
         defaults to earliest (a new group starts at the beginning).
       topic: the topic of labelled events.
       schema: a transforms.schema.EventSchema (default: susy).
-      input_format: json, csv or avro (transforms/parse.py).
+      input_format: json, csv or avro (transforms/parse/decoders/).
       batch_size: labelled rows per mini-batch (the last may be smaller).
       idle_timeout_s: end of the pass: this long without any record.
       max_batches: stop after this many mini-batches.
@@ -248,11 +248,11 @@ def load_or_build(model_dir: str, *, config: str, feature_names: Sequence[str],
   # pylint: disable=import-outside-toplevel
   import keras
   import tensorflow as tf
-  from models import export, registry
-  latest = export.latest_version(model_dir)
+  from models import export, registry, versions
+  latest = versions.latest_version(model_dir)
   model, version, config_name = None, None, config
   if latest is not None:
-    path = export.version_dir(model_dir, latest)
+    path = versions.version_dir(model_dir, latest)
     if tf.io.gfile.exists(f'{path}/{export.KERAS_FILE}'):
       meta = export.read_model_meta(path)
       if list(meta.get('feature_names', [])) != list(feature_names):
@@ -438,6 +438,8 @@ def run(bootstrap_servers: str, topic: str, model_dir: str, *,
 
 
 def _build_parser() -> argparse.ArgumentParser:
+  # pylint: disable-next=import-outside-toplevel
+  from transforms import parse as parse_lib
   parser = argparse.ArgumentParser(
       prog='python -m models.online',
       description='Learn online from labelled Kafka events; export versions.')
@@ -474,7 +476,8 @@ def _build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--schema', default='susy',
                       help='event schema name or file (default: susy)')
   parser.add_argument('--input_format', default='json',
-                      choices=('json', 'csv', 'avro'))
+                      choices=parse_lib.INPUT_FORMATS,
+                      help='encoding of event payloads (default: json)')
   parser.add_argument('--dead_letter_topic', default=None,
                       help='topic for skipped events (default: none, '
                       'counted only)')

@@ -79,10 +79,11 @@ def evaluate_versions(model_dir: str, versions: Sequence[int],
   # pylint: disable=import-outside-toplevel
   import tensorflow as tf
   from models import export
+  from models import versions as versions_lib
   from models.train import binary_metrics
   out = {name: {} for name in datasets}
   for version in versions:
-    path = export.version_dir(model_dir, version)
+    path = versions_lib.version_dir(model_dir, version)
     signature = tf.saved_model.load(path).signatures[export.SERVING_DEFAULT]
     for name, data in datasets.items():
       scores = signature(**{export.FEATURES_INPUT: tf.constant(
@@ -185,12 +186,12 @@ def plot_online_curve(doc: Mapping, out_path: str, *,
 def versions_table(model_dir: str) -> str:
   """configs x metrics of every complete version (train.format_table)."""
   # pylint: disable=import-outside-toplevel
-  from models import export
+  from models import versions
   from models.train import TrainResult, format_table
   results = []
-  for version in export.list_versions(model_dir):
-    path = export.version_dir(model_dir, version)
-    m = export.read_metrics(path)
+  for version in versions.list_versions(model_dir):
+    path = versions.version_dir(model_dir, version)
+    m = versions.read_metrics(path)
     results.append(TrainResult(
         config=str(m.get('config', 'unknown')),
         accuracy=float(m['accuracy']), auc=float(m['auc']),

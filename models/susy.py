@@ -51,17 +51,11 @@ from typing import (IO, Any, Callable, Iterable, Iterator, NamedTuple,
 
 import numpy as np
 
+from transforms import schema as schema_lib
+
 _LOGGER = logging.getLogger(__name__)
 
-FEATURE_NAMES = (
-    # low level: the two leptons and the missing transverse energy
-    'lepton_1_pT', 'lepton_1_eta', 'lepton_1_phi',
-    'lepton_2_pT', 'lepton_2_eta', 'lepton_2_phi',
-    'missing_energy_magnitude', 'missing_energy_phi',
-    # high level: derived by physicists to separate the classes
-    'MET_rel', 'axial_MET', 'M_R', 'M_TR_2', 'R', 'MT2', 'S_R', 'M_Delta_R',
-    'dPhi_r_b', 'cos_theta_r1',
-)
+FEATURE_NAMES = schema_lib.SUSY_FEATURE_NAMES
 LOW_LEVEL = FEATURE_NAMES[:8]
 HIGH_LEVEL = FEATURE_NAMES[8:]
 NUM_FEATURES = len(FEATURE_NAMES)

@@ -24,5 +24,9 @@ if [ ! -f "$_stamp" ] || ! grep -qxF "$_want" "$_stamp"; then
   "$_venv/bin/python" -m pip install -q -c "$_root/constraints.txt" -e "$_root[$_extras]"
   echo "$_want" >> "$_stamp"
 fi
+# The status page's uPlot (npm; scripts/ensure_status_assets.sh). Without
+# npm the jobs still run; only the status page's web view is missing.
+KBI_VENV="$_venv" "$_root/scripts/ensure_status_assets.sh" \
+  || echo "warning: the status page's assets are not installed" >&2
 export PATH="$_venv/bin:$PATH"
 VENV_PYTHON="$_venv/bin/python"

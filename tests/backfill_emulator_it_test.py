@@ -12,7 +12,7 @@ from apache_beam.io.filesystems import FileSystems
 
 import model_fixtures as mf
 from models import susy
-from transforms.output import output_columns
+from transforms.prediction_rows import output_columns
 from transforms.schema import susy_schema
 from transforms.sinks import read_row_file
 

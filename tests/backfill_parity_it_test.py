@@ -21,7 +21,7 @@ import pytest
 import model_fixtures as mf
 from kafka_helpers import produce, read_topic
 from models import susy
-from transforms.output import output_columns
+from transforms.prediction_rows import output_columns
 from transforms.schema import susy_schema
 from transforms.sinks import read_row_file
 

@@ -22,7 +22,7 @@ import model_fixtures as mf
 from models import susy
 from transforms import dead_letters as dl
 from transforms import schema as schema_lib
-from transforms.output import output_columns
+from transforms.prediction_rows import output_columns
 from transforms.sinks import read_row_file
 from transforms.tfrecord import frame as tfrecord_frame
 

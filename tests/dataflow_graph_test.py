@@ -104,10 +104,10 @@ def build(job_module, argv: list[str]):
   """Validates and builds a job as run_dataflow.sh --dry-run does; returns
   the PipelineResult of DataflowRunner (``result.job``)."""
   options = PipelineOptions(argv)
-  job_module.validate(options)
+  settings = job_module.resolve(options)
   opts.validate_dataflow_paths(options)
   p = beam.Pipeline(options=options)
-  job_module.build_pipeline(p, options)
+  job_module.build_pipeline(p, settings)
   return p.run()
 
 
@@ -147,6 +147,21 @@ def build_on_emulator(job_module, argv: list[str], gcs) -> BuiltJob:
   staged['pipeline.pb'] = _blob_bytes(url)
   pipeline = rapi.Pipeline.FromString(staged['pipeline.pb'])
   return BuiltJob(job, pipeline, staged, prefix)
+
+
+def _unvalidated_stream_config(o: PipelineOptions):
+  """score_stream's settings without the Dataflow checks (for a control
+  job that deliberately breaks them)."""
+  from beam_jobs import config  # pylint: disable=import-outside-toplevel
+  job = o.view_as(score_stream.ScoreStreamOptions)
+  return score_stream.StreamConfig(
+      config.KafkaSettings(
+          opts.client_config(o), o.view_as(opts.KafkaOptions).input_topic,
+          o.view_as(opts.KafkaOptions).output_topic,
+          o.view_as(opts.KafkaOptions).dead_letter_topic, 'g', 'committed',
+          'python', 1000),
+      config.ScoringSettings.of(o), config.SinkSettings.of(o),
+      config.ReadTiming.of(o), None, job.timestamp_source, None)
 
 
 def transform_names(pipeline: rapi.Pipeline) -> set[str]:
@@ -363,6 +378,33 @@ def test_dry_run_builds_without_gcs_or_credentials():
   assert 'workflow.tar.gz' in staged
 
 
+@pytest.mark.gcp  # for the guard: this path must not contact Google at all
+def test_dedup_adds_two_steps_and_renames_none():
+  """--dedup_horizon_s inserts FilterEvents and DropWrittenDeadLetters; the
+  other labels stay as they were (an --update keeps their state). On
+  Dataflow, what passed is remembered when bundles are finalized (their
+  fused writes succeeded), and the workers seed themselves."""
+  result = build(score_stream, dataflow_argv('gs://nowhere-kbi/tmp') + [
+      '--dry_run=True', '--model_dir=gs://nowhere-kbi/models',
+      '--dedup_horizon_s=3600', '--dedup_seed_timeout_s=900'] +
+                 SCORE_STREAM_ARGS)
+  pipeline = result.job.proto_pipeline
+  steps = top_level_steps(pipeline)
+  assert [s for s in steps if s not in (
+      'FilterEvents', 'DropWrittenDeadLetters')] == SCORE_STREAM_STEPS
+  assert steps.index('FilterEvents') == steps.index('ParseEvents') + 1
+  assert steps.index('DropWrittenDeadLetters') < steps.index(
+      'WriteDeadLetters')
+  for label in ('FilterEvents/DropScoredEvents',
+                'DropWrittenDeadLetters/DropIfWritten'):
+    settings = dofn_of(pipeline, label)._settings
+    assert settings.remember_on_finalize, label
+    assert (settings.horizon_s, settings.seed_timeout_s,
+            settings.dead_letter_topic) == (3600, 900, 'events-dlq'), label
+  assert common_urns.requirements.REQUIRES_BUNDLE_FINALIZATION.urn in (
+      pipeline.requirements)
+
+
 @pytest.mark.gcp
 def test_score_stream_with_file_sinks_builds(gcs_emulator):
   built = build_on_emulator(score_stream, [
@@ -446,7 +488,8 @@ def test_kafka_secrets_are_resolved_on_workers_not_put_in_the_job(
                                           '--model_dir=gs://b/m'] + SCORE_STREAM_ARGS
   o = PipelineOptions(inline)
   p = beam.Pipeline(options=o)
-  score_stream.build_pipeline(p, o)
+  # Built without validation (resolve would refuse the inline secret).
+  score_stream.build_pipeline(p, _unvalidated_stream_config(o))
   assert contains(p.run().job.proto_pipeline.SerializeToString(),
                   file_secret.encode())
 

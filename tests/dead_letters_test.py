@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from transforms import dead_letters as dl
-from transforms.events import EventBatch, RawRecord
+from transforms.events import Document, EventBatch, RawRecord
 from transforms.kafka.records import KafkaRecord
-from transforms.parse import Document
 
 
 def _kafka(key, value, headers=(), ts=1_795_507_200_123):

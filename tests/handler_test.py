@@ -1,5 +1,7 @@
 """SavedModelHandler: every SavedModel kind, hot swap, per-row failures."""
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -75,14 +77,23 @@ def test_versioned_root_serves_latest_complete_and_hot_swaps(tmp_path, rows):
   (out,), model = score(handler, [batch_of(rows)])
   assert out.model_version == 1
 
-  # A corrupt newer version is refused; version 1 keeps serving.
+  # A newer version without its variables is not complete: not loaded.
+  partial = tmp_path / '5'
+  (partial / 'variables').mkdir(parents=True)
+  (partial / 'saved_model.pb').write_bytes(b'not yet')
+  (partial / 'metrics.json').write_text('{}')
+  # A complete-looking but corrupt newer version is refused; version 1
+  # keeps serving.
   bad = tmp_path / '3'
   (bad / 'variables').mkdir(parents=True)
+  (bad / 'variables' / 'variables.index').write_bytes(b'garbage')
   (bad / 'saved_model.pb').write_bytes(b'not a protobuf')
   (bad / 'metrics.json').write_text('{}')
   (out,) = handler.run_inference([batch_of(rows)], model)
   assert out.model_version == 1
   assert 3 in model._refused  # pylint: disable=protected-access
+  assert 5 not in model._refused  # pylint: disable=protected-access
+  shutil.rmtree(partial)
 
   # A complete newer version is swapped in between two batches.
   mf.write_versioned(root, 4)

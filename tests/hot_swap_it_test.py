@@ -66,10 +66,13 @@ def _export(root: str, version: int, weights: np.ndarray, bias: float) -> str:
 
 
 def _write_corrupt_version(root: str, version: int) -> str:
-  """A version that looks complete (graph, variables/, metrics.json) but
-  does not load; written aside and renamed into place, like an export."""
+  """A version that looks complete (graph, variables index, metrics.json)
+  but does not load; written aside and renamed into place, like an
+  export."""
   tmp = os.path.join(root, f'.tmp-{version}-corrupt')
   os.makedirs(os.path.join(tmp, 'variables'))
+  with open(os.path.join(tmp, 'variables', 'variables.index'), 'wb') as f:
+    f.write(b'not an index')
   with open(os.path.join(tmp, 'saved_model.pb'), 'wb') as f:
     f.write(b'\x08\x01 this is not a SavedModel protobuf \xff\xfe')
   with open(os.path.join(tmp, 'metrics.json'), 'w') as f:

@@ -57,7 +57,7 @@ def test_bounded_read_returns_exactly_the_records(broker, make_topic):
 def test_bounded_snapshot_stops_at_end_offsets_seen_at_start(
     broker, make_topic, known_broker_bug):
   known_broker_bug('tansu', 'high watermark is the base offset of the last '
-                   'batch + 1, so the snapshot ends early (NOTES.md)')
+                   'batch + 1, so the snapshot ends early (docs/brokers.md)')
   topic = make_topic(4)
   records = _records(203)
   produce(broker, topic, records)
@@ -118,7 +118,7 @@ def test_key_value_batches_without_metadata(broker, make_topic):
 def test_commit_on_finalize_then_resume_from_committed(broker, make_topic,
                                                        known_broker_bug):
   known_broker_bug('tansu', 'end offsets (high watermark) are wrong, so the '
-                   'committed offsets cannot equal them (NOTES.md)')
+                   'committed offsets cannot equal them (docs/brokers.md)')
   topic = make_topic(4)
   group = f'g-{topic}'
   config = broker.client_config(**{'group.id': group,

@@ -13,7 +13,8 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.kafka import (CREATE_TIME, LOG_APPEND_TIME, KafkaRecord,
-                              ReadFromKafka, StopAt, WriteToKafka, xlang)
+                              ReadFromKafka, StopAt, WriteToKafka, choose,
+                              xlang)
 
 BOOT = {'bootstrap.servers': 'kafka-1:9092,kafka-2:9092'}
 READ_META = 'beam:transform:org.apache.beam:kafka_read_with_metadata:v1'
@@ -31,7 +32,7 @@ def _payload(external):
 
 def _read(**kwargs):
   config = kwargs.pop('config', BOOT)
-  transform = xlang.build_read('xlang', config, kwargs.pop('topics', 'events'),
+  transform = choose.build_read('xlang', config, kwargs.pop('topics', 'events'),
                                **kwargs)
   assert isinstance(transform, xlang.XlangReadFromKafka)
   return transform, _payload(transform.external)
@@ -41,25 +42,26 @@ def _read(**kwargs):
 
 
 def test_python_choice_returns_our_transforms():
-  read = xlang.build_read('python', BOOT, 'events', start='earliest')
+  read = choose.build_read('python', BOOT, 'events', start='earliest')
   assert type(read) is ReadFromKafka  # pylint: disable=unidiomatic-typecheck
-  write = xlang.build_write('python', BOOT, 'scores', batched=True)
+  write = choose.build_write('python', BOOT, 'scores', batched=True)
   assert type(write) is WriteToKafka  # pylint: disable=unidiomatic-typecheck
 
 
 def test_unknown_kafka_io_and_misplaced_expansion_service_are_rejected():
   with pytest.raises(ValueError, match="--kafka_io='java'.*python, xlang"):
-    xlang.build_read('java', BOOT, 'events')
+    choose.build_read('java', BOOT, 'events')
   with pytest.raises(ValueError, match='--kafka_io='):
-    xlang.build_write('', BOOT, 'scores')
+    choose.build_write('', BOOT, 'scores')
   with pytest.raises(ValueError, match='expansion_service is for'):
-    xlang.build_read('python', BOOT, 'events', start='earliest',
+    choose.build_read('python', BOOT, 'events', start='earliest',
                      expansion_service='localhost:8097')
 
 
 def test_kafka_io_flag():
+  from beam_jobs import options as opts  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser()
-  xlang.add_kafka_io_argument(parser)
+  opts.KafkaOptions._add_argparse_args(parser)  # pylint: disable=protected-access
   assert parser.parse_args([]).kafka_io == 'python'
   assert parser.parse_args(['--kafka_io=xlang']).kafka_io == 'xlang'
   with pytest.raises(SystemExit):
@@ -166,42 +168,42 @@ def test_sasl_and_ssl_settings_are_translated():
 ])
 def test_unsupported_stops_raise_naming_them(stop, what):
   with pytest.raises(ValueError, match=f'xlang: .*{what}.*cannot be expressed'):
-    xlang.build_read('xlang', BOOT, 'events', start='earliest', stop=stop)
+    choose.build_read('xlang', BOOT, 'events', start='earliest', stop=stop)
 
 
 def test_earliest_with_a_group_raises_because_java_resumes_committed():
   with pytest.raises(ValueError,
                      match="start='earliest' with group.id 'g'.*committed"):
-    xlang.build_read('xlang', {**BOOT, 'group.id': 'g'}, 'events',
+    choose.build_read('xlang', {**BOOT, 'group.id': 'g'}, 'events',
                      start='earliest')
 
 
 def test_other_unsupported_read_settings_raise():
   with pytest.raises(ValueError, match='timestamp_policy as a Python function'):
-    xlang.build_read('xlang', BOOT, 'events', start='earliest',
+    choose.build_read('xlang', BOOT, 'events', start='earliest',
                      timestamp_policy=lambda r: r.timestamp_ms / 1000)
   with pytest.raises(ValueError, match='max_delay_s=5.*no delay'):
-    xlang.build_read('xlang', BOOT, 'events', start='earliest',
+    choose.build_read('xlang', BOOT, 'events', start='earliest',
                      max_delay_s=5)
   with pytest.raises(ValueError, match="'error_cb' is a Python callable"):
-    xlang.build_read('xlang', {**BOOT, 'error_cb': print}, 'events',
+    choose.build_read('xlang', {**BOOT, 'error_cb': print}, 'events',
                      start='earliest')
   with pytest.raises(ValueError, match='ssl.certificate.location.*keystore'):
-    xlang.build_read('xlang', {**BOOT, 'ssl.certificate.location': '/c.pem'},
+    choose.build_read('xlang', {**BOOT, 'ssl.certificate.location': '/c.pem'},
                      'events', start='earliest')
   with pytest.raises(ValueError, match='GSSAPI: give the Java client '
                      'sasl.jaas.config'):
-    xlang.build_read('xlang', {**BOOT, 'sasl.username': 'u'}, 'events',
+    choose.build_read('xlang', {**BOOT, 'sasl.username': 'u'}, 'events',
                      start='earliest')
 
 
 def test_read_spec_is_validated_like_ours():
   with pytest.raises(ValueError, match='start=.*yesterday'):
-    xlang.build_read('xlang', BOOT, 'events', start='yesterday')
+    choose.build_read('xlang', BOOT, 'events', start='yesterday')
   with pytest.raises(ValueError, match="start='committed' needs 'group.id'"):
-    xlang.build_read('xlang', BOOT, 'events')
+    choose.build_read('xlang', BOOT, 'events')
   with pytest.raises(TypeError):
-    xlang.build_read('xlang', BOOT, 'events', start='earliest', stopp='end')
+    choose.build_read('xlang', BOOT, 'events', start='earliest', stopp='end')
 
 
 # Read: the adapter from Java rows to our elements.
@@ -272,7 +274,7 @@ def test_adapter_batches_per_partition_with_earliest_time():
 
 
 def _write(topic='scores', config=None, **kwargs):
-  transform = xlang.build_write('xlang', config or BOOT, topic, **kwargs)
+  transform = choose.build_write('xlang', config or BOOT, topic, **kwargs)
   assert isinstance(transform, xlang.XlangWriteToKafka)
   return transform, _payload(transform.external)
 

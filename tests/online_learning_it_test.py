@@ -18,7 +18,7 @@ import os
 import orjson
 import pytest
 
-from models import examples_io, export, online, report, susy, train
+from models import examples_io, online, report, susy, train, versions
 from transforms.kafka import admin
 
 pytestmark = [pytest.mark.it, pytest.mark.slow]
@@ -87,7 +87,7 @@ def test_accuracy_drops_after_drift_and_recovers_over_versions(
   skipped = read_topic(broker, dlq, result.skipped)
   assert len(skipped) == result.skipped
   for version in result.versions:
-    metrics = export.read_metrics(export.version_dir(model_dir, version))
+    metrics = versions.read_metrics(versions.version_dir(model_dir, version))
     assert metrics['online'] is True and metrics['config'] == (
         'mlp_small+online')
     assert metrics['warm_start_version'] == 1
@@ -129,4 +129,4 @@ def test_accuracy_drops_after_drift_and_recovers_over_versions(
                       model_dir, '--idle_timeout_s', '2']
                      + [f'--kafka_config={k}={v}'
                         for k, v in kafka_config.items()]) == 0
-  assert export.latest_version(model_dir) == result.versions[-1]
+  assert versions.latest_version(model_dir) == result.versions[-1]

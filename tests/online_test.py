@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import export, online, susy
+from models import export, online, susy, versions
 
 
 class _Batches:
@@ -46,7 +46,7 @@ def test_exports_every_n_batches_and_commits_after_each(tmp_path):
   result = online.learn(source, root, feature_names=susy.FEATURE_NAMES,
                         config='logreg', export_every=3)
   assert result.warm_start_version is None
-  assert result.versions == [1, 2, 3] and export.list_versions(root) == [1, 2,
+  assert result.versions == [1, 2, 3] and versions.list_versions(root) == [1, 2,
                                                                          3]
   assert result.batches == 7 and result.examples == 7 * 128
   # Each batch is committed before the next one is read.
@@ -56,11 +56,11 @@ def test_exports_every_n_batches_and_commits_after_each(tmp_path):
   windows = [(e['version'], e['window_examples'], e['examples'])
              for e in result.history]
   assert windows == [(1, 384, 384), (2, 384, 768), (3, 128, 896)]
-  metrics = export.read_metrics(export.version_dir(root, 3))
+  metrics = versions.read_metrics(versions.version_dir(root, 3))
   assert metrics['online'] is True and metrics['config'] == 'logreg+online'
   assert metrics['examples'] == 128 and metrics['train_examples'] == 896
   assert 0.0 <= metrics['accuracy'] <= 1.0
-  assert export.read_model_meta(export.version_dir(root, 3))[
+  assert export.read_model_meta(versions.version_dir(root, 3))[
       'feature_names'] == list(susy.FEATURE_NAMES)
 
 
@@ -73,14 +73,14 @@ def test_warm_start_continues_the_latest_version(tmp_path):
       first_features=None)
   assert version == 1 and config == 'logreg+online'
   probe = susy.generate(64, seed=9).features
-  served = tf.saved_model.load(export.version_dir(root, 1)).signatures[
+  served = tf.saved_model.load(versions.version_dir(root, 1)).signatures[
       'serving_default'](features=tf.constant(probe))['score'].numpy()
   np.testing.assert_allclose(model.predict_on_batch(probe).reshape(-1),
                              served, atol=1e-6)
   result = online.learn(_Batches(_batches(2, start=256)), root,
                         feature_names=susy.FEATURE_NAMES, export_every=2)
   assert result.warm_start_version == 1 and result.versions == [2]
-  assert export.read_metrics(export.version_dir(root, 2))['config'] == (
+  assert versions.read_metrics(versions.version_dir(root, 2))['config'] == (
       'logreg+online')
   with pytest.raises(ValueError, match='takes features'):
     online.load_or_build(root, config='logreg',

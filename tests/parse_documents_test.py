@@ -265,7 +265,7 @@ def csv_lines(draw):
 def test_numeric_csv_chunks_equal_the_row_by_row_path(lines):
   fast = parser(CSV, 'csv')
   slow = parser(CSV, 'csv')
-  slow._numeric_csv = None  # pylint: disable=protected-access
+  slow._decoder.parse_chunk = None  # pylint: disable=protected-access
   records = [RawRecord('file:/d/SUSY.csv', i + 1, line, NOW - 60)
              for i, line in enumerate(lines)]
   got, want = outcome(*fast.parse(records)), outcome(*slow.parse(records))
@@ -306,7 +306,7 @@ def test_events_with_every_field_take_the_typed_decoder():
                                 if k != 'label'}))  # optional field absent
   payloads.append(orjson.dumps(event(6, MT2=True)))  # wrong type
   payloads.append(b'{"event_id": "e7", ')  # malformed
-  docs_, (taken, _) = p._typed.decode_all(payloads, 10_000)  # pylint: disable=protected-access
+  docs_, (taken, _) = p._decoder.typed.decode_all(payloads, 10_000)  # pylint: disable=protected-access
   assert taken == [0, 1, 2, 3, 4]
   assert [d is None for d in docs_] == [True] * 5 + [False, False, True]
   records = [RawRecord('kafka:t/0', i, b) for i, b in enumerate(payloads)]

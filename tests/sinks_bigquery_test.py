@@ -1,6 +1,6 @@
 """WritePredictionsToBigQuery without an emulator: schema, row checks, and
 BigQuery's per-row insert errors -> DeadLetters (the emulator does not
-reproduce per-row errors: NOTES.md).
+reproduce per-row errors: docs/testing.md).
 
 The fake client below answers ``insert_rows_json`` exactly as
 google-cloud-bigquery does: a list of ``insertErrors`` entries
@@ -24,7 +24,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 from google.api_core import exceptions as api_exceptions
 
-from transforms import output, schema
+from transforms import prediction_rows as output, schema
 from transforms.dead_letters import DeadLetter
 from transforms.sinks import bigquery as bq
 from transforms.sinks.bigquery import (BIGQUERY_INSERT_ERROR,

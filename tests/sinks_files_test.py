@@ -18,7 +18,7 @@ from apache_beam.transforms import trigger as trigger_lib
 from apache_beam.transforms import window as window_lib
 from apache_beam.transforms.window import IntervalWindow, TimestampedValue
 
-from transforms import output, schema
+from transforms import prediction_rows as output, schema
 from transforms.dead_letters import DeadLetter
 from transforms.outage import OutageError, OutagePolicy
 from transforms.sinks import files as files_lib

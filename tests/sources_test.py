@@ -13,8 +13,7 @@ import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from transforms import sources, tfrecord
-from transforms.events import RawRecord
-from transforms.parse import Document
+from transforms.events import Document, RawRecord
 from transforms.tfrecord import frame as tfrecord_frame
 
 

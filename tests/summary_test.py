@@ -8,7 +8,7 @@ from apache_beam.metrics.metricbase import MetricName
 
 from beam_jobs import summary
 from beam_jobs.score_stream import SUMMARY_COUNTERS as STREAM
-from models.handler import ScoredBatch
+from transforms.events import ScoredBatch
 from transforms.events import EventBatch
 from transforms.inference import _SplitFailedRows
 

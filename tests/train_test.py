@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import examples_io, export, registry, susy, train
+from models import examples_io, export, registry, susy, train, versions
 from transforms import example_coder
 
 _TRAIN_ROWS, _EVAL_ROWS = 20_000, 10_000
@@ -28,7 +28,7 @@ def trained(data_root, tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp('models'))
   first = train.main(['--data', data_root, '--model_dir', model_dir,
                       '--config', 'mlp_small', '--epochs', '3'])
-  versions_after_first = export.list_versions(model_dir)
+  versions_after_first = versions.list_versions(model_dir)
   second = train.main(['--data', data_root, '--model_dir', model_dir,
                        '--config', 'logreg', '--epochs', '2'])
   return {'model_dir': model_dir, 'codes': (first, second),
@@ -45,8 +45,8 @@ def test_first_run_exports_version_1(trained):
   assert trained['codes'][0] == 0
   assert trained['versions_after_first'] == [1]
   version = os.path.join(model_dir, '1')
-  assert export.is_complete_version(version)
-  metrics = export.read_metrics(version)
+  assert versions.is_complete_version(version)
+  metrics = versions.read_metrics(version)
   assert metrics['config'] == 'mlp_small'
   assert metrics['examples'] == _EVAL_ROWS
   assert metrics['train_examples'] == _TRAIN_ROWS
@@ -80,15 +80,15 @@ def test_signatures_agree_and_match_the_metrics(trained):
   np.testing.assert_allclose(parsed, dense[:500], atol=1e-5, rtol=0)
   assert np.all((dense >= 0) & (dense <= 1))
   accuracy = np.mean((dense >= 0.5) == (data.labels == 1))
-  assert abs(accuracy - export.read_metrics(version)['accuracy']) < 0.03
+  assert abs(accuracy - versions.read_metrics(version)['accuracy']) < 0.03
 
 
 def test_second_config_is_version_2(trained):
   assert trained['codes'][1] == 0
   model_dir = trained['model_dir']
-  assert export.list_versions(model_dir) == [1, 2]
-  assert export.latest_version(model_dir) == 2
-  assert export.read_metrics(os.path.join(model_dir, '2'))['config'] == (
+  assert versions.list_versions(model_dir) == [1, 2]
+  assert versions.latest_version(model_dir) == 2
+  assert versions.read_metrics(os.path.join(model_dir, '2'))['config'] == (
       'logreg')
 
 
@@ -100,9 +100,9 @@ def test_incomplete_version_is_not_listed(trained, tmp_path):
   shutil.copytree(os.path.join(model_dir, '2'), os.path.join(model_dir, '3'))
   os.remove(os.path.join(model_dir, '3', 'metrics.json'))
   os.makedirs(os.path.join(model_dir, '.tmp-4-abcdef'))
-  assert not export.is_complete_version(os.path.join(model_dir, '3'))
-  assert export.list_versions(model_dir) == [1, 2]
-  assert export.latest_version(model_dir) == 2
+  assert not versions.is_complete_version(os.path.join(model_dir, '3'))
+  assert versions.list_versions(model_dir) == [1, 2]
+  assert versions.latest_version(model_dir) == 2
   # The next automatic version skips the incomplete number.
   model = registry.build('logreg', 18,
                          adapt_data=susy.generate(500).features)
@@ -110,15 +110,15 @@ def test_incomplete_version_is_not_listed(trained, tmp_path):
   path = export.export_model(model, model_dir, metrics=metrics,
                              feature_names=susy.FEATURE_NAMES)
   assert path.endswith('/4')
-  assert export.list_versions(model_dir) == [1, 2, 4]
+  assert versions.list_versions(model_dir) == [1, 2, 4]
   with pytest.raises(FileExistsError):
     export.export_model(model, model_dir, version=4, metrics=metrics,
                         feature_names=susy.FEATURE_NAMES)
   with pytest.raises(ValueError, match='metrics'):
     export.export_model(model, model_dir, metrics={'accuracy': 1.0},
                         feature_names=susy.FEATURE_NAMES)
-  assert export.list_versions(str(tmp_path / 'absent')) == []
-  assert export.latest_version(str(tmp_path / 'absent')) is None
+  assert versions.list_versions(str(tmp_path / 'absent')) == []
+  assert versions.latest_version(str(tmp_path / 'absent')) is None
 
 
 def test_no_spans_is_a_clear_error(tmp_path, capsys):
@@ -301,11 +301,11 @@ def test_object_store_branch_writes_in_place_metrics_last():
   assert first == f'{model_dir}/1'
   second = export.export_model(model, model_dir, metrics=_METRICS,
                                feature_names=susy.FEATURE_NAMES)
-  assert export.list_versions(model_dir) == [1, 2]
-  assert export.read_metrics(first)['span'] == 2
+  assert versions.list_versions(model_dir) == [1, 2]
+  assert versions.read_metrics(first)['span'] == 2
   # Without its metrics.json (a writer still at work) a version is not listed.
   tf.io.gfile.remove(f'{second}/metrics.json')
-  assert export.list_versions(model_dir) == [1]
+  assert versions.list_versions(model_dir) == [1]
   scores = tf.saved_model.load(first).signatures['serving_default'](
       features=tf.zeros([3, 18]))['score'].numpy()
   assert scores.shape == (3,)

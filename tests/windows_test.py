@@ -201,7 +201,7 @@ def test_batch_joins_window_features_to_scored_events(spec):
   # the same window features as for the events, each score on its own row
   # (sliding windows and three keys per batch split batches into parts),
   # payloads and model inputs dropped on the way.
-  from models.handler import ScoredBatch
+  from transforms.events import ScoredBatch
   rows = _in_order_rows()
   batches = [make_batch(rows[i:i + 37], start_pos=i)
              for i in range(0, len(rows), 37)]

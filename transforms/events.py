@@ -1,6 +1,6 @@
 """Columnar batches of events: the element type between parse and sinks.
 
-Per-element work dominates Python pipelines (NOTES.md: ~25 us per element in
+Per-element work dominates Python pipelines (docs/performance.md: ~25 us per element in
 window code vs ~0.1 us per row in numpy), so one element carries many events:
 the rows of one source chunk (one Kafka partition poll, or a run of lines of
 one file), later split by key and window. Columns are numpy arrays so window
@@ -8,7 +8,7 @@ ids, aggregates and model inputs are computed on arrays.
 """
 
 import dataclasses
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -28,6 +28,28 @@ class RawRecord(NamedTuple):
   payload: Optional[bytes]
   timestamp: Optional[float] = None
   key: Optional[bytes] = None
+
+
+class Document(NamedTuple):
+  """A typed row to validate (``RecordParser.parse_documents``): what a
+  RawRecord is for bytes, for rows a reader has already decoded (Parquet,
+  tf.Example).
+
+  Attributes:
+    source: 'file:<path>' (or 'kafka:<topic>/<partition>').
+    position: record number in the file (or offset).
+    doc: the row as a dict; an Exception when the reader could not decode
+      the row (a dead letter).
+    timestamp: record/file time in epoch seconds, or None.
+    key: the record key, or None.
+    payload: the row's original bytes, or None (the row as JSON is kept).
+  """
+  source: str
+  position: int
+  doc: Any
+  timestamp: Optional[float] = None
+  key: Optional[bytes] = None
+  payload: Optional[bytes] = None
 
 
 @dataclasses.dataclass
@@ -107,6 +129,25 @@ class EventBatch:
 
   def min_time(self) -> float:
     return float(self.event_time.min())
+
+
+@dataclasses.dataclass
+class ScoredBatch:
+  """The model's result for one EventBatch (models produce it; the output
+  and window steps read it).
+
+  Attributes:
+    batch: the scored events.
+    scores: float32 [n] (or [n, k] for multi-output models).
+    model_version: the version that scored them (0 for an unversioned dir).
+    scored_time: epoch seconds when the scores were computed.
+    errors: None, or one message per row (None for rows that scored).
+  """
+  batch: EventBatch
+  scores: np.ndarray
+  model_version: int
+  scored_time: float
+  errors: Optional[list] = None
 
 
 def concat_features(batches: Sequence[EventBatch]) -> np.ndarray:

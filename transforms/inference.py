@@ -1,8 +1,8 @@
 """Scoring EventBatches with RunInference, failures to dead letters.
 
-``ScoreEvents`` wraps Beam's ``RunInference`` around models/handler.py's
-SavedModelHandler (batched by rows, model shared per process, hot swap) with
-exception handling: a batch the runner could not score at all, and single
+``ScoreEvents`` wraps Beam's ``RunInference`` around a model handler that
+takes EventBatches and gives ScoredBatches (models/handler.py: batched by
+rows, model shared per process, hot swap) with exception handling: a batch the runner could not score at all, and single
 rows the handler isolated as failing, become DeadLetters (stage inference,
 reason inference_error) with their original bytes, in the global window;
 every other row is scored.
@@ -14,10 +14,10 @@ import apache_beam as beam
 import numpy as np
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import RunInference
+from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.transforms import window
 
-from models.handler import SavedModelHandler, ScoredBatch
+from transforms.events import ScoredBatch
 from transforms import dead_letters as dl
 from transforms.events import EventBatch
 
@@ -92,7 +92,7 @@ class ScoreOutputs(NamedTuple):
 class ScoreEvents(beam.PTransform):
   """EventBatch -> ScoredBatch, with dead letters for what failed."""
 
-  def __init__(self, handler: SavedModelHandler):
+  def __init__(self, handler: ModelHandler):
     super().__init__()
     self._handler = handler
 

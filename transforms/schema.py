@@ -231,6 +231,19 @@ def load(path: str) -> EventSchema:
     raise ValueError(f'invalid schema file {path}: {e}') from e
 
 
+# The 18 features of the UCI SUSY set, in its column order (the demo domain:
+# models/susy.py generates such events).
+SUSY_FEATURE_NAMES = (
+    # low level: the two leptons and the missing transverse energy
+    'lepton_1_pT', 'lepton_1_eta', 'lepton_1_phi',
+    'lepton_2_pT', 'lepton_2_eta', 'lepton_2_phi',
+    'missing_energy_magnitude', 'missing_energy_phi',
+    # high level: derived by physicists to separate the classes
+    'MET_rel', 'axial_MET', 'M_R', 'M_TR_2', 'R', 'MT2', 'S_R', 'M_Delta_R',
+    'dPhi_r_b', 'cos_theta_r1',
+)
+
+
 def susy_schema() -> EventSchema:
   """The default event type: SUSY-shaped events (models/susy.py).
 
@@ -238,8 +251,7 @@ def susy_schema() -> EventSchema:
   of the UCI SUSY set; window features are the lepton momenta and the
   missing energy.
   """
-  from models import susy
-  names = list(susy.FEATURE_NAMES)
+  names = list(SUSY_FEATURE_NAMES)
   fields = ([Field('event_id', 'string'), Field('event_time', 'timestamp'),
              Field('detector', 'string'), Field('label', 'int', required=False)]
             + [Field(n, 'float') for n in names])
@@ -257,8 +269,7 @@ def susy_csv_schema() -> EventSchema:
   No id, time or key columns: ids come from the position, times from the
   record (or file) timestamp, and all events share one key.
   """
-  from models import susy
-  names = list(susy.FEATURE_NAMES)
+  names = list(SUSY_FEATURE_NAMES)
   fields = [Field('label', 'float')] + [Field(n, 'float') for n in names]
   return EventSchema(
       name='susy_csv', fields=tuple(fields), id_field=None, time_field=None,

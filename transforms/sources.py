@@ -3,7 +3,7 @@
 ``ReadFileChunks(pattern, ...)`` reads every file matching a glob (local or
 ``gs://``, via Beam's FileSystems) and emits lists of ~``chunk_records``
 records, all of one file: per-element work dominates Python pipelines
-(NOTES.md), so one element is a chunk, as with the Kafka read. The chunks go
+(docs/performance.md), so one element is a chunk, as with the Kafka read. The chunks go
 straight into ``ParseEvents``:
 
 * line files (JSON lines, CSV, anything one-record-per-line; optionally
@@ -59,8 +59,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms import example_coder, tfrecord
-from transforms.events import RawRecord
-from transforms.parse import Document
+from transforms.events import Document, RawRecord
+from transforms.parse.decoders import line_formats
 
 _LOGGER = logging.getLogger(__name__)
 _NAMESPACE = 'source'
@@ -109,8 +109,9 @@ def resolve_file_format(pattern: str, file_format: str,
   a pattern ending in ``*``) -> lines decoded per ``input_format``.
 
   Raises:
-    ValueError: an unknown format, or a line format the parser cannot read
-      per line (avro).
+    ValueError: an unknown format, or lines of an input format that has
+      no one-record-per-line form (its decoder is not ``line_based``:
+      avro).
   """
   if file_format not in FILE_FORMATS:
     raise ValueError(f'file format {file_format!r}: use one of '
@@ -127,9 +128,10 @@ def resolve_file_format(pattern: str, file_format: str,
   if file_format == 'csv':
     return FileFormat(LINES, 'csv')
   if file_format == LINES:
-    if input_format not in ('json', 'csv'):
+    if input_format not in line_formats():
       raise ValueError(f'input format {input_format!r} has no one-record-'
-                       f'per-line form: line files hold json or csv')
+                       f'per-line form: line files hold '
+                       f'{" or ".join(line_formats())}')
     return FileFormat(LINES, input_format)
   return FileFormat(file_format, None)
 

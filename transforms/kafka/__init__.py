@@ -1,13 +1,28 @@
-"""Pure-Python Kafka IO for Beam on confluent-kafka (no Java, no expansion service)."""
+"""Pure-Python Kafka IO for Beam on confluent-kafka (no Java, no expansion service).
 
-from transforms.kafka.offsets import StopAt
-from transforms.kafka.read import KafkaRecordCoder, ReadFromKafka
-from transforms.kafka.records import (CREATE_TIME, LOG_APPEND_TIME, KafkaRecord,
-                                      TimestampPolicy)
-from transforms.kafka.write import KafkaDeliveryError, WriteToKafka
+The IO names below load on first use (PEP 562), so tools that only need the
+cluster helpers (``transforms.kafka.admin``: ``beam_jobs.lag``, the status
+page) import neither Beam nor its runners.
+"""
 
-__all__ = [
-    'CREATE_TIME', 'LOG_APPEND_TIME', 'KafkaDeliveryError', 'KafkaRecord',
-    'KafkaRecordCoder', 'ReadFromKafka', 'StopAt', 'TimestampPolicy',
-    'WriteToKafka',
-]
+import importlib
+
+# name -> the submodule that defines it.
+_EXPORTS = {
+    'StopAt': 'offsets',
+    'KafkaRecordCoder': 'read', 'ReadFromKafka': 'read',
+    'CREATE_TIME': 'records', 'LOG_APPEND_TIME': 'records',
+    'KafkaRecord': 'records', 'TimestampPolicy': 'records',
+    'KafkaDeliveryError': 'write', 'WriteToKafka': 'write',
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+  module = _EXPORTS.get(name)
+  if module is None:
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+  value = getattr(importlib.import_module(f'{__name__}.{module}'), name)
+  globals()[name] = value  # once: later lookups skip this hook
+  return value

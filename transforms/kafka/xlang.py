@@ -1,8 +1,8 @@
 """Kafka IO choice for the jobs: our pure-Python IO, or Beam's Java KafkaIO.
 
-Jobs accept ``--kafka_io=python|xlang`` (``add_kafka_io_argument``) and build
-their source and sink with ``build_read`` / ``build_write`` from the same
-inputs either way:
+Jobs accept ``--kafka_io=python|xlang`` and build their source and sink with
+``transforms.kafka.choose.build_read`` / ``build_write`` from the same inputs
+either way:
 
 * ``python`` (default): ``transforms.kafka.ReadFromKafka`` / ``WriteToKafka``
   (confluent-kafka; no Java anywhere).
@@ -73,7 +73,6 @@ only librdkafka knows (client tuning such as ``receive.message.max.bytes``)
 are dropped; Java warns about and ignores any other name it does not know.
 """
 
-import argparse
 import logging
 import math
 import typing
@@ -148,17 +147,7 @@ _JAAS_MODULES = {
 _JAVA_REQUEST_TIMEOUT_MS = 30_000
 
 
-def add_kafka_io_argument(parser: argparse.ArgumentParser) -> None:
-  """Adds ``--kafka_io`` to a job's options parser."""
-  parser.add_argument(
-      '--kafka_io', choices=KAFKA_IO_CHOICES, default=KAFKA_IO_PYTHON,
-      help='Kafka IO implementation: "python" (confluent-kafka, no Java) or '
-      '"xlang" (Beam\'s Java KafkaIO; needs Java or an expansion service at '
-      'pipeline construction and a runner for Java transforms). Default: '
-      'python.')
-
-
-def _check_kafka_io(kafka_io: str) -> None:
+def check_kafka_io(kafka_io: str) -> None:
   if kafka_io not in KAFKA_IO_CHOICES:
     raise ValueError(
         f'--kafka_io={kafka_io!r}: use one of {", ".join(KAFKA_IO_CHOICES)}')
@@ -402,39 +391,6 @@ class XlangReadFromKafka(beam.PTransform):
                                     out_type))
 
 
-def build_read(kafka_io: str,
-               consumer_config: Mapping[str, Any],
-               topics: Union[str, Sequence[str]],
-               *,
-               expansion_service=None,
-               **read_kwargs) -> beam.PTransform:
-  """The Kafka source for ``--kafka_io``.
-
-  Args:
-    kafka_io: 'python' or 'xlang'.
-    consumer_config: librdkafka consumer settings.
-    topics: a topic or topics.
-    expansion_service: xlang only: an expansion service address
-      ('host:port') or object; default: Beam's, from the jar (needs Java).
-    **read_kwargs: ReadFromKafka's keyword arguments (start, stop,
-      with_metadata, timestamp_policy, max_batch_records, ...).
-
-  Raises:
-    ValueError: an unknown ``kafka_io``, a bad read spec, or (xlang) a spec
-      Java KafkaIO cannot express.
-  """
-  _check_kafka_io(kafka_io)
-  if kafka_io == KAFKA_IO_PYTHON:
-    if expansion_service is not None:
-      raise ValueError('expansion_service is for --kafka_io=xlang only')
-    return ReadFromKafka(consumer_config, topics, **read_kwargs)
-  external_kwargs = xlang_read_kwargs(consumer_config, topics, **read_kwargs)
-  return XlangReadFromKafka(
-      external_kwargs,
-      max_batch_records=read_kwargs.get('max_batch_records', 0),
-      expansion_service=expansion_service)
-
-
 # Write.
 
 
@@ -551,39 +507,10 @@ class XlangWriteToKafka(beam.PTransform):
             | 'WriteToKafkaXlang' >> self.external)
 
 
-def build_write(kafka_io: str,
-                producer_config: Mapping[str, Any],
-                topic,
-                *,
-                expansion_service=None,
-                **write_kwargs) -> beam.PTransform:
-  """The Kafka sink for ``--kafka_io``.
-
-  Args:
-    kafka_io: 'python' or 'xlang'.
-    producer_config: librdkafka producer settings.
-    topic: a topic name, or a function record -> topic.
-    expansion_service: xlang only (see build_read).
-    **write_kwargs: WriteToKafka's keyword arguments (key, value, headers,
-      idempotent, batched, flush_timeout_s).
-
-  Raises:
-    ValueError: an unknown ``kafka_io``, a bad write spec, or (xlang)
-      settings the Java client cannot take.
-  """
-  _check_kafka_io(kafka_io)
-  ours = WriteToKafka(producer_config, topic, **write_kwargs)
-  if kafka_io == KAFKA_IO_PYTHON:
-    if expansion_service is not None:
-      raise ValueError('expansion_service is for --kafka_io=xlang only')
-    return ours
-  return XlangWriteToKafka(ours.settings, expansion_service=expansion_service)
-
-
 __all__ = [
     'KAFKA_IO_CHOICES', 'KAFKA_IO_PYTHON', 'KAFKA_IO_XLANG',
     'XlangKafkaHeader', 'XlangKafkaRecord', 'XlangReadFromKafka',
-    'XlangWriteToKafka', 'add_kafka_io_argument', 'build_read', 'build_write',
+    'XlangWriteToKafka', 'check_kafka_io',
     'java_client_config', 'record_from_row', 'xlang_producer_config',
     'xlang_read_kwargs',
 ]

@@ -163,12 +163,15 @@ class _FlattenAndCheck(beam.DoFn):
     self._types = dict(columns)
     self._table = table
     self._invalid = Metrics.counter(_NAMESPACE, 'invalid_rows')
+    # Rows handed to BigQuery; written = sent - rejected_rows.
+    self._sent = Metrics.counter(_NAMESPACE, 'rows_sent')
 
   def process(self, rows):
     types = self._types
     for row in rows:
       problem = row_problem(row, types)
       if problem is None:
+        self._sent.inc()
         yield row
       else:
         self._invalid.inc()

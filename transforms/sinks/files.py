@@ -320,7 +320,7 @@ class _RowCodec:
   def _record_batch(self, rows) -> pa.RecordBatch:
     to_record_batch = getattr(rows, 'to_record_batch', None)
     if to_record_batch is not None:
-      # Columnar rows (transforms.output.PredictionRows): no dicts.
+      # Columnar rows (transforms.prediction_rows.PredictionRows): no dicts.
       return to_record_batch(self.schema)
     return pa.RecordBatch.from_pylist(list(rows), schema=self.schema)
 

@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 from apache_beam.metrics import Metrics
 
-from models.handler import ScoredBatch
+from transforms.events import ScoredBatch
 from transforms.schema import EventSchema
 
 _NAMESPACE = 'output'
@@ -52,7 +52,7 @@ class PredictionRows(collections.abc.Sequence):
   It is a sequence of row dicts (``len``, indexing, slicing, iteration,
   ``==`` with a list), each dict built when first asked for; sinks that
   write columns (Parquet) take ``to_record_batch`` and never build the
-  dicts, which cost more than scoring the events (NOTES.md: per-row Python
+  dicts, which cost more than scoring the events (docs/performance.md: per-row Python
   work is the cost). Pickles as its columns (no payloads).
   """
 

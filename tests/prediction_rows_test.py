@@ -6,8 +6,8 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from models.handler import ScoredBatch
-from transforms import output, schema
+from transforms.events import ScoredBatch
+from transforms import prediction_rows as output, schema
 from transforms.events import EventBatch
 from transforms.sinks.files import arrow_schema
 
