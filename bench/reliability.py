@@ -124,9 +124,12 @@ class JobProcess:
     self.proc.wait(30)
 
   def stop_gracefully(self, timeout_s: float = 120) -> int:
-    """SIGINT: the job stops reading, drains, commits and exits. A job that
-    does not exit in time is killed; its exit code is then -SIGKILL."""
-    self.proc.send_signal(signal.SIGINT)
+    """SIGTERM, which the job handles as Ctrl-C: it stops reading, drains,
+    commits and exits. A job that does not exit in time is killed; its exit
+    code is then -SIGKILL. (Not SIGINT: a process started in the background
+    of a non-interactive shell, as a long benchmark is, ignores SIGINT, and
+    so does every job it starts.)"""
+    self.proc.send_signal(signal.SIGTERM)
     try:
       return self.proc.wait(timeout_s)
     except subprocess.TimeoutExpired:
