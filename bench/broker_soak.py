@@ -3,7 +3,7 @@
 Runs what ``./run_local.sh`` runs, for ``--minutes``: the demo's topics
 (with the demo's retention, ``--retention_s``), its paced SUSY-like
 producer at ``--rate`` events/s, and ``beam_jobs.score_stream`` on the
-local engine as a subprocess (bench/reliability.JobProcess). Every
+local engine as a subprocess (beam_jobs/fault_harness.JobProcess). Every
 ``--sample_s`` it prints one row: events produced, broker RSS (now and the
 highest seen since the last row), data directory and snapshot size, job
 lag and job RSS. At the end it stops the producer, lets the job catch up,
@@ -27,7 +27,7 @@ from typing import Optional
 
 from beam_jobs import demo
 from beam_jobs import local_broker
-from bench import reliability
+from beam_jobs import fault_harness as reliability
 from transforms.kafka import admin
 
 # Stops the run before a broker that keeps everything in memory takes the

@@ -10,7 +10,7 @@ import time
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from beam_jobs import local_broker
+from beam_jobs import broker_restarts, local_broker
 from transforms.kafka import admin
 
 pytestmark = pytest.mark.it
@@ -213,8 +213,7 @@ def test_noida_restart_loses_no_write_acknowledged_before_or_during_stop(
     tmp_path):
   # A SIGTERM alone loses the writes noida acknowledges while it saves
   # (77 of 8,744 at 500/s here); stop() closes its Kafka port first.
-  from bench import broker_restart_loss
-  run = broker_restart_loss.restart_once(
+  run = broker_restarts.restart_once(
       'noida', 1000, before_s=10, down_s=1, after_s=3, prefill=0,
       retention_s=0, work_dir=str(tmp_path))
   assert run.acked > 10_000

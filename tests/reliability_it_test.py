@@ -7,7 +7,7 @@ a real broker; outcomes are counted from the output topics.
 import pytest
 
 import model_fixtures as mf
-from bench import reliability as rel
+from beam_jobs import fault_harness as rel
 
 pytestmark = [pytest.mark.it, pytest.mark.slow]
 
