@@ -41,6 +41,7 @@ from beam_jobs import options as opts
 from beam_jobs import outputs
 from beam_jobs import scoring
 from beam_jobs import summary as summary_lib
+from models import handler as handler_lib
 from models.handler import ModelLoadError
 from transforms.dedup import DropScoredEvents
 from transforms.kafka import StopAt, admin
@@ -219,10 +220,12 @@ def preflight(cfg: StreamConfig) -> Preflight:
   and fits the schema, the cluster answers, the topics exist; and looks up
   the dead-letter topic's record limit."""
   kafka = cfg.kafka
-  described = cfg.scoring.model.handler(cfg.scoring.events.schema).validate()
+  model = cfg.scoring.model
+  control_topic = model.control[1] if model.control else None
   topics = [t for t in (kafka.input_topic, kafka.output_topic,
-                        kafka.dead_letter_topic) if t]
+                        kafka.dead_letter_topic, control_topic) if t]
   admin.topic_partitions(kafka.client_config, topics, timeout_s=30)
+  described = model.handler(cfg.scoring.events.schema).validate()
   limit = admin.DEFAULT_MAX_RECORD_BYTES
   if kafka.dead_letter_topic:
     limit = admin.max_record_bytes(kafka.client_config,
@@ -265,7 +268,11 @@ def run(argv: Union[Sequence[str], PipelineOptions, None] = None, *,
   started = time.monotonic()
   with opts.tuned_gc(options):
     result = p.run()
-    _wait(result)
+    try:
+      _wait(result)
+    finally:
+      # The models (and control topic followers) this process held.
+      handler_lib.release_models()
   result.summary = summary_lib.summarize(
       result, SUMMARY_COUNTERS, job='score_stream',
       seconds=time.monotonic() - started, offsets=_offsets_left(kafka))
