@@ -97,6 +97,7 @@ class ControlTopic:
     self.client_config = dict(client_config)
     self.topic = topic
     self.timeout_s = timeout_s
+    self._producer = None
 
   def exists(self) -> bool:
     try:
@@ -119,10 +120,14 @@ class ControlTopic:
     Raises:
       RuntimeError: the broker did not acknowledge the record.
     """
-    self.ensure_topic()
-    producer = Producer(client_logs.route(dict(
-        config_refs.resolve(self.client_config), **{
-            'acks': 'all', 'enable.idempotence': True, 'linger.ms': 0})))
+    if not self.exists():
+      self.ensure_topic()
+    if self._producer is None:
+      # One record at a time, acknowledged by every replica.
+      self._producer = Producer(client_logs.route(dict(
+          config_refs.resolve(self.client_config), **{
+              'acks': 'all', 'linger.ms': 0})))
+    producer = self._producer
     delivered: list = []
     producer.produce(self.topic, key=record.deployment.encode('utf-8'),
                      value=dep.encode(record),
