@@ -231,6 +231,8 @@ def _file_input(options: PipelineOptions, pattern: str,
           f'letter')
   if file_format.payload_format == 'csv' and events.input_format == 'avro':
     raise ValueError('--input_format=avro cannot read line files')
+  if file_format.payload_format is not None:
+    events.check_payload_format(file_format.payload_format)
   header = 1 if (file_format.payload_format == 'csv' and
                  schema.csv_header) else 0
   return FileInput(pattern, file_format, job.chunk_records,
@@ -263,13 +265,13 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
   (ValueError names the flag)."""
   job = options.view_as(BackfillOptions)
   pattern = options.view_as(opts.FileInputOptions).input
-  scoring_settings = config.ScoringSettings.of(options)
-  sinks = config.SinkSettings.of(options)
-  kafka = config.KafkaSettings.of(options, validate_input=not pattern)
-  if bool(pattern) == bool(kafka.input_topic):
+  if bool(pattern) == bool(options.view_as(opts.KafkaOptions).input_topic):
     raise ValueError('set exactly one input: --input (files) or '
                      '--input_topic (a Kafka range with --start_time and '
                      '--end_time)')
+  scoring_settings = config.ScoringSettings.of(options)
+  sinks = config.SinkSettings.of(options)
+  kafka = config.KafkaSettings.of(options, validate_input=not pattern)
   if job.chunk_records < 1:
     raise ValueError(f'--chunk_records must be >= 1, got {job.chunk_records}')
   if not job.split_mb > 0:
@@ -283,6 +285,7 @@ def resolve(options: PipelineOptions) -> BackfillConfig:
     files = _file_input(options, pattern, scoring_settings.events)
   else:
     kafka_range = _kafka_range(options, kafka)
+    scoring_settings.events.check_payload_format()
   if not (kafka.output_topic or sinks.output_path or sinks.bq_table):
     raise ValueError('no output: set --output_path, --bq_table or '
                      '--output_topic')

@@ -43,14 +43,20 @@ class EventSettings:
   def of(cls, options: PipelineOptions) -> 'EventSettings':
     e = options.view_as(opts.EventOptions)
     schema = opts.event_schema(e)
-    if e.input_format == 'avro' and not schema.avro_schema:
-      raise ValueError('--input_format=avro needs a --schema with an '
-                       '"avro_schema"')
     if e.max_payload_bytes < 1:
       raise ValueError(f'--max_payload_bytes must be >= 1, got '
                        f'{e.max_payload_bytes}')
     return cls(schema, e.input_format, e.confluent_wire_format,
                e.avro_schema_id, e.max_payload_bytes)
+
+  def check_payload_format(self, payload_format: Optional[str] = None
+                          ) -> None:
+    """ValueError naming the flags when payloads of ``payload_format``
+    (default --input_format) cannot be decoded with this schema."""
+    if (payload_format or self.input_format) == 'avro' and (
+        not self.schema.avro_schema):
+      raise ValueError('--input_format=avro needs a --schema with an '
+                       '"avro_schema"')
 
   def parser(self, payload_format: Optional[str] = None
             ) -> parse_lib.RecordParser:

@@ -92,3 +92,12 @@ def _fn_api_runner(options: PipelineOptions):
   return fn_runner.FnApiRunner(
       provision_info=fn_runner.ExtendedProvisionInfo(
           beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
+
+
+def finalizes_bundles(runner: Any) -> bool:
+  """Whether ``runner`` finalizes bundles once their outputs are committed
+  (the portable runners: Dataflow, Prism, Flink, the FnApiRunner). Beam's
+  bundle-based DirectRunner, under LocalStreamingRunner, never does; it
+  runs each step as a bundle of its own instead (no fusion)."""
+  from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
+  return not isinstance(runner, BundleBasedDirectRunner)

@@ -38,9 +38,11 @@ def write_outputs(predictions: beam.PCollection,
                   sinks: config.SinkSettings,
                   kafka: Optional[config.KafkaSettings], *, columns,
                   streaming: bool,
-                  dead_letter_max_bytes: int = admin.DEFAULT_MAX_RECORD_BYTES
+                  dead_letter_max_bytes: int = admin.DEFAULT_MAX_RECORD_BYTES,
+                  dead_letter_filter: Optional[beam.PTransform] = None
                   ) -> beam.PCollection:
-  """Applies every configured sink; returns all dead letters (incl. sinks').
+  """Applies every configured sink; returns the dead letters written
+  (incl. sinks').
 
   Args:
     predictions: lists of prediction rows, in their event-time windows.
@@ -53,6 +55,9 @@ def write_outputs(predictions: beam.PCollection,
     streaming: whether the job is a streaming one.
     dead_letter_max_bytes: the dead-letter topic's record limit
       (admin.max_record_bytes, looked up by the job's preflight).
+    dead_letter_filter: a DeadLetter -> DeadLetter transform applied
+      before the dead-letter sinks (transforms.dedup.DropWrittenDeadLetters),
+      as step ``DropWrittenDeadLetters``.
   """
   outage = sinks.outage
   if sinks.bq_table:
@@ -61,6 +66,9 @@ def write_outputs(predictions: beam.PCollection,
         endpoint=sinks.bq_endpoint, temp_location=sinks.temp_location)
     dead_letters = ((dead_letters, rejected)
                     | 'AddSinkDeadLetters' >> beam.Flatten())
+  if dead_letter_filter is not None:
+    dead_letters = dead_letters | 'DropWrittenDeadLetters' >> (
+        dead_letter_filter)
   if sinks.output_path:
     _ = predictions | 'WritePredictionFiles' >> WritePredictionFiles(
         sinks.output_path, sinks.output_file_format, columns,

@@ -24,6 +24,7 @@ On Dataflow (see run_dataflow.sh, which fills these in):
 
 import dataclasses
 import logging
+import math
 import signal
 import sys
 import time
@@ -43,7 +44,8 @@ from beam_jobs import scoring
 from beam_jobs import summary as summary_lib
 from models import handler as handler_lib
 from models.handler import ModelLoadError
-from transforms.dedup import DropScoredEvents
+from transforms import dedup
+from transforms.dedup_seed import SeedIncompleteError
 from transforms.kafka import StopAt, admin
 from transforms.kafka import choose
 from transforms.prediction_rows import output_columns
@@ -70,8 +72,22 @@ class ScoreStreamOptions(PipelineOptions):
         '--dedup_horizon_s', type=float, default=None,
         help='Effectively-once output: skip events whose id already has a '
         'prediction on --output_topic written within this many seconds, or '
-        'passed in this run (transforms/dedup.py); choose it longer than the '
-        'longest restart (default: off, at-least-once).')
+        'passed in this run, and dead letters of records already '
+        'dead-lettered on --dead_letter_topic (transforms/dedup.py); choose '
+        'it longer than the longest restart (default: off, at-least-once).')
+    parser.add_argument(
+        '--dedup_seed_timeout_s', type=float, default=None,
+        help='With --dedup_horizon_s: seconds allowed to read the horizon '
+        'back from the output and dead-letter topics at start; the job fails '
+        'to start if that is not enough, never starts on part of it '
+        '(default: derived from the records to read, 60 s + 1 s per 10,000).')
+    parser.add_argument(
+        '--dedup_max_ids', type=int, default=dedup.DEFAULT_MAX_IDS,
+        help='With --dedup_horizon_s: event ids (and dead letters) held per '
+        'worker process at most, ~11 bytes each (~25 at the peak of a merge; '
+        'docs/operations.md, sizing); past it the oldest are forgotten '
+        'early, with a warning; 0: no cap (default: '
+        f'{dedup.DEFAULT_MAX_IDS}).')
 
 
 # --help, in this order (beam_jobs/cli.py).
@@ -105,7 +121,7 @@ class StreamConfig:
   timing: config.ReadTiming
   stop: Optional[StopAt]
   timestamp_source: str
-  dedup_horizon_s: Optional[float]
+  dedup: Optional[dedup.DedupSettings]   # --dedup_horizon_s; None: off
 
   def buffer_horizon(self) -> BufferHorizon:
     """How long the job's windowed sinks may hold a record's output: its
@@ -123,6 +139,7 @@ def resolve(options: PipelineOptions) -> StreamConfig:
   (ValueError names the flag)."""
   kafka = config.KafkaSettings.of(options)
   scoring_settings = config.ScoringSettings.of(options)
+  scoring_settings.events.check_payload_format()
   sinks = config.SinkSettings.of(options)
   timing = config.ReadTiming.of(options)
   stop = config.stop_of(options)
@@ -142,19 +159,45 @@ def resolve(options: PipelineOptions) -> StreamConfig:
                        'KafkaIO\'s record-time policy has no delay)')
     # Java KafkaIO's record-time policy has no delay.
     timing = dataclasses.replace(timing, max_delay_s=0.0)
-  if job.dedup_horizon_s is not None:
-    if job.dedup_horizon_s <= 0:
-      raise ValueError(f'--dedup_horizon_s must be > 0, got '
-                       f'{job.dedup_horizon_s}')
-    if not kafka.output_topic:
-      raise ValueError('--dedup_horizon_s needs --output_topic: the '
-                       'predictions already written are read back from it')
+  dedup_settings = _dedup_settings(job, kafka, sinks)
   if not (kafka.output_topic or sinks.output_path or sinks.bq_table):
     raise ValueError('no output: set --output_topic, --output_path or '
                      '--bq_table')
   opts.validate_dataflow_paths(options)
   return StreamConfig(kafka, scoring_settings, sinks, timing, stop,
-                      job.timestamp_source, job.dedup_horizon_s)
+                      job.timestamp_source, dedup_settings)
+
+
+def _dedup_settings(job: ScoreStreamOptions, kafka: config.KafkaSettings,
+                    sinks: config.SinkSettings
+                   ) -> Optional[dedup.DedupSettings]:
+  """The effectively-once settings of the flags, or None when off."""
+  if job.dedup_seed_timeout_s is not None and job.dedup_seed_timeout_s <= 0:
+    raise ValueError(f'--dedup_seed_timeout_s must be > 0, got '
+                     f'{job.dedup_seed_timeout_s}')
+  if job.dedup_max_ids < 0:
+    raise ValueError(f'--dedup_max_ids must be >= 0, got {job.dedup_max_ids}')
+  if job.dedup_horizon_s is None:
+    if (job.dedup_seed_timeout_s is not None or
+        job.dedup_max_ids != dedup.DEFAULT_MAX_IDS):
+      raise ValueError('--dedup_seed_timeout_s and --dedup_max_ids need '
+                       '--dedup_horizon_s')
+    return None
+  if job.dedup_horizon_s <= 0:
+    raise ValueError(f'--dedup_horizon_s must be > 0, got '
+                     f'{job.dedup_horizon_s}')
+  if not kafka.output_topic:
+    raise ValueError('--dedup_horizon_s needs --output_topic: the '
+                     'predictions already written are read back from it')
+  return dedup.DedupSettings(
+      output_topic=kafka.output_topic,
+      dead_letter_topic=kafka.dead_letter_topic,
+      horizon_s=job.dedup_horizon_s, seed_timeout_s=job.dedup_seed_timeout_s,
+      max_ids=job.dedup_max_ids or None,
+      # A dead letter reaches its topic within the sinks' outage retries;
+      # five more minutes for bundles and clocks.
+      write_delay_s=(sinks.outage.max_outage_s if math.isfinite(
+          sinks.outage.max_outage_s) else 0) + 300)
 
 
 def validate(options: PipelineOptions) -> None:
@@ -177,7 +220,8 @@ def build_pipeline(p: beam.Pipeline, cfg: StreamConfig, *,
 
   Returns:
     {'predictions': PCollection of lists of prediction rows,
-     'dead_letters': PCollection of DeadLetter}
+     'dead_letters': PCollection of DeadLetter (as written: with
+       --dedup_horizon_s, without those already written)}
   """
   kafka, events = cfg.kafka, cfg.scoring.events
   timestamp_policy = (events.parser().event_time_fn()
@@ -193,10 +237,13 @@ def build_pipeline(p: beam.Pipeline, cfg: StreamConfig, *,
       timestamp_policy=timestamp_policy, max_delay_s=cfg.timing.max_delay_s,
       idle_timeout_s=cfg.timing.idle_timeout_s,
       source_watermark=source_watermark, buffer_horizon=cfg.buffer_horizon())
-  event_filter = None
-  if cfg.dedup_horizon_s:
-    event_filter = DropScoredEvents(dict(kafka.client_config),
-                                    kafka.output_topic, cfg.dedup_horizon_s)
+  event_filter = dead_letter_filter = None
+  if cfg.dedup is not None:
+    settings = cfg.dedup._replace(
+        remember_on_finalize=engine_lib.finalizes_bundles(p.runner))
+    event_filter = dedup.DropScoredEvents(dict(kafka.client_config), settings)
+    dead_letter_filter = dedup.DropWrittenDeadLetters(
+        dict(kafka.client_config), settings)
   # A bounded run (--max_records, --max_read_time_s) is the streaming job
   # stopping, not a batch job: the same window state, lateness and sinks.
   predictions, dead_letters = scoring.score_records(
@@ -205,7 +252,8 @@ def build_pipeline(p: beam.Pipeline, cfg: StreamConfig, *,
   dead_letters = outputs.write_outputs(
       predictions, dead_letters, cfg.sinks, kafka,
       columns=output_columns(events.schema), streaming=True,
-      dead_letter_max_bytes=dead_letter_max_bytes)
+      dead_letter_max_bytes=dead_letter_max_bytes,
+      dead_letter_filter=dead_letter_filter)
   return {'predictions': predictions, 'dead_letters': dead_letters}
 
 
@@ -215,10 +263,15 @@ class Preflight(NamedTuple):
   dead_letter_max_bytes: int  # the dead-letter topic's record limit
 
 
-def preflight(cfg: StreamConfig) -> Preflight:
+def preflight(cfg: StreamConfig, *, seed_here: bool = True) -> Preflight:
   """Checks what can be checked before reading anything: the model loads
   and fits the schema, the cluster answers, the topics exist; and looks up
-  the dead-letter topic's record limit."""
+  the dead-letter topic's record limit. With --dedup_horizon_s and
+  ``seed_here`` (a local engine, whose steps run in this process and use
+  it), reads the horizon back (transforms.dedup.seed), so that a seed that
+  cannot finish stops the job here, with the flag to raise. (Dataflow
+  workers seed themselves: a seed that cannot finish fails their steps'
+  setup.)"""
   kafka = cfg.kafka
   model = cfg.scoring.model
   control_topic = model.control[1] if model.control else None
@@ -230,6 +283,8 @@ def preflight(cfg: StreamConfig) -> Preflight:
   if kafka.dead_letter_topic:
     limit = admin.max_record_bytes(kafka.client_config,
                                    kafka.dead_letter_topic)
+  if cfg.dedup is not None and seed_here:
+    dedup.seed(kafka.client_config, cfg.dedup)
   return Preflight(described, limit)
 
 
@@ -250,7 +305,7 @@ def run(argv: Union[Sequence[str], PipelineOptions, None] = None, *,
              parse_options(argv))
   options.view_as(StandardOptions).streaming = True
   cfg = resolve(options)
-  checked = preflight(cfg)
+  checked = preflight(cfg, seed_here=not opts.is_dataflow(options))
   kafka = cfg.kafka
   engine = engine_lib.select_engine(options)
   _LOGGER.info(
@@ -319,7 +374,7 @@ def main(argv=None) -> int:
   signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
   return cli.run_main(argv, parse_options, run, errors=(
       ValueError, ModelLoadError, admin.KafkaUnavailableError,
-      admin.TopicNotFoundError))
+      admin.TopicNotFoundError, SeedIncompleteError))
 
 
 if __name__ == '__main__':

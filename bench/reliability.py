@@ -36,6 +36,9 @@ class Outcome:
   lost: int            # ids on the input topic with neither
   duplicates: int      # predictions beyond one per id
   notes: str = ''
+  # Dead-letter records beyond one per source record (dlq.source and
+  # dlq.position: the record's coordinates on the input topic).
+  dead_duplicates: int = 0
   # Produced ids the input topic does not hold (lost by the producer or the
   # broker, before the job could read them); not counted in ``lost``.
   not_on_broker: int = 0
@@ -49,12 +52,12 @@ class Outcome:
   def row(self) -> str:
     return (f'{self.scenario:34} {self.produced:>8} {self.scored:>8} '
             f'{self.dead_lettered:>6} {self.lost:>5} {self.duplicates:>6} '
-            f'{self.not_on_broker:>6} {self.outputs_lost_by_broker:>5}  '
-            f'{self.notes}')
+            f'{self.dead_duplicates:>6} {self.not_on_broker:>6} '
+            f'{self.outputs_lost_by_broker:>5}  {self.notes}')
 
 
 HEADER = (f'{"scenario":34} {"in":>8} {"scored":>8} {"dead":>6} {"lost":>5} '
-          f'{"dups":>6} {"!in":>6} {"!out":>5}  notes')
+          f'{"dups":>6} {"ddups":>6} {"!in":>6} {"!out":>5}  notes')
 
 
 class SteadyProducer(threading.Thread):
@@ -199,6 +202,12 @@ def _dead_letter_reason(message) -> str:
           f'{headers.get("dlq.reason", b"?").decode()}')
 
 
+def _dead_letter_source(message) -> tuple:
+  """The coordinates of a dead letter's original record."""
+  headers = dict(message.headers() or [])
+  return headers.get('dlq.source'), headers.get('dlq.position')
+
+
 class OutputAuditor(threading.Thread):
   """Reads the output and dead-letter topics while a scenario runs and
   remembers every event id it ever saw there.
@@ -261,6 +270,8 @@ def account(scenario: str, config: dict, topics: dict, produced: int,
   dead = {m.key().decode('utf-8', 'replace') for m in dead_records}
   reasons = collections.Counter(
       _dead_letter_reason(m) for m in dead_records)
+  per_record = collections.Counter(_dead_letter_source(m)
+                                   for m in dead_records)
   ids = {f'e{i}' for i in range(produced)}
   on_topic = {m.key().decode('utf-8', 'replace')
               for m in read_all(config, topics['in'])}
@@ -275,6 +286,7 @@ def account(scenario: str, config: dict, topics: dict, produced: int,
                  len(dead), lost,
                  sum(c - 1 for c in predictions.values() if c > 1), notes,
                  not_on_broker=len(ids - on_topic),
+                 dead_duplicates=sum(c - 1 for c in per_record.values()),
                  dead_reasons=dict(reasons),
                  outputs_lost_by_broker=lost_by_broker)
 
@@ -312,25 +324,35 @@ def _wait_for_zero_lag_while_alive(job: 'JobProcess', config: dict,
 
 def crash_restart(config: dict, bootstrap: str, topics: dict, model_dir: str,
                   log_path: str, *, n: int, rate: float, kills: int,
-                  seed: int, extra_args=(), scenario='crash/restart'
-                  ) -> Outcome:
+                  seed: int, extra_args=(), scenario='crash/restart',
+                  malformed_fraction: float = 0.01,
+                  kill_after_reading_s: Optional[tuple] = None) -> Outcome:
   """Produces ``n`` events at ``rate``; SIGKILLs the job ``kills`` times at
   random moments, restarting it with the same group each time; then lets a
-  last run catch up and stops it gracefully."""
+  last run catch up and stops it gracefully.
+
+  ``kill_after_reading_s``: (low, high) seconds after the job logged its
+  read plan to kill it (it is then surely mid-stream, with outputs
+  written and offsets not yet committed); default: 8-14 s after start.
+  """
   rng = random.Random(seed)
   group = f'g-{topics["in"]}'
   args = job_args(bootstrap, topics, model_dir, group, config, *extra_args)
   producer = SteadyProducer(config, topics['in'], n, rate,
-                            malformed_fraction=0.01)
+                            malformed_fraction=malformed_fraction)
   producer.start()
   job = JobProcess(args, log_path)
   kill_times = []
   try:
     for _ in range(kills):
       job.start()
-      # Long enough for the job to start and score a little, short enough to
-      # catch it mid-stream.
-      time.sleep(rng.uniform(8.0, 14.0))
+      if kill_after_reading_s is not None:
+        job.wait_until_reading()
+        time.sleep(rng.uniform(*kill_after_reading_s))
+      else:
+        # Long enough for the job to start and score a little, short
+        # enough to catch it mid-stream.
+        time.sleep(rng.uniform(8.0, 14.0))
       kill_times.append(time.strftime('%X'))
       job.kill()
     job.start()

@@ -11,7 +11,8 @@ needs a broker this script can stop), with a trained demo model:
 
 Columns: in = produced, scored = distinct ids with a prediction, dead =
 distinct dead-lettered ids, lost = ids on the input topic with neither,
-dups = predictions beyond one per id, !in / !out = records the broker
+dups = predictions beyond one per id, ddups = dead letters beyond one per
+input record, !in / !out = records the broker
 itself lost (acknowledged, then gone after its restart).
 
   python -m bench.reliability_table              # ~6 minutes

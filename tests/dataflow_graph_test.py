@@ -378,6 +378,33 @@ def test_dry_run_builds_without_gcs_or_credentials():
   assert 'workflow.tar.gz' in staged
 
 
+@pytest.mark.gcp  # for the guard: this path must not contact Google at all
+def test_dedup_adds_two_steps_and_renames_none():
+  """--dedup_horizon_s inserts FilterEvents and DropWrittenDeadLetters; the
+  other labels stay as they were (an --update keeps their state). On
+  Dataflow, what passed is remembered when bundles are finalized (their
+  fused writes succeeded), and the workers seed themselves."""
+  result = build(score_stream, dataflow_argv('gs://nowhere-kbi/tmp') + [
+      '--dry_run=True', '--model_dir=gs://nowhere-kbi/models',
+      '--dedup_horizon_s=3600', '--dedup_seed_timeout_s=900'] +
+                 SCORE_STREAM_ARGS)
+  pipeline = result.job.proto_pipeline
+  steps = top_level_steps(pipeline)
+  assert [s for s in steps if s not in (
+      'FilterEvents', 'DropWrittenDeadLetters')] == SCORE_STREAM_STEPS
+  assert steps.index('FilterEvents') == steps.index('ParseEvents') + 1
+  assert steps.index('DropWrittenDeadLetters') < steps.index(
+      'WriteDeadLetters')
+  for label in ('FilterEvents/DropScoredEvents',
+                'DropWrittenDeadLetters/DropIfWritten'):
+    settings = dofn_of(pipeline, label)._settings
+    assert settings.remember_on_finalize, label
+    assert (settings.horizon_s, settings.seed_timeout_s,
+            settings.dead_letter_topic) == (3600, 900, 'events-dlq'), label
+  assert common_urns.requirements.REQUIRES_BUNDLE_FINALIZATION.urn in (
+      pipeline.requirements)
+
+
 @pytest.mark.gcp
 def test_score_stream_with_file_sinks_builds(gcs_emulator):
   built = build_on_emulator(score_stream, [

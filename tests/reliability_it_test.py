@@ -41,13 +41,19 @@ def test_sigkill_five_times_loses_nothing(broker, make_topic, model_dir,
 def test_sigkill_with_dedup_is_effectively_once(broker, make_topic, model_dir,
                                                 tmp_path):
   topics = _topics(make_topic)
+  # Killed while reading, with 5% malformed events: each kill leaves
+  # predictions and dead letters written whose offsets were not committed
+  # (without dedup, they are all written again after the restart).
   outcome = rel.crash_restart(
       broker.client_config(), broker.bootstrap_servers, topics, model_dir,
       str(tmp_path / 'job.log'), n=20_000, rate=1000, kills=3, seed=2,
-      extra_args=['--dedup_horizon_s', '600'], scenario='crash/restart+dedup')
+      extra_args=['--dedup_horizon_s', '600'], scenario='crash/restart+dedup',
+      malformed_fraction=0.05, kill_after_reading_s=(2.0, 5.0))
   print('\n' + rel.HEADER + '\n' + outcome.row())
   assert outcome.lost == 0, outcome
   assert outcome.duplicates == 0, outcome
+  assert outcome.dead_duplicates == 0, outcome
+  assert outcome.dead_lettered == outcome.malformed, outcome
   assert (outcome.exit_code, outcome.lag_after) == (0, 0), outcome
 
 

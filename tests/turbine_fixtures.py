@@ -48,6 +48,14 @@ def write_schema(directory: str) -> str:
   return path
 
 
+def write_domain(root) -> dict:
+  """The schema and a versioned model (v1) under ``root``, for jobs:
+  {'model_root': ..., 'schema': ...}."""
+  model_root = os.path.join(str(root), 'models')
+  write_model(model_root, version=1)
+  return {'model_root': model_root, 'schema': write_schema(str(root))}
+
+
 def reading(i: int, t: float, turbine: str, **overrides) -> dict:
   """Reading ``r<i>`` at epoch seconds ``t`` with deterministic values."""
   rng = np.random.default_rng(i)

@@ -114,6 +114,13 @@ class DeadLetter:
   def to_json(self) -> bytes:
     return orjson.dumps(self.to_dict())
 
+  def identity(self) -> tuple:
+    """What makes two dead letters the same record's (see ``identity``)."""
+    return identity(
+        source=self.source, position=self.position,
+        payload_sha256=sha256_hex(self.payload) if self.position >= 0 else '',
+        stage=self.stage, reason=self.reason, event_id=self.event_id)
+
   def kafka_headers(self) -> list[tuple[str, bytes]]:
     """Headers for the dead-letter topic, whose key, value and timestamp
     are the original record's (as Kafka Connect's dead-letter queues keep
@@ -140,6 +147,23 @@ class DeadLetter:
                record_headers=tuple((name, _unb64(value)) for name, value in
                                     d.get('headers') or ()),
                record_timestamp_ms=d.get('timestamp_ms'))
+
+
+def identity(*, source: str, position: int, payload_sha256: str,
+             stage: Optional[str], reason: Optional[str],
+             event_id: Optional[str]) -> tuple:
+  """The identity of a dead letter, for deduplication (transforms/dedup.py).
+
+  A record read from a source is dead-lettered once whatever the stage:
+  its coordinates and the SHA-256 of its bytes name it (with the hash, a
+  new record at an offset a broker handed out again is another record; a
+  replayed record has new coordinates, so it may be dead-lettered again).
+  A dead letter without coordinates (a row a sink rejected, position -1)
+  is named by its stage, reason and event id.
+  """
+  if position >= 0:
+    return (source, position, payload_sha256)
+  return (source, stage, reason, event_id)
 
 
 def of_row(batch, i: int, *, stage: str, reason: str,
@@ -236,4 +260,5 @@ def _unb64(text: Optional[str]) -> Optional[bytes]:
   return None if text is None else base64.b64decode(text)
 
 
-__all__: Sequence[str] = ['DeadLetter', 'KafkaFit', 'of_row', 'sha256_hex']
+__all__: Sequence[str] = ['DeadLetter', 'KafkaFit', 'identity', 'of_row',
+                          'sha256_hex']

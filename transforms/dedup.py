@@ -1,183 +1,272 @@
-"""Effectively-once output: skip events whose id was already scored.
+"""Effectively-once output: skip what was already written.
 
 The scoring job is at-least-once: after a crash it re-reads from the last
-committed offsets, so events whose predictions were written but whose
-offsets were not yet committed are scored again. ``DropScoredEvents`` removes
-them before scoring:
+committed offsets, so events whose predictions (or records whose dead
+letters) were written but whose offsets were not yet committed are
+processed again. With a horizon, two steps remove the repeats:
 
-* across restarts, the truth is the output topic itself: predictions are
-  keyed by event id, so at start-up each worker process reads the keys of
-  the predictions written in the last ``horizon_s`` seconds (via
-  offsets_for_times, else from the beginning) and skips those ids;
-* within a run, the ids it lets through are remembered for ``horizon_s``.
+* ``DropScoredEvents`` (before scoring): events whose id already has a
+  prediction;
+* ``DropWrittenDeadLetters`` (before the dead-letter sinks): dead letters of
+  a record already dead-lettered (transforms.dead_letters.identity: its
+  source coordinates and bytes).
 
-An id is only skipped if its prediction was durably written (read back from
-the output topic) or passed this step earlier in the same process; a crash
-between the two forgets the latter, so nothing is lost. Duplicates older
-than the horizon are not caught: choose a horizon longer than the longest
-restart plus the commit interval. Skipped events are counted
-(``dedup/duplicates_skipped``), not dead-lettered: they were scored.
+What they know, per worker process (``memory_for``):
+
+* across restarts, the truth is the output topics themselves: at start-up
+  the predictions and dead letters written in the last ``horizon_s``
+  seconds are read back (transforms/dedup_seed.py); the seed covers the
+  whole horizon or the step fails to start (SeedIncompleteError);
+* within a run, what the steps let through, remembered once the bundle
+  that carried it is done: at ``finish_bundle`` where each step runs as a
+  bundle of its own (the local bundle-based runner), else when the runner
+  finalizes the bundle, i.e. after the fused writes downstream succeeded
+  (a bundle that failed and is retried must not find its own elements
+  already "seen": they would be dropped unwritten).
+
+Ids are held as 64-bit fingerprints in time buckets (transforms/seen_ids.py:
+~11 bytes per id; a never-seen id is taken for a seen one with probability
+at most ids_held / 2**64); ``max_ids`` caps them. Repeats older than the
+horizon are not caught: choose a horizon longer than the longest restart
+plus the commit interval. Skips are counted (``dedup/duplicates_skipped``,
+``dedup/dead_letters_skipped``), not dead-lettered: they were written.
 """
 
 import logging
 import threading
 import time
-from typing import Iterable, Mapping, Optional
+from typing import Mapping, NamedTuple, Optional
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from transforms import dedup_seed
+from transforms import seen_ids as seen_lib
+from transforms.dead_letters import DeadLetter
 from transforms.events import EventBatch
-from transforms.kafka import admin
-from transforms.kafka import client_logs, config_refs
 
 _LOGGER = logging.getLogger(__name__)
 _NAMESPACE = 'dedup'
 
-
-class SeenIds:
-  """Event ids with the time they were seen, forgetting after a horizon."""
-
-  def __init__(self, horizon_s: float):
-    self._horizon_s = horizon_s
-    self._seen: dict[str, float] = {}
-    self._lock = threading.Lock()
-    self._next_expiry = 0.0
-
-  def __len__(self) -> int:
-    return len(self._seen)
-
-  def add_all(self, ids: Iterable[str], now: float) -> None:
-    with self._lock:
-      for event_id in ids:
-        self._seen.setdefault(event_id, now)
-
-  def keep_new(self, ids: list, now: float) -> np.ndarray:
-    """A mask of the ids not seen before (first occurrence in ``ids``
-    included); remembers them."""
-    with self._lock:
-      self._expire(now)
-      seen = self._seen
-      mask = np.ones(len(ids), dtype=bool)
-      for i, event_id in enumerate(ids):
-        if event_id in seen:
-          mask[i] = False
-        else:
-          seen[event_id] = now
-      return mask
-
-  def _expire(self, now: float) -> None:
-    if now < self._next_expiry:
-      return
-    cutoff = now - self._horizon_s
-    self._seen = {k: t for k, t in self._seen.items() if t >= cutoff}
-    # Expire at most every tenth of the horizon: a full scan is O(n).
-    self._next_expiry = now + max(1.0, self._horizon_s / 10)
+# ~11 bytes per id held, ~25 at the peak of a merge (docs/operations.md).
+DEFAULT_MAX_IDS = 50_000_000
 
 
-def read_recent_keys(consumer_config: Mapping, topic: str, since_s: float,
-                     *, timeout_s: float = 60.0) -> set[str]:
-  """Keys of the records of ``topic`` written at or after ``since_s``
-  (epoch seconds), read up to the end offsets seen at the start."""
-  consumer_config = config_refs.resolve(consumer_config)
-  cfg = client_logs.route(consumer_config)
-  cfg.update({'group.id': f'kbi-dedup-seed-{topic}',
-              'enable.auto.commit': False, 'enable.partition.eof': True})
-  partitions = admin.topic_partitions(consumer_config, [topic], timeout_s)
-  consumer = Consumer(cfg)
-  keys: set[str] = set()
-  try:
-    tps = [TopicPartition(t, p, int(since_s * 1000)) for t, p in partitions]
-    starts = consumer.offsets_for_times(tps, timeout=timeout_s)
-    ends = {}
-    assign = []
-    for tp in starts:
-      low, high = consumer.get_watermark_offsets(
-          TopicPartition(tp.topic, tp.partition), timeout=timeout_s,
-          cached=False)
-      # -1: nothing at or after the time; a broker without timestamp
-      # lookups answers 0: then everything is read (more work, same result).
-      start = tp.offset if tp.offset >= 0 else high
-      if start < high:
-        ends[tp.partition] = high
-        assign.append(TopicPartition(topic, tp.partition, max(start, low)))
-    if not assign:
-      return keys
-    consumer.assign(assign)
-    deadline = time.monotonic() + timeout_s
-    while ends and time.monotonic() < deadline:
-      for m in consumer.consume(num_messages=1000, timeout=0.5):
-        err = m.error()
-        if err is not None:
-          if err.code() == KafkaError._PARTITION_EOF:
-            ends.pop(m.partition(), None)
-          continue
-        if m.key() is not None:
-          keys.add(m.key().decode('utf-8', 'replace'))
-        if m.offset() + 1 >= ends.get(m.partition(), 0):
-          ends.pop(m.partition(), None)
-  finally:
-    consumer.close()
-  return keys
+class DedupSettings(NamedTuple):
+  """Effectively-once settings, resolved from the job's flags.
+
+  Attributes:
+    output_topic: the prediction topic (keys: event ids).
+    dead_letter_topic: the dead-letter topic, or None.
+    horizon_s: how long what was written is remembered.
+    seed_timeout_s: the restart seed's timeout; None: derived from the
+      records to read (transforms/dedup_seed.py).
+    max_ids: ids held per structure and process at most; None: no cap.
+    write_delay_s: how much later than it was stamped a dead letter may
+      reach its topic (the sinks' outage retries).
+    remember_on_finalize: remember what passed when the runner finalizes
+      its bundle (runners that fuse steps), not at finish_bundle.
+  """
+  output_topic: str
+  dead_letter_topic: Optional[str]
+  horizon_s: float
+  seed_timeout_s: Optional[float] = None
+  max_ids: Optional[int] = DEFAULT_MAX_IDS
+  write_delay_s: float = 0.0
+  remember_on_finalize: bool = True
+
+
+class Memory(NamedTuple):
+  """What one worker process knows was written."""
+  predictions: seen_lib.SeenIds   # event ids
+  dead_letters: seen_lib.SeenIds  # dead-letter identities
 
 
 _REGISTRY: dict = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
-def seen_ids_for(consumer_config: Mapping, topic: str,
-                 horizon_s: float) -> SeenIds:
-  """The process-wide SeenIds of an output topic, seeded once from it."""
-  key = (consumer_config.get('bootstrap.servers'), topic, horizon_s)
+def _key(config: Mapping, settings: DedupSettings) -> tuple:
+  return (config.get('bootstrap.servers'), settings.output_topic,
+          settings.dead_letter_topic, settings.horizon_s)
+
+
+def seed(config: Mapping, settings: DedupSettings) -> Memory:
+  """Reads back the horizon from the topics into a new Memory, which
+  the steps of this process then use (a job's start calls it: every run
+  starts from what is on the topics).
+
+  Raises:
+    SeedIncompleteError: the horizon could not be read in time.
+  """
   with _REGISTRY_LOCK:
-    seen = _REGISTRY.get(key)
-    if seen is None:
-      now = time.time()
-      seen = SeenIds(horizon_s)
-      seed = read_recent_keys(consumer_config, topic, now - horizon_s)
-      seen.add_all(seed, now)
-      _LOGGER.info('dedup: %d event ids already scored in %s within %.0fs',
-                   len(seed), topic, horizon_s)
-      _REGISTRY[key] = seen
-    return seen
+    memory = _seed(config, settings)
+    _REGISTRY[_key(config, settings)] = memory
+    return memory
 
 
-class _DropScoredEventsFn(beam.DoFn):
+def memory_for(config: Mapping, settings: DedupSettings) -> Memory:
+  """This process's Memory of the topics, seeded on first use."""
+  with _REGISTRY_LOCK:
+    key = _key(config, settings)
+    memory = _REGISTRY.get(key)
+    if memory is None:
+      memory = _REGISTRY[key] = _seed(config, settings)
+    return memory
 
-  def __init__(self, consumer_config: Mapping, output_topic: str,
-               horizon_s: float):
-    self._config = dict(consumer_config)
-    self._topic = output_topic
-    self._horizon_s = horizon_s
-    self._seen: Optional[SeenIds] = None
-    self.skipped = Metrics.counter(_NAMESPACE, 'duplicates_skipped')
+
+def _seed(config: Mapping, settings: DedupSettings) -> Memory:
+  now = time.time()
+  memory = Memory(
+      seen_lib.SeenIds(settings.horizon_s, max_ids=settings.max_ids),
+      seen_lib.SeenIds(settings.horizon_s, max_ids=settings.max_ids))
+  stats = dedup_seed.read_back(
+      config, output_topic=settings.output_topic,
+      dead_letter_topic=settings.dead_letter_topic,
+      since_s=now - settings.horizon_s,
+      predictions=lambda fps, t: memory.predictions.add(fps, t, now),
+      dead_letters=lambda fps, t: memory.dead_letters.add(fps, t, now),
+      timeout_s=settings.seed_timeout_s,
+      write_delay_s=settings.write_delay_s)
+  _LOGGER.info(
+      'dedup seed: %d event ids with a prediction on %s and %d dead letters '
+      'on %s within %.0f s (%d + %d records read in %.1f s, timeout %.0f s; '
+      '%.1f MB held)', len(memory.predictions), settings.output_topic,
+      len(memory.dead_letters), settings.dead_letter_topic,
+      settings.horizon_s, stats.predictions, stats.dead_letters,
+      stats.seconds, stats.timeout_s,
+      (memory.predictions.nbytes() + memory.dead_letters.nbytes()) / 1e6)
+  return memory
+
+
+class _DropSeenFn(beam.DoFn):
+  """Drops elements whose fingerprint is held; remembers the others once
+  their bundle is done (module docstring: why not at once)."""
+
+  def __init__(self, config: Mapping, settings: DedupSettings, which: str,
+               counter: str):
+    self._config = dict(config)
+    self._settings = settings
+    self._which = which
+    self._seen: Optional[seen_lib.SeenIds] = None
+    self._bundle: set = set()
+    self._registered = False
+    self.skipped = Metrics.counter(_NAMESPACE, counter)
+    self.evicted = Metrics.counter(_NAMESPACE, 'ids_evicted_early')
 
   def setup(self):
-    self._seen = seen_ids_for(self._config, self._topic, self._horizon_s)
+    memory = memory_for(self._config, self._settings)
+    self._seen = getattr(memory, self._which)
 
-  def process(self, batch: EventBatch):
-    mask = self._seen.keep_new(batch.ids, time.time())
+  def start_bundle(self):
+    self._bundle = set()
+    self._registered = False
+
+  def _keep(self, fps: np.ndarray, finalizer) -> np.ndarray:
+    """Mask of the fingerprints to let through (neither held, nor earlier
+    in this bundle or in ``fps``); they join this bundle's."""
+    mask = self._seen.unseen(fps) & seen_lib.first_occurrences(fps)
+    bundle = self._bundle
+    if bundle:
+      mask &= np.fromiter((f not in bundle for f in fps.tolist()),
+                          dtype=bool, count=len(fps))
+    if mask.any():
+      bundle.update(fps[mask].tolist())
+      if self._settings.remember_on_finalize and not self._registered:
+        self._registered = True
+        seen = self._seen
+        finalizer.register(lambda: _remember(seen, bundle))
+    skipped = len(fps) - int(mask.sum())
+    if skipped:
+      self.skipped.inc(skipped)
+    return mask
+
+  def finish_bundle(self):
+    if not self._settings.remember_on_finalize:
+      _remember(self._seen, self._bundle)
+    evicted = self._seen.take_evicted()
+    if evicted:
+      self.evicted.inc(evicted)
+
+
+def _remember(seen: seen_lib.SeenIds, fps: set) -> None:
+  if fps:
+    seen.remember(np.fromiter(fps, dtype=np.int64, count=len(fps)),
+                  time.time())
+
+
+class _DropScoredEventsFn(_DropSeenFn):
+
+  def __init__(self, config: Mapping, settings: DedupSettings):
+    super().__init__(config, settings, 'predictions', 'duplicates_skipped')
+
+  def process(self, batch: EventBatch,
+              finalizer=beam.DoFn.BundleFinalizerParam):
+    mask = self._keep(seen_lib.fingerprints(batch.ids), finalizer)
     if mask.all():
       yield batch
-      return
-    self.skipped.inc(int((~mask).sum()))
-    if mask.any():
-      yield beam.window.TimestampedValue(batch.take(mask),
-                                         batch.take(mask).min_time())
+    elif mask.any():
+      kept = batch.take(mask)
+      yield beam.window.TimestampedValue(kept, kept.min_time())
 
 
-class DropScoredEvents(beam.PTransform):
-  """EventBatch -> EventBatch without events already scored (see module)."""
+class _DropWrittenDeadLettersFn(_DropSeenFn):
 
-  def __init__(self, consumer_config: Mapping, output_topic: str,
-               horizon_s: float):
+  def __init__(self, config: Mapping, settings: DedupSettings):
+    super().__init__(config, settings, 'dead_letters', 'dead_letters_skipped')
+
+  def process(self, letter: DeadLetter,
+              finalizer=beam.DoFn.BundleFinalizerParam):
+    fps = np.array([hash(letter.identity())], dtype=np.int64)
+    if self._keep(fps, finalizer)[0]:
+      yield letter
+
+
+class DropScoredEvents(beam.PTransform[beam.PCollection[EventBatch],
+                                       beam.PCollection[EventBatch]]):
+  """EventBatch -> EventBatch without events already scored (module doc).
+
+  Args:
+    consumer_config: librdkafka settings to read the topics back.
+    settings: the horizon, topics and limits.
+  """
+
+  def __init__(self, consumer_config: Mapping, settings: DedupSettings):
     super().__init__()
-    if horizon_s <= 0:
-      raise ValueError(f'dedup horizon must be > 0 s, got {horizon_s}')
-    self._fn = _DropScoredEventsFn(consumer_config, output_topic, horizon_s)
+    _check(settings)
+    self._fn = _DropScoredEventsFn(consumer_config, settings)
 
   def expand(self, pcoll):
     return pcoll | 'DropScoredEvents' >> beam.ParDo(
         self._fn).with_output_types(EventBatch)
+
+
+class DropWrittenDeadLetters(beam.PTransform[beam.PCollection[DeadLetter],
+                                             beam.PCollection[DeadLetter]]):
+  """DeadLetter -> DeadLetter without those already written (module doc).
+
+  Args:
+    consumer_config: librdkafka settings to read the topics back.
+    settings: the horizon, topics and limits (with a dead_letter_topic).
+  """
+
+  def __init__(self, consumer_config: Mapping, settings: DedupSettings):
+    super().__init__()
+    _check(settings)
+    if not settings.dead_letter_topic:
+      raise ValueError('DropWrittenDeadLetters needs a dead_letter_topic')
+    self._fn = _DropWrittenDeadLettersFn(consumer_config, settings)
+
+  def expand(self, pcoll):
+    return pcoll | 'DropIfWritten' >> beam.ParDo(
+        self._fn).with_output_types(DeadLetter)
+
+
+def _check(settings: DedupSettings) -> None:
+  if settings.horizon_s <= 0:
+    raise ValueError(f'dedup horizon must be > 0 s, got {settings.horizon_s}')
+
+
+__all__ = ['DEFAULT_MAX_IDS', 'DedupSettings', 'DropScoredEvents',
+           'DropWrittenDeadLetters', 'Memory', 'memory_for', 'seed']
