@@ -47,6 +47,9 @@ class ControlSource(NamedTuple):
   client_config: tuple  # sorted (key, value) pairs: hashable, picklable
   topic: str
   deployment: str = dep.DEFAULT_DEPLOYMENT
+  # False: read the latest record once and follow nothing (changes come
+  # another way: RunInference's side input, in the measurement).
+  follow: bool = True
 
   @classmethod
   def of(cls, client_config: Mapping[str, object], topic: str,
@@ -111,10 +114,21 @@ class DeployedModels:
     self._refusals = refusals
     self.applied: list = []  # (record, received, applied) for logs/tests
     self._follower = None
-    if record is not None:
-      self._apply(record, time.time(), initial=True)
-      return
     from models import control_topic  # pylint: disable=import-outside-toplevel
+    if record is None and not source.follow:
+      record = control_topic.ControlTopic(source.config(), source.topic,
+                                          timeout_s=ready_timeout_s).latest(
+                                              source.deployment)
+      if record is None:
+        raise ModelLoadError(f'no deployment record for '
+                             f'{source.deployment!r} on control topic '
+                             f'{source.topic}')
+    if record is not None:
+      if not self._apply(record, time.time(), initial=True) and (
+          self._current is None):
+        raise ModelLoadError(f'deployment {source.deployment!r}: '
+                             f'{record.describe()} does not load')
+      return
     self._follower = control_topic.Follower(
         source.config(), source.topic, source.deployment, self.apply)
     self._follower.start()
