@@ -4,9 +4,17 @@ Issue 18 names two ways for a job to learn that a deployment changed:
 
 * ``side_input``: the control topic read as a second Kafka source and given
   to RunInference as its model side input (``model_metadata_pcoll``; one
-  ``ModelMetadata`` per record, the record's JSON as the model id). Beam
-  then reloads the model inside the scoring DoFn when the side input
-  changes (``_RunInferenceDoFn.update_model``).
+  ``ModelMetadata`` per record, the record's JSON as the model id), in the
+  global window with a trigger per record: Beam's documented pattern for
+  model updates (as ``WatchFilePattern`` builds it). Beam then reloads the
+  model inside the scoring DoFn when the side input changes
+  (``_RunInferenceDoFn.update_model``).
+* ``side_input_fixed``: the same, the side input in the scoring step's own
+  fixed windows (the latest record of each window; a window without one
+  keeps the model), a variant the local engine can run: its bundle-based
+  DirectRunner holds a main-input element until the side input's watermark
+  passes the end of the side window the element maps to, which for the
+  global window is never while the control topic is unbounded.
 * ``follower``: the model handler follows the topic itself
   (``--control_topic``: models/serving.py, a consumer thread per worker
   process assigned to the topic's partition, loading new versions off the
@@ -55,17 +63,19 @@ from models import deployments as dep
 from models import susy
 from transforms.kafka import admin
 
-MECHANISMS = ('watch', 'follower', 'side_input')
+MECHANISMS = ('watch', 'follower', 'side_input', 'side_input_fixed')
 PARTITIONS = 4
+WINDOW_SIZE_S = 10
 
 
 # --- The job, as a subprocess ----------------------------------------------
 
 
 def _side_input_score_events(control_config: dict, control_topic: str,
-                             deployment: str):
+                             deployment: str, window_size_s: float = 0.0):
   """transforms.inference.ScoreEvents with RunInference's model side input
-  read from the control topic (installed into beam_jobs.scoring)."""
+  read from the control topic (installed into beam_jobs.scoring); in fixed
+  windows of ``window_size_s`` when > 0, else in the global window."""
   import apache_beam as beam  # pylint: disable=import-outside-toplevel
   from apache_beam.ml.inference.base import ModelMetadata  # pylint: disable=import-outside-toplevel
   from apache_beam.transforms import trigger, window  # pylint: disable=import-outside-toplevel
@@ -79,6 +89,19 @@ def _side_input_score_events(control_config: dict, control_topic: str,
       yield ModelMetadata(model_id=mine[-1].value.decode(),
                           model_name=f'{deployment}@{mine[-1].offset}')
 
+  def windowed(pcoll):
+    if window_size_s <= 0:
+      return pcoll | 'GlobalPanes' >> beam.WindowInto(
+          window.GlobalWindows(),
+          trigger=trigger.Repeatedly(trigger.AfterCount(1)),
+          accumulation_mode=trigger.AccumulationMode.DISCARDING)
+    # One record per window at most (a singleton view): the latest.
+    return (pcoll
+            | 'FixedWindows' >> beam.WindowInto(
+                window.FixedWindows(window_size_s))
+            | 'LatestOfWindow' >> beam.combiners.Latest.Globally(
+                ).without_defaults())
+
   class SideInputScoreEvents(inference.ScoreEvents):
 
     def __init__(self, handler, **kwargs):
@@ -88,7 +111,7 @@ def _side_input_score_events(control_config: dict, control_topic: str,
       super().__init__(handler, **kwargs)
 
     def expand(self, pcoll):
-      metadata = (
+      metadata = windowed(
           pcoll.pipeline
           | 'ReadControlTopic' >> ReadFromKafka(
               dict(control_config, **{
@@ -96,11 +119,7 @@ def _side_input_score_events(control_config: dict, control_topic: str,
               [control_topic], start='earliest', max_batch_records=100,
               timestamp_policy='processing_time', idle_timeout_s=0.5,
               commit_offsets=False)
-          | 'LatestRecord' >> beam.FlatMap(latest_record)
-          | 'GlobalPanes' >> beam.WindowInto(
-              window.GlobalWindows(),
-              trigger=trigger.Repeatedly(trigger.AfterCount(1)),
-              accumulation_mode=trigger.AccumulationMode.DISCARDING))
+          | 'LatestRecord' >> beam.FlatMap(latest_record))
       self._model_metadata = metadata
       return super().expand(pcoll)
 
@@ -113,11 +132,12 @@ def run_job(argv) -> int:
   from beam_jobs import score_stream  # pylint: disable=import-outside-toplevel
   from beam_jobs import scoring  # pylint: disable=import-outside-toplevel
   if argv[0] == '--bench_side_input':
-    topic, deployment, bootstrap = argv[1], argv[2], argv[3]
-    argv = argv[4:]
+    topic, deployment, bootstrap, window_s = argv[1:5]
+    argv = argv[5:]
     scoring.ScoreEvents = _side_input_score_events(
         {'bootstrap.servers': bootstrap, 'fetch.queue.backoff.ms': 1,
-         'receive.message.max.bytes': 1_000_000_000}, topic, deployment)
+         'receive.message.max.bytes': 1_000_000_000}, topic, deployment,
+        float(window_s))
   return score_stream.main(argv)
 
 
@@ -127,7 +147,7 @@ def _job_command(mechanism: str, bootstrap: str, config: dict, topics: dict,
           '--output_topic', topics['out'], '--dead_letter_topic',
           topics['dlq'], '--consumer_group', f'bench-{uuid.uuid4().hex[:6]}',
           '--start', 'earliest', '--model_dir', model_dir,
-          '--window_size_s', '10', '--idle_timeout_s', '2']
+          '--window_size_s', str(WINDOW_SIZE_S), '--idle_timeout_s', '2']
   args += [f'--kafka_config={k}={v}' for k, v in config.items()
            if k != 'bootstrap.servers']
   if mechanism == 'watch':
@@ -137,8 +157,10 @@ def _job_command(mechanism: str, bootstrap: str, config: dict, topics: dict,
   else:
     # The handler must know the control source (its settings); the side
     # input, not its follower, brings the records (update_model_path).
+    window_s = WINDOW_SIZE_S if mechanism == 'side_input_fixed' else 0
     args = ['--bench_side_input', topics['ctl'], dep.DEFAULT_DEPLOYMENT,
-            bootstrap] + args + ['--control_topic', topics['ctl']]
+            bootstrap, str(window_s)] + args + ['--control_topic',
+                                                topics['ctl']]
   return [sys.executable, '-m', 'bench.deployment_mechanism', '--job'] + args
 
 
@@ -150,8 +172,11 @@ def _produce(config: dict, topic: str, n: int, *, start_index: int,
   producer = Producer(dict(config, **{'linger.ms': 20,
                                       'compression.type': 'lz4'}))
   paced = rate > 0 and start_time > time.time() - 1
+  # Event i's time is start_time + i / rate: the first event produced here
+  # is due at ``start_time``.
   for e in susy.iter_encoded_events(n, seed=11, start_index=start_index,
-                                    start_time=start_time, rate=rate or 5000,
+                                    start_time=start_time - start_index / (
+                                        rate or 5000), rate=rate or 5000,
                                     keys=[f'det-{i}' for i in range(64)]):
     if paced:
       wait = e.timestamp_ms / 1000.0 - time.time()
@@ -207,10 +232,11 @@ def _switch(mechanism: str, control, model_dir: str, version: int,
             serving: dep.Deployment) -> tuple[float, dep.Deployment]:
   """Makes ``version`` serve; returns (when it was visible, new record)."""
   if mechanism == 'watch':
-    # A new newest version: a copy of ``version``'s model, renamed in.
+    # A new newest version (a copy of version 1, renamed in): the watch
+    # cannot go back to a version, only on to a newer one.
     newest = max(int(n) for n in os.listdir(model_dir) if n.isdigit()) + 1
     tmp = os.path.join(model_dir, f'.tmp-{newest}')
-    shutil.copytree(os.path.join(model_dir, str(version)), tmp)
+    shutil.copytree(os.path.join(model_dir, '1'), tmp)
     os.rename(tmp, os.path.join(model_dir, str(newest)))
     return time.time(), serving
   record = serving.successor(primary=version, action=dep.PIN,
@@ -248,6 +274,12 @@ def measure(mechanism: str, config: dict, bootstrap: str, model_src: str,
   out = {'mechanism': mechanism}
   try:
     started = time.time()
+    try:
+      _wait_rows(config, topics['out'], 1, proc, args.first_row_timeout_s)
+    except TimeoutError:
+      # The global-window side input on the local engine (module doc).
+      out['never_scored_s'] = args.first_row_timeout_s
+      return out
     _wait_rows(config, topics['out'], n, proc, 900)
     out['startup_plus_backlog_s'] = time.time() - started
     rows = _read_rows(config, topics['out'])
@@ -270,34 +302,45 @@ def measure(mechanism: str, config: dict, bootstrap: str, model_src: str,
       switches.append(visible)
       time.sleep(args.switch_every_s)
     producer.join()
-    _wait_rows(config, topics['out'], n + steady_n, proc, 300)
+    try:
+      _wait_rows(config, topics['out'], n + steady_n, proc, 120)
+    except (TimeoutError, RuntimeError) as e:
+      # The fixed-window side input on the local engine (module doc).
+      out['stalled'] = (f'{_count(config, topics["out"]) - n} of {steady_n} '
+                        f'steady events scored: {e}')
+      return out
     rows = _read_rows(config, topics['out'])
   finally:
     proc.send_signal(signal.SIGINT)
     try:
-      proc.wait(120)
+      proc.wait(60)
     except subprocess.TimeoutExpired:
       proc.kill()
     shutil.rmtree(model_dir, ignore_errors=True)
   steady = sorted((r for r in rows if int(r['event_id'][1:]) >= n),
                   key=lambda r: r['scored_time'])
-  latencies = []
+  latencies, stale = [], 0
   for i, t in enumerate(switches):
     until = switches[i + 1] if i + 1 < len(switches) else float('inf')
-    before = None
+    before, switched = None, None
     for r in steady:
       if r['scored_time'] < t:
         before = r['model_version']
         continue
       if r['scored_time'] >= until:
         break
-      if r['model_version'] != before:
-        latencies.append(r['scored_time'] - t)
-        break
-    else:
+      if switched is None and r['model_version'] != before:
+        switched = r['scored_time']
+        latencies.append(switched - t)
+      elif switched is not None and r['model_version'] == before:
+        stale += 1  # the old version again after the switch showed
+    if switched is None:
       latencies.append(float('nan'))
   lat = np.asarray([r['scored_time'] - r['event_time'] for r in steady])
-  out.update(switch_latencies=latencies,
+  ids = [r['event_id'] for r in rows]
+  out.update(switch_latencies=latencies, stale_rows=stale,
+             scored_twice=len(ids) - len(set(ids)),
+             lost=n + steady_n - len(set(ids)),
              event_latency_p50=float(np.percentile(lat, 50)),
              event_latency_p99=float(np.percentile(lat, 99)),
              steady_rows=len(steady),
@@ -324,6 +367,10 @@ def main(argv=None) -> int:
                       help='switches of the primary (default: 6)')
   parser.add_argument('--switch_every_s', type=float, default=6.0,
                       help='seconds between switches (default: 6)')
+  parser.add_argument('--first_row_timeout_s', type=float, default=240,
+                      help='seconds from the job\'s start to its first '
+                      'prediction before a mechanism is reported as never '
+                      'scoring (default: 240)')
   parser.add_argument('--model_dir', default=demo.DEFAULT_MODEL_DIR,
                       help='the demo model root; trained if empty (default: '
                       f'{demo.DEFAULT_MODEL_DIR})')
@@ -351,18 +398,27 @@ def main(argv=None) -> int:
   finally:
     local_broker.stop(broker)
     log.close()
-  print(f'\n{"mechanism":12} {"backlog ev/s":>12} {"switch p50":>11} '
+  print(f'\n{"mechanism":16} {"backlog ev/s":>12} {"switch p50":>11} '
         f'{"switch max":>11} {"missed":>6} {"event p50":>10} '
-        f'{"event p99":>10}')
+        f'{"event p99":>10} {"stale":>6} {"twice":>6} {"lost":>5}')
   for r in results:
+    if 'never_scored_s' in r:
+      print(f'{r["mechanism"]:16} no prediction within '
+            f'{r["never_scored_s"]:.0f} s of the job\'s start')
+      continue
+    if 'stalled' in r:
+      print(f'{r["mechanism"]:16} {r["backlog_rate"]:12,.0f}  stalled while '
+            f'switching: {r["stalled"]}')
+      continue
     lat = np.asarray(r['switch_latencies'])
     ok = lat[np.isfinite(lat)]
-    print(f'{r["mechanism"]:12} {r["backlog_rate"]:12,.0f} '
+    print(f'{r["mechanism"]:16} {r["backlog_rate"]:12,.0f} '
           f'{np.median(ok) if len(ok) else float("nan"):10.2f}s '
           f'{ok.max() if len(ok) else float("nan"):10.2f}s '
           f'{int((~np.isfinite(lat)).sum()):6d} '
           f'{r["event_latency_p50"] * 1000:8.0f}ms '
-          f'{r["event_latency_p99"] * 1000:8.0f}ms')
+          f'{r["event_latency_p99"] * 1000:8.0f}ms {r["stale_rows"]:6d} '
+          f'{r["scored_twice"]:6d} {r["lost"]:5d}')
   return 0
 
 
