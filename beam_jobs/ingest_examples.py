@@ -60,6 +60,7 @@ On Dataflow:
       --dead_letter_topic events-dlq
 """
 
+import dataclasses
 import hashlib
 import logging
 import posixpath
@@ -80,6 +81,7 @@ from apache_beam.transforms import window as window_lib
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from beam_jobs import cli
+from beam_jobs import config
 from beam_jobs import engine as engine_lib
 from beam_jobs import options as opts
 from beam_jobs import outputs
@@ -87,15 +89,13 @@ from models import example_layout as el
 from models import examples_io
 from transforms import dead_letters as dl
 from transforms import example_coder, statistics
-from transforms import parse as parse_lib
 from transforms import sources
 from transforms.events import EventBatch
-from transforms.kafka import StopAt, admin, offsets
+from transforms.kafka import StopAt, admin
 from transforms.kafka import choose
-from transforms.parse import ParseEvents
 from transforms.schema import EventSchema
 from transforms.sinks import WriteDeadLetterFiles
-from transforms.windows import WindowFeatures
+from transforms.windows import WindowFeatures, WindowSpec
 
 _LOGGER = logging.getLogger(__name__)
 _NAMESPACE = 'ingest'
@@ -282,21 +282,63 @@ def resolve_span(root: str, span: Optional[int]) -> int:
   return span
 
 
+@dataclasses.dataclass(frozen=True)
+class SpanSettings:
+  """Where the span goes and how its examples are split."""
+  root: str
+  span: int
+  splits: tuple[tuple[str, int], ...]
+  split_by: str
+  num_shards: int
+
+  @property
+  def directory(self) -> str:
+    """The span version's directory (models/examples_io.py layout)."""
+    return examples_io.version_dir(self.root, self.span)
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestConfig:
+  """Everything the job needs, resolved once from the flags."""
+  events: config.EventSettings
+  window: WindowSpec
+  timing: config.ReadTiming
+  kafka: config.KafkaSettings
+  span: SpanSettings
+  files: Optional[str]
+  stop: Optional[StopAt]
+  dead_letter_path: Optional[str]
+
+  def source(self) -> str:
+    """What is read, for logs."""
+    if self.files:
+      return self.files
+    return (f'{self.kafka.input_topic} at {self.kafka.bootstrap_servers} '
+            f'(group {self.kafka.consumer_group}, start {self.kafka.start}, '
+            f'stop {self.stop})')
+
+
 def _stop(options: PipelineOptions) -> StopAt:
+  """The Kafka read's stop: at most one of --max_records, --stop_time and
+  --max_read_time_s, else the end offsets seen at start."""
   job = options.view_as(IngestExamplesOptions)
   bounded = options.view_as(opts.BoundedRunOptions)
+  given = [f for f, v in (('--max_records', bounded.max_records),
+                          ('--stop_time', job.stop_time),
+                          ('--max_read_time_s', bounded.max_read_time_s))
+           if v is not None]
+  if len(given) > 1:
+    raise ValueError(f'{given[0]} and {given[1]}: choose one stop condition')
   if bounded.max_records is not None:
     return StopAt.total_records(bounded.max_records)
   if job.stop_time is not None:
-    return StopAt.timestamp(job.stop_time)
+    try:
+      return StopAt.timestamp(job.stop_time)
+    except ValueError as e:
+      raise ValueError(f'--stop_time: {e}') from None
   if bounded.max_read_time_s is not None:
     return StopAt.read_time(bounded.max_read_time_s)
   return StopAt.end_offsets()
-
-
-def _input(options: PipelineOptions):
-  """--input (files), or None for a Kafka input."""
-  return options.view_as(opts.FileInputOptions).input
 
 
 def consumer_group(options: PipelineOptions) -> str:
@@ -306,98 +348,90 @@ def consumer_group(options: PipelineOptions) -> str:
   return DEFAULT_CONSUMER_GROUP if group == shared_default else group
 
 
-def validate(options: PipelineOptions) -> None:
-  """Rejects bad flags before anything starts (ValueError names the flag)."""
+def _check_files(pattern: str, events: config.EventSettings,
+                 options: PipelineOptions) -> None:
+  """--input reads whole text files, which must exist."""
+  if events.input_format == 'avro':
+    raise ValueError('--input reads text lines: use --input_format json '
+                     'or csv (Avro needs --input_topic)')
   job = options.view_as(IngestExamplesOptions)
-  kafka = options.view_as(opts.KafkaOptions)
-  events = options.view_as(opts.EventOptions)
-  sinks = options.view_as(opts.SinkOptions)
   bounded = options.view_as(opts.BoundedRunOptions)
+  stops = [f for f, v in (('--max_records', bounded.max_records),
+                          ('--stop_time', job.stop_time),
+                          ('--max_read_time_s', bounded.max_read_time_s))
+           if v is not None]
+  if stops:
+    raise ValueError(f'{stops[0]} is for --input_topic; --input reads '
+                     f'whole files')
+  try:
+    found = FileSystems.match([pattern])[0].metadata_list
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'--input {pattern}: {e}') from e
+  if not found:
+    raise ValueError(f'--input {pattern} matches no files')
+
+
+def _span_settings(options: PipelineOptions,
+                   schema: EventSchema) -> SpanSettings:
+  """The span flags; the span number is fixed here (listing --output),
+  except in a dry run, which builds the graph offline (span 0 unless
+  given)."""
+  job = options.view_as(IngestExamplesOptions)
   if not job.output:
     raise ValueError('--output is required (the data root)')
-  if bool(_input(options)) == bool(kafka.input_topic):
-    raise ValueError('set exactly one of --input (files) and --input_topic '
-                     '(Kafka)')
-  schema = opts.event_schema(events)
-  if not schema.label_field:
-    raise ValueError(f'--schema {schema.name!r} has no label_field: training '
-                     f'examples need labels')
   _split_source(schema, job.split_by)
-  parse_splits(job.splits)
+  splits = tuple(parse_splits(job.splits))
   if job.num_shards < 1:
     raise ValueError(f'--num_shards must be >= 1, got {job.num_shards}')
   if job.span is not None and job.span < 0:
     raise ValueError(f'--span must be >= 0, got {job.span}')
-  opts.window_spec(options.view_as(opts.WindowOptions))
-  opts.validate_bounded(bounded)
+  if options.view_as(TestOptions).dry_run:
+    span = job.span or 0
+    _LOGGER.info('dry run: span %d, not checked against %s', span,
+                 job.output)
+  else:
+    span = resolve_span(job.output, job.span)
+  return SpanSettings(job.output, span, splits, job.split_by, job.num_shards)
+
+
+def resolve(options: PipelineOptions) -> IngestConfig:
+  """The job's settings; rejects bad flags before anything starts
+  (ValueError names the flag)."""
+  pattern = options.view_as(opts.FileInputOptions).input
+  if bool(pattern) == bool(options.view_as(opts.KafkaOptions).input_topic):
+    raise ValueError('set exactly one of --input (files) and --input_topic '
+                     '(Kafka)')
+  events = config.EventSettings.of(options)
+  if not events.schema.label_field:
+    raise ValueError(f'--schema {events.schema.name!r} has no label_field: '
+                     f'training examples need labels')
+  span = _span_settings(options, events.schema)
+  window = opts.window_spec(options.view_as(opts.WindowOptions))
+  timing = config.ReadTiming.of(options)
+  opts.validate_bounded(options.view_as(opts.BoundedRunOptions))
+  sinks = options.view_as(opts.SinkOptions)
+  kafka = config.KafkaSettings.of(options, validate_input=not pattern)
   for flag, value in (('--output_topic', kafka.output_topic),
                       ('--output_path', sinks.output_path),
                       ('--bq_table', sinks.bq_table)):
     if value:
       raise ValueError(f'{flag} is a scoring-job flag; this job writes '
                        f'examples to --output')
-  if _input(options):
-    if events.input_format == 'avro':
-      raise ValueError('--input reads text lines: use --input_format json '
-                       'or csv (Avro needs --input_topic)')
-    stops = [f for f, v in (('--max_records', bounded.max_records),
-                            ('--stop_time', job.stop_time),
-                            ('--max_read_time_s', bounded.max_read_time_s))
-             if v is not None]
-    if stops:
-      raise ValueError(f'{stops[0]} is for --input_topic; --input reads '
-                       f'whole files')
-    try:
-      found = FileSystems.match([_input(options)])[0].metadata_list
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f'--input {_input(options)}: {e}') from e
-    if not found:
-      raise ValueError(f'--input {_input(options)} matches no files')
-    return
-  opts.validate_kafka(options)
-  if events.input_format == 'avro' and not schema.avro_schema:
-    raise ValueError('--input_format=avro needs a --schema with an '
-                     '"avro_schema"')
-  given = [f for f, v in (('--max_records', bounded.max_records),
-                          ('--stop_time', job.stop_time),
-                          ('--max_read_time_s', bounded.max_read_time_s))
-           if v is not None]
-  if len(given) > 1:
-    raise ValueError(f'{given[0]} and {given[1]}: choose one stop condition')
-  if job.stop_time is not None:
-    try:
-      offsets.to_timestamp(job.stop_time)
-    except ValueError as e:
-      raise ValueError(f'--stop_time: {e}') from None
-  if kafka.kafka_io == 'xlang' and job.stop_time is not None:
-    raise ValueError('--stop_time needs --kafka_io=python')
-
-
-def resolve(options: PipelineOptions) -> PipelineOptions:
-  """Validates the flags; returns what build_pipeline takes (this job
-  still reads its options directly)."""
-  validate(options)
-  return options
-
-
-def _resolve_outputs(options: PipelineOptions) -> None:
-  """Fixes the span number and the default dead-letter path (idempotent)."""
-  job = options.view_as(IngestExamplesOptions)
-  if options.view_as(TestOptions).dry_run:
-    # A dry run builds the graph offline: --output cannot be listed then.
-    if job.span is None:
-      job.span = 0
-    _LOGGER.info('dry run: span %d, not checked against %s', job.span,
-                 job.output)
+  kafka = dataclasses.replace(kafka, consumer_group=consumer_group(options))
+  stop = None
+  if pattern:
+    _check_files(pattern, events, options)
   else:
-    # Idempotent until the job writes: an explicit span is checked to be
-    # free.
-    job.span = resolve_span(job.output, job.span)
-  sinks = options.view_as(opts.SinkOptions)
-  kafka = options.view_as(opts.KafkaOptions)
-  if not sinks.dead_letter_path and not kafka.dead_letter_topic:
-    sinks.dead_letter_path = posixpath.join(job.output, DEAD_LETTER_DIR,
-                                            f'span-{job.span}')
+    events.check_payload_format()
+    stop = _stop(options)
+    if kafka.kafka_io == 'xlang' and stop.kind == 'timestamp':
+      raise ValueError('--stop_time needs --kafka_io=python')
+  dead_letter_path = sinks.dead_letter_path
+  if not dead_letter_path and not kafka.dead_letter_topic:
+    dead_letter_path = posixpath.join(span.root, DEAD_LETTER_DIR,
+                                      f'span-{span.span}')
+  return IngestConfig(events, window, timing, kafka, span, pattern or None,
+                      stop, dead_letter_path)
 
 
 # --- Examples ----------------------------------------------------------------
@@ -554,7 +588,7 @@ class _FinishSpan(beam.DoFn):
 # --- The pipeline ------------------------------------------------------------
 
 
-def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
+def build_pipeline(p: beam.Pipeline, cfg: IngestConfig) -> dict:
   """Builds the job; returns its main PCollections for tests.
 
   Returns:
@@ -563,59 +597,39 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
      'span': PCollection of one {'span', 'span_dir', 'statistics'} dict,
        produced after the span is complete}
   """
-  _resolve_outputs(options)
-  job = options.view_as(IngestExamplesOptions)
-  kafka = options.view_as(opts.KafkaOptions)
-  events = options.view_as(opts.EventOptions)
-  wopts = options.view_as(opts.WindowOptions)
-  sinks = options.view_as(opts.SinkOptions)
-  schema = opts.event_schema(events)
-  spec = opts.window_spec(wopts)
-  splits = parse_splits(job.splits)
-  span_directory = examples_io.version_dir(job.output, job.span)
-
-  if _input(options):
+  events, kafka, span = cfg.events, cfg.kafka, cfg.span
+  schema = events.schema
+  if cfg.files:
     header = 1 if events.input_format == 'csv' and schema.csv_header else 0
     records = p | 'ReadEventFiles' >> sources.ReadFileChunks(
-        _input(options), sources.LINES,
-        chunk_records=kafka.read_batch_records, skip_header_lines=header)
+        cfg.files, sources.LINES, chunk_records=kafka.read_batch_records,
+        skip_header_lines=header)
   else:
-    parser = parse_lib.RecordParser(
-        schema, events.input_format,
-        confluent_wire_format=events.confluent_wire_format,
-        expected_schema_id=events.avro_schema_id,
-        max_payload_bytes=events.max_payload_bytes)
-    consumer_config = dict(opts.client_config(options),
-                           **{'group.id': consumer_group(options)})
-    if kafka.start == offsets.START_COMMITTED:
-      consumer_config.setdefault('auto.offset.reset', 'earliest')
     records = p | 'ReadFromKafka' >> choose.build_read(
-        kafka.kafka_io, consumer_config, [kafka.input_topic],
-        start=kafka.start, stop=_stop(options),
+        kafka.kafka_io, kafka.consumer_config(), [kafka.input_topic],
+        start=kafka.start, stop=cfg.stop,
         max_batch_records=kafka.read_batch_records,
-        timestamp_policy=parser.event_time_fn(), max_delay_s=wopts.max_delay_s,
-        idle_timeout_s=wopts.idle_timeout_s)
-  parsed = records | 'ParseEvents' >> ParseEvents(
-      schema, events.input_format,
-      confluent_wire_format=events.confluent_wire_format,
-      expected_schema_id=events.avro_schema_id,
-      max_payload_bytes=events.max_payload_bytes)
+        timestamp_policy=events.parser().event_time_fn(),
+        max_delay_s=cfg.timing.max_delay_s,
+        idle_timeout_s=cfg.timing.idle_timeout_s)
+  parsed = records | 'ParseEvents' >> events.parse_events()
   windowed = parsed.events | 'WindowFeatures' >> WindowFeatures(
-      spec, len(schema.window_features), bounded=True)
-  split_tags = [f'split:{name}' for name, _ in splits]
+      cfg.window, len(schema.window_features), bounded=True)
+  split_tags = [f'split:{name}' for name, _ in span.splits]
   encoded = (windowed.events
              | 'IntoGlobalWindow' >> beam.WindowInto(
                  window_lib.GlobalWindows())
              | 'ToExamples' >> beam.ParDo(
-                 _ToExamples(schema, splits, job.split_by)).with_outputs(
-                     dl.DEAD_LETTER_TAG, _STATS_TAG, *split_tags))
+                 _ToExamples(schema, list(span.splits),
+                             span.split_by)).with_outputs(
+                                 dl.DEAD_LETTER_TAG, _STATS_TAG, *split_tags))
   examples = {}
   written = []
-  for (name, _), tag in zip(splits, split_tags):
+  for (name, _), tag in zip(span.splits, split_tags):
     examples[name] = encoded[tag]
     written.append(encoded[tag] | f'Write[{name}]' >> beam.io.WriteToTFRecord(
-        examples_io.split_prefix(span_directory, name),
-        file_name_suffix=examples_io.FILE_SUFFIX, num_shards=job.num_shards,
+        examples_io.split_prefix(span.directory, name),
+        file_name_suffix=examples_io.FILE_SUFFIX, num_shards=span.num_shards,
         compression_type=CompressionTypes.GZIP))
   stats = encoded[_STATS_TAG] | 'SpanStatistics' >> beam.CombinePerKey(
       statistics.FeatureStatisticsFn())
@@ -626,23 +640,24 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict:
                 | 'CountDeadLetters' >> beam.combiners.Count.Globally())
   files = (written | 'FlattenWrittenFiles' >> beam.Flatten()
            if written else p | 'NoFiles' >> beam.Create([]))
-  span = (p
-          | 'OnceAfterWrites' >> beam.Create([None])
-          | 'FinishSpan' >> beam.ParDo(
-              _FinishSpan(job.output, job.span, schema, splits, job.split_by),
-              stats=pvalue.AsDict(stats),
-              dead_count=pvalue.AsSingleton(dead_count),
-              written=pvalue.AsList(files)))
+  finished = (p
+              | 'OnceAfterWrites' >> beam.Create([None])
+              | 'FinishSpan' >> beam.ParDo(
+                  _FinishSpan(span.root, span.span, schema,
+                              list(span.splits), span.split_by),
+                  stats=pvalue.AsDict(stats),
+                  dead_count=pvalue.AsSingleton(dead_count),
+                  written=pvalue.AsList(files)))
 
-  if sinks.dead_letter_path:
+  if cfg.dead_letter_path:
     _ = dead_letters | 'WriteDeadLetterFiles' >> WriteDeadLetterFiles(
-        sinks.dead_letter_path, streaming=False)
+        cfg.dead_letter_path, streaming=False)
   if kafka.dead_letter_topic:
     _ = dead_letters | 'WriteDeadLetters' >> (
         outputs.write_dead_letters_to_kafka(
-            kafka.kafka_io, opts.client_config(options),
-            kafka.dead_letter_topic))
-  return {'examples': examples, 'dead_letters': dead_letters, 'span': span}
+            kafka.kafka_io, kafka.client_config, kafka.dead_letter_topic))
+  return {'examples': examples, 'dead_letters': dead_letters,
+          'span': finished}
 
 
 class IngestRun(NamedTuple):
@@ -651,6 +666,7 @@ class IngestRun(NamedTuple):
   span: int
   span_dir: Optional[str]
   dead_letters: Optional[int] = None
+  splits: tuple[tuple[str, int], ...] = ()
 
 
 def _dead_letters(result) -> Optional[int]:
@@ -676,32 +692,25 @@ def run(argv: Union[Sequence[str], PipelineOptions, None] = None
   options = (argv if isinstance(argv, PipelineOptions) else
              parse_options(argv))
   options.view_as(StandardOptions).streaming = False
-  validate(options)
-  job = options.view_as(IngestExamplesOptions)
-  kafka = options.view_as(opts.KafkaOptions)
-  if kafka.input_topic:
-    admin.topic_partitions(opts.client_config(options), [kafka.input_topic],
+  cfg = resolve(options)
+  if not cfg.files:
+    admin.topic_partitions(cfg.kafka.client_config, [cfg.kafka.input_topic],
                            timeout_s=30)
-  _resolve_outputs(options)
   engine = engine_lib.select_engine(options)
   _LOGGER.info(
       'ingest_examples: %s -> %s (splits %s by %s), dead letters -> %s, '
-      'engine %s',
-      _input(options) or f'{kafka.input_topic} at {opts.bootstrap_servers(options)}'
-      f' (group {consumer_group(options)}, start {kafka.start}, stop '
-      f'{_stop(options)})',
-      examples_io.version_dir(job.output, job.span), job.splits, job.split_by,
-      kafka.dead_letter_topic or
-      options.view_as(opts.SinkOptions).dead_letter_path, engine.name)
+      'engine %s', cfg.source(), cfg.span.directory,
+      ','.join(f'{n}:{r}' for n, r in cfg.span.splits), cfg.span.split_by,
+      cfg.kafka.dead_letter_topic or cfg.dead_letter_path, engine.name)
   p = beam.Pipeline(runner=engine.runner, options=options)
-  build_pipeline(p, options)
+  build_pipeline(p, cfg)
   result = p.run()
   result.wait_until_finish()
-  directory = examples_io.version_dir(job.output, job.span)
   # The schema file is written last: its presence marks a complete span.
-  complete = FileSystems.exists(examples_io.schema_path(directory))
-  return IngestRun(result, job.span, directory if complete else None,
-                   _dead_letters(result))
+  complete = FileSystems.exists(examples_io.schema_path(cfg.span.directory))
+  return IngestRun(result, cfg.span.span,
+                   cfg.span.directory if complete else None,
+                   _dead_letters(result), cfg.span.splits)
 
 
 def main(argv=None) -> int:
@@ -713,9 +722,7 @@ def _report(done: IngestRun) -> int:
   if done.span_dir is None:
     print(f'no examples: span {done.span} not written')
     return 0
-  options = PipelineOptions(argv)
-  counts = read_split_counts(done.span_dir, parse_splits(
-      options.view_as(IngestExamplesOptions).splits))
+  counts = read_split_counts(done.span_dir, list(done.splits))
   print(f'span {done.span}: {sum(counts.values())} examples at '
         f'{done.span_dir} ('
         + ', '.join(f'{n}: {c}' for n, c in counts.items())

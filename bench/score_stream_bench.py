@@ -58,7 +58,6 @@ from beam_jobs import demo, local_broker
 from models import control_topic as ct
 from models import deployments as dep
 from models import susy, versions
-from models.handler import LoadedSignature
 from transforms.kafka import admin
 
 PARTITIONS = 4
@@ -102,7 +101,27 @@ def raw_consume(config: dict, topic: str, n: int) -> float:
   return rate
 
 
-def raw_model(model: LoadedSignature, batch: int, rows: int) -> float:
+class RawModel:
+  """The SavedModel's serving signature called as a hand-written loop calls
+  it: an array of rows in, an array of scores out, no project code between.
+  """
+
+  def __init__(self, path: str, signature: str = 'serving_default'):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    self._tf = tf
+    # The module owns the variables: kept alive as long as the function.
+    self._module = tf.saved_model.load(path)
+    self._fn = self._module.signatures[signature]
+    _, inputs = self._fn.structured_input_signature
+    (self._input,) = inputs
+    self._output = next(iter(self._fn.structured_outputs))
+
+  def __call__(self, rows: np.ndarray) -> np.ndarray:
+    return self._fn(**{self._input: self._tf.constant(rows)})[
+        self._output].numpy()
+
+
+def raw_model(model: RawModel, batch: int, rows: int) -> float:
   data = susy.generate(batch, seed=3).features.astype(np.float32)
   model(data)  # warm-up: the first call traces
   t0 = time.perf_counter()
@@ -113,7 +132,8 @@ def raw_model(model: LoadedSignature, batch: int, rows: int) -> float:
   return done / (time.perf_counter() - t0)
 
 
-def _features(doc: dict) -> Optional[list]:
+def features_of(doc: dict) -> Optional[list]:
+  """The model's input row of a decoded event, or None if unusable."""
   try:
     values = [float(doc[name]) for name in susy.FEATURE_NAMES]
   except (KeyError, TypeError, ValueError):
@@ -122,7 +142,7 @@ def _features(doc: dict) -> Optional[list]:
 
 
 def hand_loop(config: dict, topic: str, out_topic: str, n: int,
-              model: LoadedSignature, batch: int) -> float:
+              model: RawModel, batch: int) -> float:
   """consume -> parse -> batched predict -> produce, as users write it."""
   consumer = _consumer(config, topic)
   producer = Producer(dict(config, **{'linger.ms': 20}))
@@ -140,7 +160,7 @@ def hand_loop(config: dict, topic: str, out_topic: str, n: int,
         doc = orjson.loads(m.value())
       except orjson.JSONDecodeError:
         continue
-      values = _features(doc) if isinstance(doc, dict) else None
+      values = features_of(doc) if isinstance(doc, dict) else None
       if values is not None:
         ids.append(m.key())
         rows.append(values)
@@ -162,7 +182,7 @@ def hand_loop(config: dict, topic: str, out_topic: str, n: int,
 
 
 def per_message_loop(config: dict, topic: str, out_topic: str, n: int,
-                     model: LoadedSignature) -> float:
+                     model: RawModel) -> float:
   """One poll, one parse, one model call, one produce per message."""
   consumer = _consumer(config, topic)
   producer = Producer(config)
@@ -178,7 +198,7 @@ def per_message_loop(config: dict, topic: str, out_topic: str, n: int,
       doc = orjson.loads(m.value())
     except orjson.JSONDecodeError:
       continue
-    values = _features(doc) if isinstance(doc, dict) else None
+    values = features_of(doc) if isinstance(doc, dict) else None
     if values is None:
       continue
     score = float(model(np.asarray([values], dtype=np.float32))[0])
@@ -191,8 +211,8 @@ def per_message_loop(config: dict, topic: str, out_topic: str, n: int,
   return rate
 
 
-def _job_args(bootstrap: str, config: dict, topics: dict, model_dir: str,
-              group: str, extra: tuple = ()) -> list[str]:
+def job_args(bootstrap: str, config: dict, topics: dict, model_dir: str,
+             group: str, extra: tuple = ()) -> list[str]:
   return [
       sys.executable, '-m', 'beam_jobs.score_stream',
       '--bootstrap_servers', bootstrap, '--input_topic', topics['in'],
@@ -231,7 +251,7 @@ def _steady_rate(rows: list[dict], dead: int) -> float:
 def job_bounded(config: dict, bootstrap: str, topics: dict, model_dir: str,
                 n: int, log) -> tuple[float, float, int]:
   """score_stream --max_records n; returns (steady rate, wall rate, rows)."""
-  args = _job_args(bootstrap, config, topics, model_dir,
+  args = job_args(bootstrap, config, topics, model_dir,
                    f'bench-bounded-{uuid.uuid4().hex[:6]}')
   t0 = time.perf_counter()
   subprocess.run(args + ['--max_records', str(n)], check=True, stdout=log,
@@ -254,8 +274,8 @@ def job_unbounded(config: dict, bootstrap: str, topics: dict,
   """
   group = f'bench-unbounded-{uuid.uuid4().hex[:6]}'
   watcher = None
-  proc = subprocess.Popen(_job_args(bootstrap, config, topics, model_dir,
-                                    group, extra), stdout=log, stderr=log)
+  proc = subprocess.Popen(job_args(bootstrap, config, topics, model_dir,
+                                   group, extra), stdout=log, stderr=log)
   try:
     # The backlog: the outputs are only counted while the job works (read
     # and checked after), from the end offsets where they are exact: any
@@ -487,8 +507,7 @@ def main(argv=None) -> int:
 
   print(demo.ensure_demo_model(args.model_dir), flush=True)
   version = versions.latest_version(args.model_dir)
-  model = LoadedSignature(versions.version_dir(args.model_dir, version), version,
-                          'serving_default', susy.FEATURE_NAMES, None)
+  model = RawModel(versions.version_dir(args.model_dir, version))
   broker = None
   external = os.environ.get('KAFKA_BOOTSTRAP_SERVERS')
   if external:

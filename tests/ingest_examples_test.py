@@ -305,3 +305,21 @@ def test_input_without_examples_leaves_no_span(tmp_path):
   assert not os.path.exists(os.path.join(out, 'span-0'))
   letters = os.listdir(os.path.join(out, 'dead-letters', 'span-0'))
   assert len(letters) == 1
+
+
+def test_the_command_line_reports_the_span_it_wrote(event_files, tmp_path,
+                                                    capsys):
+  # Through main(), as `python -m beam_jobs.ingest_examples` runs: the
+  # report reads the split counts back from the span's statistics.
+  out = str(tmp_path / 'data')
+  assert ingest.main(['--input', event_files['glob'], '--output', out,
+                      '--splits', 'train:3,eval:1', '--span', '2']) == 0
+  printed = capsys.readouterr().out.strip().splitlines()[-1]
+  span_dir = examples_io.version_dir(out, 2)
+  train = len(_read_examples(span_dir, 'train'))
+  evaluation = len(_read_examples(span_dir, 'eval'))
+  dead = len(event_files['malformed']) + N_UNLABELLED
+  assert printed == (f'span 2: {train + evaluation} examples at {span_dir} '
+                     f'(train: {train}, eval: {evaluation}), {dead} dead '
+                     f'letters')
+  assert train + evaluation + dead == N_EVENTS + N_UNLABELLED
