@@ -17,8 +17,8 @@ Every command takes ``--bootstrap_servers``, ``--kafka_config``,
 ``--control_topic`` (default kbi-deployments) and ``--deployment`` (default
 default). Changes are deployment records (models/deployments.py) published
 to the compacted control topic (models/control_topic.py), created on first
-use; jobs started with ``--control_topic`` follow them within about a
-second. ``promote`` runs the promotion gate (models/gate.py) and records its
+use; jobs started with ``--control_topic`` follow them within one to two
+seconds. ``promote`` runs the promotion gate (models/gate.py) and records its
 numbers; ``status`` and ``guard`` evaluate live predictions per version
 (models/live_eval.py). The lifecycle, the record format and the figures:
 docs/operating_models.md.
