@@ -26,12 +26,18 @@ PORT=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(
 PIDS=()
 
 cleanup() {
+  # SIGTERM: a background command of a script ignores SIGINT (no job
+  # control); score_stream drains on SIGTERM, the producer below on either.
   for pid in "${PIDS[@]}"; do
-    kill -INT "$pid" 2>/dev/null || true
+    kill -TERM "$pid" 2>/dev/null || true
   done
-  for pid in "${PIDS[@]}"; do
-    wait "$pid" 2>/dev/null || true
+  for _ in $(seq 60); do
+    alive=0
+    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break
+    sleep 1
   done
+  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
   $PY -m beam_jobs.local_broker --state_file "$STATE" stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -84,13 +90,14 @@ $PY -m beam_jobs.score_stream --bootstrap_servers "$BROKER" --input_topic events
   --window_size_s 10 >"$WORK/job.log" 2>&1 &
 PIDS+=($!)
 # 64 detectors (the key the canary routes by and the windows group by),
-# labelled SUSY-like events at event time = now; SIGINT stops it after a flush.
+# labelled SUSY-like events at event time = now; SIGTERM (or SIGINT) stops it after a flush.
 $PY - "$BROKER" "$RATE" >"$WORK/producer.log" 2>&1 <<'EOF' &
 import signal, sys, time
 from confluent_kafka import Producer
 from models import susy
 stop = []
 signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 rate = float(sys.argv[2])
 producer = Producer({'bootstrap.servers': sys.argv[1], 'linger.ms': 20})
 start, n = time.time(), 0
@@ -160,7 +167,7 @@ deploy history
 deploy list --model_dir "$MODELS"
 
 step "Every event scored exactly once across the switches"
-kill -INT "${PIDS[1]}"; wait "${PIDS[1]}" 2>/dev/null || true
+kill -TERM "${PIDS[1]}"; wait "${PIDS[1]}" 2>/dev/null || true
 for _ in $(seq 60); do  # until the job has caught up with the last event
   [ $(( $(offsets predictions) + $(offsets events-dlq) )) -ge "$(offsets events)" ] && break
   sleep 2
