@@ -8,7 +8,9 @@ PipelineOptions, and never resolve the schema or the Kafka config again.
   EventSettings   --schema (resolved once), --input_format, Avro wire format,
                   --max_payload_bytes, --max_future_s
   ModelSettings   --model_dir and how it is called; ``handler(schema)`` is the
-                  one place a model runtime is chosen (--model_handler)
+                  one place a model runtime is chosen (--model_handler) and
+                  what serves (--control_topic deployments, or the newest
+                  complete version)
   ScoringSettings what every scoring job shares: events, window, model
   KafkaSettings   cluster, topics, group, start, --kafka_io, the client config
   SinkSettings    files, dead-letter files, BigQuery, the outage policy
@@ -86,15 +88,23 @@ class ModelSettings:
   min_batch_rows: int
   max_batch_rows: int
   runtime: str
+  # --control_topic: (client config pairs, topic, deployment), or None.
+  control: Optional[tuple] = None
 
   @classmethod
   def of(cls, options: PipelineOptions) -> 'ModelSettings':
     m = options.view_as(opts.ModelOptions)
     opts.validate_model(m)
+    control = None
+    if m.control_topic:
+      # The job's own cluster and client settings; references (@secret:)
+      # stay references, resolved by the worker that reads.
+      control = (tuple(sorted(opts.client_config(options).items())),
+                 m.control_topic, m.deployment)
     return cls(m.model_dir, m.model_signature, m.model_output,
                m.model_version, m.model_poll_s,
                m.min_batch_size or m.max_batch_size, m.max_batch_size,
-               m.model_handler)
+               m.model_handler, control)
 
   def handler(self, schema: schema_lib.EventSchema):
     """The RunInference model handler for events of ``schema``: the one
@@ -102,12 +112,18 @@ class ModelSettings:
     # Imported here: the model runtime (TensorFlow) is needed by the run,
     # not by --help or by building settings.
     from models.handler import SavedModelHandler  # pylint: disable=import-outside-toplevel
+    from models.serving import ControlSource  # pylint: disable=import-outside-toplevel
+    control = None
+    if self.control is not None:
+      pairs, topic, deployment = self.control
+      control = ControlSource(pairs, topic, deployment)
     return SavedModelHandler(
         self.model_dir, schema.features,
         window_features=schema.window_features, signature=self.signature,
         output_key=self.output, poll_interval_s=self.poll_s,
         pinned_version=self.version, min_batch_rows=self.min_batch_rows,
-        max_batch_rows=self.max_batch_rows, model_handler=self.runtime)
+        max_batch_rows=self.max_batch_rows, model_handler=self.runtime,
+        control=control)
 
 
 @dataclasses.dataclass(frozen=True)

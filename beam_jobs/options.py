@@ -171,6 +171,18 @@ class ModelOptions(PipelineOptions):
     parser.add_argument('--model_version', type=int, default=None,
                         help='Serve exactly this version, no hot swap '
                         '(default: newest complete).')
+    parser.add_argument(
+        '--control_topic', default=None,
+        help='Kafka topic of deployment records (python -m models.deploy; '
+        'docs/operating_models.md): serve the primary, canary and shadow '
+        'versions of --model_dir that the latest record of --deployment '
+        'names, and follow its changes while running, instead of the '
+        'newest complete version. Same cluster and client settings as the '
+        'events (default: none: serve the newest complete version).')
+    parser.add_argument(
+        '--deployment', default='default',
+        help='The deployment to follow on --control_topic: the record key '
+        '(default: default).')
     parser.add_argument('--model_poll_s', type=float, default=10.0,
                         help='How often to look for a newer model version, '
                         'in seconds (default: 10).')
@@ -506,6 +518,13 @@ def event_schema(e: EventOptions) -> schema_lib.EventSchema:
 
 def validate_model(m: ModelOptions) -> None:
   _check(bool(m.model_dir), '--model_dir is required')
+  if m.control_topic is not None:
+    _check(bool(m.control_topic.strip()), '--control_topic is empty')
+    _check(m.model_version is None,
+           '--model_version and --control_topic exclude each other: with a '
+           'control topic, pin a version with python -m models.deploy pin')
+    _check(bool(m.deployment) and len(m.deployment) <= 200,
+           f'--deployment must be 1-200 characters, got {m.deployment!r}')
   _check(m.max_batch_size >= 1,
          f'--max_batch_size must be >= 1, got {m.max_batch_size}')
   _check(m.model_poll_s > 0, f'--model_poll_s must be > 0, got {m.model_poll_s}')

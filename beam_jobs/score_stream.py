@@ -42,6 +42,7 @@ from beam_jobs import options as opts
 from beam_jobs import outputs
 from beam_jobs import scoring
 from beam_jobs import summary as summary_lib
+from models import handler as handler_lib
 from models.handler import ModelLoadError
 from transforms import dedup
 from transforms.dedup_seed import SeedIncompleteError
@@ -272,10 +273,12 @@ def preflight(cfg: StreamConfig, *, seed_here: bool = True) -> Preflight:
   workers seed themselves: a seed that cannot finish fails their steps'
   setup.)"""
   kafka = cfg.kafka
-  described = cfg.scoring.model.handler(cfg.scoring.events.schema).validate()
+  model = cfg.scoring.model
+  control_topic = model.control[1] if model.control else None
   topics = [t for t in (kafka.input_topic, kafka.output_topic,
-                        kafka.dead_letter_topic) if t]
+                        kafka.dead_letter_topic, control_topic) if t]
   admin.topic_partitions(kafka.client_config, topics, timeout_s=30)
+  described = model.handler(cfg.scoring.events.schema).validate()
   limit = admin.DEFAULT_MAX_RECORD_BYTES
   if kafka.dead_letter_topic:
     limit = admin.max_record_bytes(kafka.client_config,
@@ -320,7 +323,11 @@ def run(argv: Union[Sequence[str], PipelineOptions, None] = None, *,
   started = time.monotonic()
   with opts.tuned_gc(options):
     result = p.run()
-    _wait(result)
+    try:
+      _wait(result)
+    finally:
+      # The models (and control topic followers) this process held.
+      handler_lib.release_models()
   result.summary = summary_lib.summarize(
       result, SUMMARY_COUNTERS, job='score_stream',
       seconds=time.monotonic() - started, offsets=_offsets_left(kafka))

@@ -28,10 +28,19 @@ events/s 36-81 / 271-439 ms over 6 runs.
   python -m bench.score_stream_bench                 # embedded noida broker
   python -m bench.score_stream_bench --events 300000 --latency_rates 5000
   KAFKA_BOOTSTRAP_SERVERS=host:9092 python -m bench.score_stream_bench
+  python -m bench.score_stream_bench --shadow --latency_only
+
+``--shadow``: the unbounded job (backlog, then the latency rates) twice,
+both following a deployment on a control topic (``--control_topic``): the
+primary alone, then the primary with a shadow version (a copy of the model
+as a second version, so the shadow does the same work as the primary).
+The difference is the cost of shadow scoring; figures in
+docs/operating_models.md.
 """
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,6 +55,8 @@ import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from beam_jobs import demo, local_broker
+from models import control_topic as ct
+from models import deployments as dep
 from models import susy, versions
 from transforms.kafka import admin
 
@@ -201,14 +212,15 @@ def per_message_loop(config: dict, topic: str, out_topic: str, n: int,
 
 
 def job_args(bootstrap: str, config: dict, topics: dict, model_dir: str,
-              group: str) -> list[str]:
+             group: str, extra: tuple = ()) -> list[str]:
   return [
       sys.executable, '-m', 'beam_jobs.score_stream',
       '--bootstrap_servers', bootstrap, '--input_topic', topics['in'],
       '--output_topic', topics['out'], '--dead_letter_topic', topics['dlq'],
       '--consumer_group', group, '--start', 'earliest',
       '--model_dir', model_dir, '--window_size_s', '10',
-      '--idle_timeout_s', '2'] + os.environ.get('BENCH_JOB_ARGS', '').split() + [
+      '--idle_timeout_s', '2'] + list(extra) + os.environ.get(
+          'BENCH_JOB_ARGS', '').split() + [
           f'--kafka_config={k}={v}' for k, v in config.items()
           if k != 'bootstrap.servers']
 
@@ -252,16 +264,18 @@ def job_bounded(config: dict, bootstrap: str, topics: dict, model_dir: str,
 
 def job_unbounded(config: dict, bootstrap: str, topics: dict,
                   model_dir: str, n: int, latency_rates: list[float],
-                  latency_s: float, log, *, end_offsets_exact: bool) -> dict:
+                  latency_s: float, log, *, end_offsets_exact: bool,
+                  extra: tuple = ()) -> dict:
   """The job unbounded: first a backlog of n, then a steady input rate.
 
   ``end_offsets_exact``: the broker's end offsets count the outputs (not
   Tansu's: docs/brokers.md); else they are counted by a consumer.
+  ``extra``: more job flags (``--control_topic``).
   """
   group = f'bench-unbounded-{uuid.uuid4().hex[:6]}'
   watcher = None
   proc = subprocess.Popen(job_args(bootstrap, config, topics, model_dir,
-                                    group), stdout=log, stderr=log)
+                                   group, extra), stdout=log, stderr=log)
   try:
     # The backlog: the outputs are only counted while the job works (read
     # and checked after), from the end offsets where they are exact: any
@@ -485,6 +499,10 @@ def main(argv=None) -> int:
   parser.add_argument('--model_dir', default=demo.DEFAULT_MODEL_DIR,
                       help=f'model root; a demo model is trained if empty '
                       f'(default: {demo.DEFAULT_MODEL_DIR})')
+  parser.add_argument('--shadow', action='store_true',
+                      help='the unbounded job under a control-topic '
+                      'deployment, without then with a shadow version '
+                      '(module docstring; default: off)')
   args = parser.parse_args(argv)
 
   print(demo.ensure_demo_model(args.model_dir), flush=True)
@@ -512,6 +530,7 @@ def main(argv=None) -> int:
   log = tempfile.NamedTemporaryFile('w', prefix='score-stream-bench-',
                                     suffix='.log', delete=False)
   results = []
+  runs = []
   try:
     print(f'broker {bootstrap} ({"external" if external else broker.kind}); '
           f'model version {version}; {n} events, 1% malformed; job logs in '
@@ -523,16 +542,26 @@ def main(argv=None) -> int:
       _throughput_rows(args, config, bootstrap, topics, n, model, log,
                        results)
       per_msg = results[3][1]
-    unbounded = topics('unbounded')
-    produce_backlog(config, unbounded['in'], n, 0.01)
-    out = job_unbounded(config, bootstrap, unbounded, args.model_dir, n,
-                        [float(r) for r in args.latency_rates.split(',')],
-                        args.latency_s, log,
-                        end_offsets_exact=bool(external or
-                                               broker.kind != 'tansu'))
-    results.append(('score_stream unbounded, catching up a backlog',
-                    out['backlog_rate'], ''))
+    runs = [('', args.model_dir, ())]
+    if args.shadow:
+      runs = _shadow_runs(config, f'bench-ctl-{run}', run,
+                          versions.version_dir(args.model_dir, version))
+    outs = []
+    for label, model_dir, extra in runs:
+      unbounded = topics(f'unbounded{len(outs)}')
+      produce_backlog(config, unbounded['in'], n, 0.01)
+      out = job_unbounded(config, bootstrap, unbounded, model_dir, n,
+                          [float(r) for r in args.latency_rates.split(',')],
+                          args.latency_s, log,
+                          end_offsets_exact=bool(external or
+                                                 broker.kind != 'tansu'),
+                          extra=extra)
+      outs.append((label, out))
+      results.append((f'score_stream unbounded, catching up a backlog'
+                      f'{label}', out['backlog_rate'], ''))
   finally:
+    if args.shadow and runs:
+      shutil.rmtree(runs[0][1], ignore_errors=True)
     if broker is not None:
       local_broker.stop(broker)
     log.close()
@@ -540,21 +569,42 @@ def main(argv=None) -> int:
   print(f'\n{"path":52} {"events/s":>10}  x per-message  notes')
   for name, rate, note in results:
     print(f'{name:52} {rate:10,.0f}  {rate / per_msg:12.1f}  {note}')
-  for rate, lat, stages in out['phases']:
-    if not len(lat):
-      print(f'\nlatency at {rate:,.0f} events/s: no predictions arrived')
-      continue
-    print(f'\nlatency at {rate:,.0f} events/s for {args.latency_s * 4 / 5:.0f}'
-          f' s (after {args.latency_s / 5:.0f} s warm-up), prediction '
-          f'received - event time, {len(lat)} predictions: p50 '
-          f'{np.percentile(lat, 50) * 1000:.0f} ms, p99 '
-          f'{np.percentile(lat, 99) * 1000:.0f} ms, max '
-          f'{lat.max() * 1000:.0f} ms')
-    for name, values in stages.items():
-      if len(values):
-        print(f'  {name:18} p50 {np.percentile(values, 50) * 1000:6.0f} ms  '
-              f'p99 {np.percentile(values, 99) * 1000:6.0f} ms')
+  for label, out in outs:
+    for rate, lat, stages in out['phases']:
+      if not len(lat):
+        print(f'\nlatency{label} at {rate:,.0f} events/s: no predictions '
+              f'arrived')
+        continue
+      print(f'\nlatency{label} at {rate:,.0f} events/s for '
+            f'{args.latency_s * 4 / 5:.0f} s (after {args.latency_s / 5:.0f} '
+            f's warm-up), prediction received - event time, {len(lat)} '
+            f'predictions: p50 {np.percentile(lat, 50) * 1000:.0f} ms, p99 '
+            f'{np.percentile(lat, 99) * 1000:.0f} ms, max '
+            f'{lat.max() * 1000:.0f} ms')
+      for name, values in stages.items():
+        if len(values):
+          print(f'  {name:18} p50 {np.percentile(values, 50) * 1000:6.0f} '
+                f'ms  p99 {np.percentile(values, 99) * 1000:6.0f} ms')
   return 0
+
+
+def _shadow_runs(config: dict, control_topic: str, run: str,
+                 model_src: str) -> list:
+  """(label, model root, job flags) of the two --shadow runs: a root of
+  versions 1 and 2 (copies of ``model_src``) and one deployment per run on
+  a control topic, primary 1 alone, then with shadow 2."""
+  root = tempfile.mkdtemp(prefix='bench-shadow-')
+  for v in (1, 2):
+    shutil.copytree(model_src, os.path.join(root, str(v)))
+  control = ct.ControlTopic(config, control_topic)
+  runs = []
+  for label, shadow in ((' (primary only)', None), (' (+ shadow)', 2)):
+    name = f'bench-{run}-{len(runs)}'
+    control.publish(dep.Deployment(name, 1, shadow=shadow, action=dep.PIN,
+                                   updated_at=dep.now_iso(), actor='bench'))
+    runs.append((label, root, ('--control_topic', control.topic,
+                               '--deployment', name)))
+  return runs
 
 
 if __name__ == '__main__':

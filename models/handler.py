@@ -40,10 +40,22 @@ incomplete one is refused (logged, counted) and the current one keeps
 serving. Paths may be local or gs:// (read with Beam's FileSystems and
 loaded from a local copy).
 
+Deployments (``control``, ``--control_topic``): instead of the newest
+complete version, the handler serves what a deployment record on a Kafka
+control topic names (models/serving.py, models/deployments.py): a primary,
+optionally a canary scoring a fraction of the keys (models/routing.py) and
+optionally a shadow scoring every row beside the primary. Each ScoredBatch
+then says per row which version scored it and in which role, and carries
+the shadow's scores. Without ``control`` the primary is the only model.
+
 Retry policy: a batch whose signature call fails is retried per element and
 then per row, so one bad row cannot fail its neighbours; rows that still
-fail are returned with an error and become dead letters downstream. Loading
-errors raise (the runner retries; at job start they fail the job).
+fail are returned with an error and become dead letters downstream (primary
+and canary alike). The shadow never affects the rows: its batch is scored
+once, and if that fails its scores are NaN for the batch, counted in
+``inference/shadow_rows_failed``, never retried per row (which would cost
+the primary latency) and never dead-lettered. Loading errors raise (the
+runner retries; at job start they fail the job).
 """
 
 import logging
@@ -60,10 +72,15 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
+from models import deployments as dep
 from models import example_layout as el
+from models import routing
 from models import versions
+from models.serving import (ControlSource, DeployedModels, ModelLoadError,
+                            ServingSet)
 from transforms import example_coder
-from transforms.events import EventBatch, ScoredBatch, concat_features
+from transforms.events import (CANARY_ROLE, PRIMARY_ROLE, EventBatch,
+                               ScoredBatch, concat_features)
 
 _LOGGER = logging.getLogger(__name__)
 _NAMESPACE = 'inference'
@@ -85,10 +102,6 @@ _METHOD_OUTPUTS = {CLASSIFY: ('scores', 1), REGRESS: ('outputs', None)}
 SAVEDMODEL = 'savedmodel'
 TFX_BSL = 'tfx_bsl'
 MODEL_HANDLERS = (SAVEDMODEL, TFX_BSL)
-
-
-class ModelLoadError(RuntimeError):
-  """A model directory or version cannot be loaded or does not fit."""
 
 
 def _local_copy(path: str) -> tuple[str, Optional[str]]:
@@ -133,13 +146,22 @@ def method_names(local: str) -> dict:
 
 def smoke_batch(layout: el.ExampleLayout, rows: int = 2) -> EventBatch:
   """Zero-valued events of every column of ``layout`` (a test call)."""
+  return feature_batch(layout, np.zeros((rows, len(layout.features)),
+                                        np.float32), source='smoke-test')
+
+
+def feature_batch(layout: el.ExampleLayout, features: np.ndarray, *,
+                  source: str = 'features') -> EventBatch:
+  """Events holding ``features`` [n, F] (the schema's feature order) and
+  zeros elsewhere: how to call a model on feature rows without a stream
+  (the smoke test, the promotion gate's evaluation)."""
+  rows = len(features)
   zeros = np.zeros(rows)
   width = len(layout.window_features or ())
   return EventBatch(
-      source='smoke-test', positions=np.arange(rows), raw=[b''] * rows,
-      ids=[f'smoke-{i}' for i in range(rows)], keys=[''] * rows,
-      event_time=zeros, features=np.zeros((rows, len(layout.features)),
-                                          np.float32),
+      source=source, positions=np.arange(rows), raw=[b''] * rows,
+      ids=[f'{source}-{i}' for i in range(rows)], keys=[''] * rows,
+      event_time=zeros, features=np.asarray(features, np.float32),
       window_values=np.zeros((rows, width), np.float32), labels=None,
       read_time=zeros, window=(0.0, 1.0), win_count=np.ones(rows, np.int64),
       win_mean=np.zeros((rows, width), np.float32),
@@ -305,6 +327,36 @@ class LoadedSignature(Signature):
     return scores if self._column is None else scores[:, self._column]
 
 
+class VersionLoader:
+  """Loads and smoke-tests one version of a versioned model directory (for
+  DeployedModels; picklable settings, nothing loaded until called)."""
+
+  def __init__(self, model_dir: str, *, signature: str,
+               layout: el.ExampleLayout, output_key: Optional[str],
+               model_handler: str = SAVEDMODEL):
+    self._dir = model_dir
+    self._signature = signature
+    self._layout = layout
+    self._output_key = output_key
+    self._loader = signature_loader(model_handler)
+
+  def __call__(self, version: int) -> 'Signature':
+    """Raises ModelLoadError when ``version`` is not complete (models/
+    versions.py), does not load or fails its smoke test."""
+    path = versions.version_dir(self._dir, version)
+    if not versions.is_complete_version(path):
+      raise ModelLoadError(f'{path} is not a complete version (missing, or '
+                           f'its export did not finish)')
+    loaded = self._loader(path, version, self._signature, self._layout,
+                          self._output_key)
+    try:
+      loaded.smoke_test()
+    except ModelLoadError:
+      loaded.close()
+      raise
+    return loaded
+
+
 class VersionedModel:
   """The model a process serves, and its hot swap (thread-safe)."""
 
@@ -327,6 +379,15 @@ class VersionedModel:
     self.refusals = Metrics.counter(_NAMESPACE, 'model_versions_refused')
     self.versioned = not versions.is_saved_model(model_dir)
     self.current = self._load_initial()
+    self._set = ServingSet(primary=self.current)
+
+  def serving(self) -> ServingSet:
+    """The set to score the next batch with: the current version, after a
+    hot swap if one is due."""
+    self.maybe_refresh()
+    if self._set.primary is not self.current:
+      self._set = ServingSet(primary=self.current)
+    return self._set
 
   def _load(self, version: int) -> Signature:
     path = (versions.version_dir(self._dir, version) if self.versioned else
@@ -394,6 +455,10 @@ class VersionedModel:
                  loaded.version, loaded.path)
     old.close()
 
+  def close(self) -> None:
+    """Closes the served version (tests; process end)."""
+    self.current.close()
+
 
 def signature_loader(model_handler: str):
   """The Signature class of a --model_handler value."""
@@ -421,7 +486,8 @@ class SavedModelHandler(ModelHandler[EventBatch, ScoredBatch, VersionedModel]):
                pinned_version: Optional[int] = None,
                min_batch_rows: int = 1,
                max_batch_rows: int = 4096,
-               model_handler: str = SAVEDMODEL):
+               model_handler: str = SAVEDMODEL,
+               control: Optional[ControlSource] = None):
     """Configures the handler.
 
     Args:
@@ -442,6 +508,10 @@ class SavedModelHandler(ModelHandler[EventBatch, ScoredBatch, VersionedModel]):
       model_handler: savedmodel (``tf.saved_model.load``, every kind) or
         tfx_bsl (tfx-bsl's RunInference handler; models taking serialized
         tf.Examples only, see models/tfx_bsl_handler.py).
+      control: serve what the deployment records of this control topic
+        name (models/serving.py) instead of the newest complete version;
+        ``model_dir`` must then be a root of versions and
+        ``pinned_version`` None.
     """
     signature_loader(model_handler)  # rejects unknown values now
     if max_batch_rows < 1 or min_batch_rows < 1:
@@ -449,6 +519,9 @@ class SavedModelHandler(ModelHandler[EventBatch, ScoredBatch, VersionedModel]):
     if min_batch_rows > max_batch_rows:
       raise ValueError(f'min_batch_rows {min_batch_rows} > max_batch_rows '
                        f'{max_batch_rows}')
+    if control is not None and pinned_version is not None:
+      raise ValueError('a pinned version and a control topic exclude each '
+                       'other: pin with python -m models.deploy pin')
     super().__init__(min_batch_size=min_batch_rows,
                      max_batch_size=max_batch_rows, element_size_fn=len)
     self._model_dir = model_dir
@@ -459,32 +532,57 @@ class SavedModelHandler(ModelHandler[EventBatch, ScoredBatch, VersionedModel]):
     self._output_key = output_key
     self._poll_interval_s = poll_interval_s
     self._pinned = pinned_version
+    self._control = control
+    # A record given by RunInference's side input (update_model_path).
+    self._side_input_record: Optional[str] = None
     self._rows = Metrics.distribution(_NAMESPACE, 'batch_rows')
     self._failed_rows = Metrics.counter(_NAMESPACE, 'rows_failed')
     self._latency = Metrics.distribution(_NAMESPACE, 'signature_call_ms')
+    self._shadow_failed = Metrics.counter(_NAMESPACE, 'shadow_rows_failed')
+    self._shadow_latency = Metrics.distribution(_NAMESPACE,
+                                                'shadow_call_ms')
+
+  @property
+  def control(self) -> Optional[ControlSource]:
+    """The control topic followed, or None (``--model_dir`` watch)."""
+    return self._control
 
   def _settings_key(self) -> tuple:
     return (self._model_dir, self._signature, self._layout,
             self._output_key, self._poll_interval_s, self._pinned,
-            self._model_handler)
+            self._model_handler, self._control, self._side_input_record)
 
-  def _new_model(self) -> VersionedModel:
-    return VersionedModel(self._model_dir, signature=self._signature,
-                          layout=self._layout,
-                          output_key=self._output_key,
-                          poll_interval_s=self._poll_interval_s,
-                          pinned_version=self._pinned,
-                          model_handler=self._model_handler)
+  def _new_model(self):
+    if self._control is None:
+      return VersionedModel(self._model_dir, signature=self._signature,
+                            layout=self._layout,
+                            output_key=self._output_key,
+                            poll_interval_s=self._poll_interval_s,
+                            pinned_version=self._pinned,
+                            model_handler=self._model_handler)
+    load = VersionLoader(self._model_dir, signature=self._signature,
+                         layout=self._layout, output_key=self._output_key,
+                         model_handler=self._model_handler)
+    record = None
+    if self._side_input_record:
+      try:
+        record = dep.decode(self._side_input_record.encode('utf-8'))
+      except dep.DeploymentError as e:
+        raise ModelLoadError(f'side input record: {e}') from e
+    return DeployedModels(
+        self._control, load, record=record,
+        swaps=Metrics.counter(_NAMESPACE, 'model_swaps'),
+        refusals=Metrics.counter(_NAMESPACE, 'model_versions_refused'))
 
-  def load_model(self) -> VersionedModel:
+  def load_model(self):
     """The process's model for these settings, loaded once.
 
     RunInference shares models through apache_beam.utils.shared, which keeps
     only the most recently acquired object of the whole process alive; on a
     runner that builds a fresh DoFn per bundle (the bundle-based
     DirectRunner) the model was then reloaded every bundle or so. A strong
-    per-process cache keeps one VersionedModel (and its hot swap) per
-    handler configuration.
+    per-process cache keeps one model (and its hot swap, or its control
+    topic follower) per handler configuration.
     """
     key = self._settings_key()
     with _MODELS_LOCK:
@@ -492,6 +590,14 @@ class SavedModelHandler(ModelHandler[EventBatch, ScoredBatch, VersionedModel]):
       if model is None:
         model = _MODELS[key] = self._new_model()
       return model
+
+  def update_model_path(self, model_path: Optional[str] = None):
+    """RunInference's side-input hook (``model_metadata_pcoll``): with a
+    control source, ``model_path`` is a deployment record's JSON, served
+    by the next ``load_model`` (bench/deployment_mechanism.py measures this
+    path against the follower)."""
+    if self._control is not None and model_path:
+      self._side_input_record = model_path
 
   def validate(self) -> str:
     """Loads the model once (at job start): fails fast with a clear error.
@@ -505,37 +611,58 @@ class SavedModelHandler(ModelHandler[EventBatch, ScoredBatch, VersionedModel]):
     text = (f'{loaded.path} (version {loaded.version}, signature '
             f'{loaded.signature!r}, {loaded.input_mode} input, output '
             f'{loaded.output_key!r}, {self._model_handler} handler)')
-    loaded.close()
+    if isinstance(model, DeployedModels):
+      record = model.serving().record
+      text = (f'deployment {self._control.deployment!r} of control topic '
+              f'{self._control.topic}: {record.describe()}; primary {text}')
+      model.close()
+    else:
+      loaded.close()
     return text
 
-  def run_inference(self, batch: Sequence[EventBatch], model: VersionedModel,
+  def run_inference(self, batch: Sequence[EventBatch], model,
                     inference_args: Optional[dict[str, Any]] = None
                    ) -> Iterable[ScoredBatch]:
-    model.maybe_refresh()
-    loaded = model.current
+    serving = model.serving()
     rows = int(sum(len(b) for b in batch))
     self._rows.update(rows)
+    if serving.canary is None:
+      scored = self._score(serving.primary, batch)
+      out = [ScoredBatch(b, scores, serving.primary.version, t, errors)
+             for b, (scores, errors, t) in zip(batch, scored)]
+    else:
+      out = self._score_with_canary(serving, batch)
+    if serving.shadow is not None:
+      self._add_shadow(serving.shadow, batch, out)
+    return out
+
+  def _score(self, loaded: Signature, batch: Sequence[EventBatch]
+            ) -> list[tuple[np.ndarray, Optional[list], float]]:
+    """(scores, row errors or None, scored time) per element; a failing
+    call is retried per element, then per row."""
+    if not batch:
+      return []
     t0 = time.perf_counter()
     try:
       scores = loaded(batch)
     except Exception as e:  # pylint: disable=broad-except
-      _LOGGER.warning('batch of %d rows failed (%s); retrying per element',
-                      rows, e)
+      _LOGGER.warning('batch of %d rows failed on version %d (%s); retrying '
+                      'per element', int(sum(len(b) for b in batch)),
+                      loaded.version, e)
       return [self._score_isolated(b, loaded) for b in batch]
     self._latency.update(int((time.perf_counter() - t0) * 1000))
     now = time.time()
     out = []
     start = 0
     for b in batch:
-      out.append(ScoredBatch(b, scores[start:start + len(b)], loaded.version,
-                             now))
+      out.append((scores[start:start + len(b)], None, now))
       start += len(b)
     return out
 
   def _score_isolated(self, b: EventBatch, loaded: Signature
-                     ) -> ScoredBatch:
+                     ) -> tuple[np.ndarray, Optional[list], float]:
     try:
-      return ScoredBatch(b, loaded([b]), loaded.version, time.time())
+      return loaded([b]), None, time.time()
     except Exception:  # pylint: disable=broad-except
       pass
     scores = np.full(len(b), np.nan, dtype=np.float32)
@@ -546,8 +673,90 @@ class SavedModelHandler(ModelHandler[EventBatch, ScoredBatch, VersionedModel]):
       except Exception as e:  # pylint: disable=broad-except
         errors[i] = f'{type(e).__name__}: {e}'[:500]
         self._failed_rows.inc()
-    return ScoredBatch(b, scores, loaded.version, time.time(),
-                       errors if any(errors) else None)
+    return scores, errors if any(errors) else None, time.time()
+
+  def _score_with_canary(self, serving: ServingSet,
+                         batch: Sequence[EventBatch]) -> list[ScoredBatch]:
+    """Rows routed by key (models/routing.py): the canary's to the canary,
+    the rest to the primary; each element comes back whole, with per-row
+    versions and roles where it was split."""
+    primary, canary = serving.primary, serving.canary
+    masks = [routing.canary_mask(b.keys, b.ids, serving.canary_fraction)
+             for b in batch]
+    parts = {PRIMARY_ROLE: [], CANARY_ROLE: []}   # (element, rows or None)
+    inputs = {PRIMARY_ROLE: [], CANARY_ROLE: []}
+    for i, (b, m) in enumerate(zip(batch, masks)):
+      if not m.any():
+        parts[PRIMARY_ROLE].append((i, None))
+        inputs[PRIMARY_ROLE].append(b)
+      elif m.all():
+        parts[CANARY_ROLE].append((i, None))
+        inputs[CANARY_ROLE].append(b)
+      else:
+        for role, rows in ((PRIMARY_ROLE, np.flatnonzero(~m)),
+                           (CANARY_ROLE, np.flatnonzero(m))):
+          parts[role].append((i, rows))
+          inputs[role].append(b.take(rows))
+    results = {PRIMARY_ROLE: self._score(primary, inputs[PRIMARY_ROLE]),
+               CANARY_ROLE: self._score(canary, inputs[CANARY_ROLE])}
+    version = {PRIMARY_ROLE: primary.version, CANARY_ROLE: canary.version}
+    whole: dict = {}
+    split: dict = {}
+    for role in (PRIMARY_ROLE, CANARY_ROLE):
+      for (i, rows), result in zip(parts[role], results[role]):
+        if rows is None:
+          whole[i] = (role, result)
+        else:
+          split.setdefault(i, []).append((role, rows, result))
+    out = []
+    for i, b in enumerate(batch):
+      if i in whole:
+        role, (scores, errors, t) = whole[i]
+        out.append(ScoredBatch(b, scores, version[role], t, errors,
+                               role=role))
+        continue
+      n = len(b)
+      scores = np.empty(n, np.float32)
+      versions_ = np.empty(n, np.int64)
+      roles = np.empty(n, object)
+      errors: list = [None] * n
+      scored_time = 0.0
+      for role, rows, (part_scores, part_errors, t) in split[i]:
+        scores[rows] = part_scores
+        versions_[rows] = version[role]
+        roles[rows] = role
+        scored_time = max(scored_time, t)
+        if part_errors:
+          for j, e in zip(rows, part_errors):
+            errors[j] = e
+      out.append(ScoredBatch(b, scores, primary.version, scored_time,
+                             errors if any(errors) else None,
+                             versions=versions_, roles=roles))
+    return out
+
+  def _add_shadow(self, shadow: Signature, batch: Sequence[EventBatch],
+                  out: list[ScoredBatch]) -> None:
+    """Scores every row with the shadow in one call (module docstring:
+    a failure costs the shadow's scores, never the rows)."""
+    rows = int(sum(len(b) for b in batch))
+    t0 = time.perf_counter()
+    try:
+      scores = np.asarray(shadow(batch), np.float32)
+      if scores.ndim > 1:
+        scores = scores[:, 0]
+    except Exception as e:  # pylint: disable=broad-except
+      _LOGGER.warning('shadow version %d failed on a batch of %d rows (%s); '
+                      'its scores are null, the rows are not affected',
+                      shadow.version, rows, e)
+      self._shadow_failed.inc(rows)
+      scores = np.full(rows, np.nan, np.float32)
+    self._shadow_latency.update(int((time.perf_counter() - t0) * 1000))
+    start = 0
+    for scored in out:
+      n = len(scored.batch)
+      scored.shadow_version = shadow.version
+      scored.shadow_scores = scores[start:start + n]
+      start += n
 
   def get_num_bytes(self, batch: Sequence[EventBatch]) -> int:
     # The default pickles the batch: far too slow for big numpy batches.
@@ -555,3 +764,15 @@ class SavedModelHandler(ModelHandler[EventBatch, ScoredBatch, VersionedModel]):
 
   def get_metrics_namespace(self) -> str:
     return _NAMESPACE
+
+
+def release_models() -> None:
+  """Closes every model this process holds and stops their control topic
+  followers (tests, and a local run's end)."""
+  with _MODELS_LOCK:
+    models = list(_MODELS.values())
+    _MODELS.clear()
+  for model in models:
+    close = getattr(model, 'close', None)
+    if close is not None:
+      close()

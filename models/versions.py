@@ -115,6 +115,25 @@ def list_versions(model_dir: str) -> list[int]:
   return sorted(versions)
 
 
+def list_version_dirs(model_dir: str) -> list[int]:
+  """Every integer-named directory under ``model_dir``, complete or not,
+  ascending (for listings that show incomplete versions too)."""
+  model_dir = os.fspath(model_dir)
+  try:
+    if _is_local(model_dir):
+      names = set(os.listdir(_local(model_dir)))
+    else:
+      # Object stores hold files, not directories: a version directory is
+      # the first path segment of the files below model_dir.
+      prefix = model_dir.rstrip('/') + '/'
+      names = {p[len(prefix):].split('/', 1)[0]
+               for p in _glob(join(model_dir, '*', '*'))
+               if p.startswith(prefix)}
+  except Exception:  # pylint: disable=broad-except
+    return []
+  return sorted(int(n) for n in names if n.isdigit())
+
+
 def latest_version(model_dir: str) -> Optional[int]:
   """The highest complete version, or None."""
   versions = list_versions(model_dir)
@@ -135,4 +154,5 @@ def read_metrics(path: str) -> dict:
 
 
 __all__ = ['METRICS_FILE', 'is_complete_version', 'is_saved_model', 'join',
-           'latest_version', 'list_versions', 'read_metrics', 'version_dir']
+           'latest_version', 'list_version_dirs', 'list_versions',
+           'read_metrics', 'version_dir']

@@ -406,6 +406,38 @@ def test_dedup_adds_two_steps_and_renames_none():
       pipeline.requirements)
 
 
+@pytest.mark.gcp  # for the guard: this path must not contact Google at all
+def test_control_topic_is_followed_by_the_dataflow_scoring_step():
+  """--control_topic on Dataflow: the workers' RunInference step carries a
+  handler that follows the deployment's records (models/serving.py), with
+  the job's client settings, on the gs:// model root; no step is added or
+  renamed (the follower lives in the handler: docs/operating_models.md,
+  why), so an --update of a job without it keeps its state."""
+  result = build(score_stream, dataflow_argv('gs://nowhere-kbi/tmp') + [
+      '--dry_run=True', '--model_dir=gs://nowhere-kbi/models',
+      '--control_topic=kbi-deployments', '--deployment=fraud'] +
+                 SCORE_STREAM_ARGS)
+  pipeline = result.job.proto_pipeline
+  assert top_level_steps(pipeline) == SCORE_STREAM_STEPS
+  run_inference = dofn_of(pipeline, 'ScoreEvents/RunInference/'
+                          'BeamML_RunInference/ParDo(_RunInferenceDoFn)/'
+                          'ParDo(_RunInferenceDoFn)')
+  handler = getattr(run_inference, '_fn', run_inference)._model_handler
+  assert isinstance(handler, SavedModelHandler)
+  control = handler.control
+  assert (control.topic, control.deployment, control.follow) == (
+      'kbi-deployments', 'fraud', True)
+  assert control.config()['bootstrap.servers'] == '10.0.0.2:9092'
+  assert handler._model_dir == 'gs://nowhere-kbi/models'  # pylint: disable=protected-access
+  # Without the flag the same step serves the newest version of the root.
+  plain = build(score_stream, dataflow_argv('gs://nowhere-kbi/tmp') + [
+      '--dry_run=True', '--model_dir=gs://nowhere-kbi/models'] +
+                SCORE_STREAM_ARGS).job.proto_pipeline
+  plain_fn = dofn_of(plain, 'ScoreEvents/RunInference/BeamML_RunInference/'
+                     'ParDo(_RunInferenceDoFn)/ParDo(_RunInferenceDoFn)')
+  assert getattr(plain_fn, '_fn', plain_fn)._model_handler.control is None
+
+
 @pytest.mark.gcp
 def test_score_stream_with_file_sinks_builds(gcs_emulator):
   built = build_on_emulator(score_stream, [

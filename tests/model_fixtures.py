@@ -16,22 +16,24 @@ def expected_scores(features: np.ndarray) -> np.ndarray:
 
 class _Linear(tf.Module):
 
-  def __init__(self):
+  def __init__(self, weights=None):
     super().__init__()
-    self.w = tf.Variable(WEIGHTS)
+    self.w = tf.Variable(WEIGHTS if weights is None else
+                         np.asarray(weights, np.float32))
 
   @tf.function(input_signature=[tf.TensorSpec([None, 18], tf.float32)])
   def tensor_fn(self, features):
     return {'score': tf.sigmoid(tf.linalg.matvec(features, self.w))}
 
 
-def write_module_tensor(path: str, *, raise_above=None) -> str:
+def write_module_tensor(path: str, *, raise_above=None, weights=None) -> str:
   """A tf.Module export: serving_default(features [B, 18]) -> score.
 
   With ``raise_above``, the call fails when any feature exceeds it (a model
-  that raises on some inputs).
+  that raises on some inputs); ``weights`` replace WEIGHTS (a different, or
+  worse, model of the same architecture).
   """
-  module = _Linear()
+  module = _Linear(weights)
   if raise_above is None:
     fn = module.tensor_fn
   else:
@@ -71,14 +73,39 @@ def write_keras_export(path: str) -> str:
   return path
 
 
-def write_versioned(root: str, version: int, *, complete=True) -> str:
-  """A version directory of a TF-Serving root; metrics.json marks it complete."""
+def write_versioned(root: str, version: int, *, complete=True, weights=None,
+                    raise_above=None) -> str:
+  """A version directory of a TF-Serving root; metrics.json marks it
+  complete. ``weights``/``raise_above``: see write_module_tensor."""
   path = os.path.join(root, str(version))
-  write_module_tensor(path)
+  write_module_tensor(path, weights=weights, raise_above=raise_above)
   if complete:
     with open(os.path.join(path, 'metrics.json'), 'w') as f:
       f.write('{"accuracy": 0.5}')
   return path
+
+
+def scores_of(features: np.ndarray, weights) -> np.ndarray:
+  """What a fixture model with ``weights`` computes."""
+  z = features.astype(np.float64) @ np.asarray(weights, np.float64)
+  return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
+def write_corrupt_version(root: str, version: int) -> str:
+  """A version that looks complete (graph, variables index, metrics.json)
+  but does not load; written aside and renamed into place, like an
+  export."""
+  tmp = os.path.join(root, f'.tmp-{version}-corrupt')
+  os.makedirs(os.path.join(tmp, 'variables'))
+  with open(os.path.join(tmp, 'variables', 'variables.index'), 'wb') as f:
+    f.write(b'not an index')
+  with open(os.path.join(tmp, 'saved_model.pb'), 'wb') as f:
+    f.write(b'\x08\x01 this is not a SavedModel protobuf \xff\xfe')
+  with open(os.path.join(tmp, 'metrics.json'), 'w') as f:
+    f.write('{"accuracy": 0.99, "auc": 0.99, "loss": 0.01, "examples": 1}')
+  final = os.path.join(root, str(version))
+  os.rename(tmp, final)
+  return final
 
 
 def _parse_spec(feature_names):

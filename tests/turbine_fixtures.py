@@ -78,24 +78,27 @@ def encode(doc: dict) -> bytes:
   return orjson.dumps(doc)
 
 
-def expected_score(doc: dict) -> float:
-  """The model's score for a reading, computed with numpy."""
+def expected_score(doc: dict, weights=WEIGHTS, bias=BIAS) -> float:
+  """The model's score for a reading, computed with numpy (a model written
+  with other ``weights``/``bias``: pass them)."""
   x = np.asarray([float(doc[n]) for n in FEATURES], dtype=np.float32)
-  z = float(x.astype(np.float64) @ WEIGHTS) + BIAS
+  z = float(x.astype(np.float64) @ np.asarray(weights, np.float64)) + bias
   return float(1.0 / (1.0 + np.exp(-z)))
 
 
-def write_model(path: str, version: Optional[int] = None) -> str:
+def write_model(path: str, version: Optional[int] = None, *,
+                weights=WEIGHTS, bias=BIAS) -> str:
   """Exports the model as a tf.Module SavedModel with named inputs; with
-  ``version``, into ``<path>/<version>`` with a metrics.json (complete)."""
+  ``version``, into ``<path>/<version>`` with a metrics.json (complete).
+  Other ``weights``/``bias``: another version of the same model."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
   class _Turbine(tf.Module):
 
     def __init__(self):
       super().__init__()
-      self.w = tf.Variable(WEIGHTS.astype(np.float32))
-      self.b = tf.Variable(np.float32(BIAS))
+      self.w = tf.Variable(np.asarray(weights, np.float32))
+      self.b = tf.Variable(np.float32(bias))
 
   module = _Turbine()
   specs = {n: tf.TensorSpec([None], tf.float32, name=n) for n in FEATURES}

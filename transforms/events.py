@@ -131,6 +131,13 @@ class EventBatch:
     return float(self.event_time.min())
 
 
+# The roles a model version scores in (models/deployments.py): the primary
+# scores what the canary does not; a shadow scores beside them.
+PRIMARY_ROLE = 'primary'
+CANARY_ROLE = 'canary'
+SHADOW_ROLE = 'shadow'
+
+
 @dataclasses.dataclass
 class ScoredBatch:
   """The model's result for one EventBatch (models produce it; the output
@@ -139,15 +146,53 @@ class ScoredBatch:
   Attributes:
     batch: the scored events.
     scores: float32 [n] (or [n, k] for multi-output models).
-    model_version: the version that scored them (0 for an unversioned dir).
+    model_version: the version that scored them (0 for an unversioned dir);
+      with ``versions``, the primary version.
     scored_time: epoch seconds when the scores were computed.
     errors: None, or one message per row (None for rows that scored).
+    versions: None when ``model_version`` scored every row, else int64 [n]:
+      the version of each row (a canary scores some keys).
+    roles: None when every row was scored in ``role``, else one role per
+      row (object array of PRIMARY_ROLE / CANARY_ROLE).
+    role: the role of every row when ``roles`` is None.
+    shadow_version: the shadow version that scored every row beside the
+      primary, or None.
+    shadow_scores: float32 [n] shadow scores (NaN where the shadow failed),
+      or None without a shadow.
   """
   batch: EventBatch
   scores: np.ndarray
   model_version: int
   scored_time: float
   errors: Optional[list] = None
+  versions: Optional[np.ndarray] = None
+  roles: Optional[np.ndarray] = None
+  role: str = PRIMARY_ROLE
+  shadow_version: Optional[int] = None
+  shadow_scores: Optional[np.ndarray] = None
+
+  def row_versions(self) -> np.ndarray:
+    """int64 [n]: the version that scored each row."""
+    if self.versions is not None:
+      return self.versions
+    return np.full(len(self.batch), int(self.model_version), np.int64)
+
+  def row_roles(self) -> list:
+    """The role each row was scored in."""
+    if self.roles is not None:
+      return self.roles.tolist()
+    return [self.role] * len(self.batch)
+
+  def take(self, idx) -> 'ScoredBatch':
+    """The rows at ``idx`` (an int array or boolean mask), without errors."""
+    idx = np.asarray(idx)
+    if idx.dtype == bool:
+      idx = np.flatnonzero(idx)
+    opt = lambda a: None if a is None else a[idx]
+    return dataclasses.replace(
+        self, batch=self.batch.take(idx), scores=self.scores[idx],
+        errors=None, versions=opt(self.versions), roles=opt(self.roles),
+        shadow_scores=opt(self.shadow_scores))
 
 
 def concat_features(batches: Sequence[EventBatch]) -> np.ndarray:

@@ -8,7 +8,7 @@ reason inference_error) with their original bytes, in the global window;
 every other row is scored.
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -17,9 +17,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.transforms import window
 
-from transforms.events import ScoredBatch
 from transforms import dead_letters as dl
-from transforms.events import EventBatch
+from transforms.events import (CANARY_ROLE, PRIMARY_ROLE, SHADOW_ROLE,
+                               EventBatch, ScoredBatch)
 
 _NAMESPACE = 'inference'
 
@@ -32,26 +32,43 @@ def _row_dead_letter(batch: EventBatch, i: int, detail: str) -> dl.DeadLetter:
 class _SplitFailedRows(beam.DoFn):
   """ScoredBatch -> the rows that scored (main) + dead letters for the rest.
 
-  Counts scored events in total and per model version
-  (``events_scored_v<version>``: which versions served, for the summaries).
+  Counts scored events in total, per model version
+  (``events_scored_v<version>``: which versions served, for the summaries)
+  and, beside a canary or shadow, per role (``events_scored_canary``,
+  ``events_scored_shadow``).
   """
 
   def __init__(self):
     self.scored = Metrics.counter(_NAMESPACE, 'events_scored')
     self.failed = Metrics.counter(_NAMESPACE, 'events_failed')
-    self._by_version: dict = {}
+    self._by_name: dict = {}
 
-  def _count_scored(self, n: int, version: int) -> None:
-    self.scored.inc(n)
-    counter = self._by_version.get(version)
+  def _inc(self, name: str, n: int) -> None:
+    counter = self._by_name.get(name)
     if counter is None:
-      counter = self._by_version[version] = Metrics.counter(
-          _NAMESPACE, f'events_scored_v{version}')
+      counter = self._by_name[name] = Metrics.counter(_NAMESPACE, name)
     counter.inc(n)
+
+  def _count_scored(self, scored: ScoredBatch) -> None:
+    n = len(scored.batch)
+    self.scored.inc(n)
+    if scored.versions is None:
+      self._inc(f'events_scored_v{scored.model_version}', n)
+      if scored.role != PRIMARY_ROLE:
+        self._inc(f'events_scored_{scored.role}', n)
+    else:
+      versions, counts = np.unique(scored.versions, return_counts=True)
+      for version, count in zip(versions.tolist(), counts.tolist()):
+        self._inc(f'events_scored_v{version}', count)
+      canary = int(np.count_nonzero(scored.roles == CANARY_ROLE))
+      if canary:
+        self._inc(f'events_scored_{CANARY_ROLE}', canary)
+    if scored.shadow_scores is not None:
+      self._inc(f'events_scored_{SHADOW_ROLE}', n)
 
   def process(self, scored: ScoredBatch):
     if not scored.errors:
-      self._count_scored(len(scored.batch), scored.model_version)
+      self._count_scored(scored)
       yield scored
       return
     ok = np.asarray([e is None for e in scored.errors])
@@ -60,9 +77,9 @@ class _SplitFailedRows(beam.DoFn):
       yield pvalue.TaggedOutput(dl.DEAD_LETTER_TAG, _row_dead_letter(
           scored.batch, int(i), scored.errors[i]))
     if ok.any():
-      self._count_scored(int(ok.sum()), scored.model_version)
-      yield ScoredBatch(scored.batch.take(ok), scored.scores[ok],
-                        scored.model_version, scored.scored_time)
+      kept = scored.take(ok)
+      self._count_scored(kept)
+      yield kept
 
 
 class _FailedBatchToDeadLetters(beam.DoFn):
@@ -90,16 +107,26 @@ class ScoreOutputs(NamedTuple):
 
 
 class ScoreEvents(beam.PTransform):
-  """EventBatch -> ScoredBatch, with dead letters for what failed."""
+  """EventBatch -> ScoredBatch, with dead letters for what failed.
 
-  def __init__(self, handler: ModelHandler):
+  ``model_metadata``: a PCollection of Beam ``ModelMetadata`` given to
+  RunInference as its model side input (``model_metadata_pcoll``); the jobs
+  do not use it (docs/operating_models.md: how a running job follows
+  deployments, and the measurement that chose that way).
+  """
+
+  def __init__(self, handler: ModelHandler, *,
+               model_metadata: Optional[beam.PCollection] = None):
     super().__init__()
     self._handler = handler
+    self._model_metadata = model_metadata
 
   def expand(self, pcoll):
     results, dlq = (pcoll
                     | 'RunInference' >> RunInference(
-                        self._handler).with_exception_handling())
+                        self._handler,
+                        model_metadata_pcoll=self._model_metadata
+                    ).with_exception_handling())
     split = results | 'SplitFailedRows' >> beam.ParDo(
         _SplitFailedRows()).with_outputs(dl.DEAD_LETTER_TAG, main='scored')
     failed = dlq.failed_inferences | 'FailedBatches' >> beam.ParDo(

@@ -4,6 +4,12 @@ The same rows go to every sink (Kafka, files, BigQuery); their schema is
 derived from the event schema (window feature names) by ``output_columns``.
 Times are epoch seconds (floats) so latencies are simple differences:
 ``scored_time - event_time`` is event-to-prediction latency.
+
+Every row says which model version scored it and in which role
+(``model_role``: primary, or canary for the keys a canary scores); with a
+shadow version deployed, ``shadow_score`` and ``shadow_version`` hold its
+score beside the primary's (both null without a shadow, and
+``shadow_score`` null where the shadow failed). docs/operating_models.md.
 """
 
 import collections.abc
@@ -26,7 +32,8 @@ BASE_COLUMNS = (
     ('event_id', 'STRING'), ('key', 'STRING'),
     ('window_start', 'FLOAT'), ('window_end', 'FLOAT'),
     ('score', 'FLOAT'), ('model_version', 'INTEGER'),
-    ('event_time', 'FLOAT'), ('read_time', 'FLOAT'), ('scored_time', 'FLOAT'),
+    ('model_role', 'STRING'), ('shadow_score', 'FLOAT'),
+    ('shadow_version', 'INTEGER'), ('event_time', 'FLOAT'), ('read_time', 'FLOAT'), ('scored_time', 'FLOAT'),
     ('late', 'BOOLEAN'), ('win_count', 'INTEGER'),
 )
 
@@ -44,6 +51,15 @@ def output_columns(schema: EventSchema) -> list[tuple[str, str]]:
 
 def _finite_or_none(x: float):
   return x if math.isfinite(x) else None
+
+
+def _per_row(value, n: int):
+  """A column kept as one value for every row, or as an array/list."""
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  if isinstance(value, list):
+    return value
+  return itertools.repeat(value, n)
 
 
 class PredictionRows(collections.abc.Sequence):
@@ -75,11 +91,20 @@ class PredictionRows(collections.abc.Sequence):
     scores = scored.scores
     if scores.ndim > 1:
       scores = scores[:, 0]
+    versions = (int(scored.model_version) if scored.versions is None else
+                scored.versions)
+    roles = scored.role if scored.roles is None else scored.roles.tolist()
+    shadow = scored.shadow_scores
+    if shadow is not None and shadow.ndim > 1:
+      shadow = shadow[:, 0]
     cols = {
         'event_id': b.ids, 'key': b.keys,
         'window_start': _finite_or_none(float(start)),
         'window_end': _finite_or_none(float(end)),
-        'score': scores, 'model_version': int(scored.model_version),
+        'score': scores, 'model_version': versions, 'model_role': roles,
+        'shadow_score': shadow,
+        'shadow_version': (None if scored.shadow_version is None else
+                           int(scored.shadow_version)),
         'event_time': b.event_time, 'read_time': b.read_time,
         'scored_time': float(scored.scored_time),
         'late': b.late if b.late is not None else np.zeros(n, bool),
@@ -136,12 +161,16 @@ class PredictionRows(collections.abc.Sequence):
     # Column lists zipped into rows with one key tuple: no per-row key
     # formatting or per-key stores (this ran per event for the Kafka sink).
     names = ['event_id', 'key', 'window_start', 'window_end', 'score',
-             'model_version', 'event_time', 'read_time', 'scored_time',
-             'late', 'win_count']
+             'model_version', 'model_role', 'shadow_score', 'shadow_version',
+             'event_time', 'read_time', 'scored_time', 'late', 'win_count']
+    shadow = c['shadow_score']
     columns = [
         c['event_id'], c['key'], itertools.repeat(c['window_start'], n),
         itertools.repeat(c['window_end'], n), c['score'].tolist(),
-        itertools.repeat(c['model_version'], n), c['event_time'].tolist(),
+        _per_row(c['model_version'], n), _per_row(c['model_role'], n),
+        (itertools.repeat(None, n) if shadow is None else
+         [None if not math.isfinite(v) else v for v in shadow.tolist()]),
+        itertools.repeat(c['shadow_version'], n), c['event_time'].tolist(),
         c['read_time'].tolist(), itertools.repeat(c['scored_time'], n),
         c['late'].tolist(), c['win_count'].tolist()]
     if c['win_mean'] is not None:
@@ -169,8 +198,9 @@ class PredictionRows(collections.abc.Sequence):
       if values is None:
         arrays.append(pa.nulls(n, field.type))
       elif isinstance(values, np.ndarray):
-        # Rows hold None for a missing label (NaN in the column).
-        mask = np.isnan(values) if field.name == 'label' else None
+        # Rows hold None for a missing label or shadow score (NaN here).
+        mask = (np.isnan(values) if field.name in ('label', 'shadow_score')
+                else None)
         arrays.append(pa.array(values, type=field.type, mask=mask))
       elif isinstance(values, list):
         arrays.append(pa.array(values, type=field.type))
@@ -183,11 +213,11 @@ class PredictionRows(collections.abc.Sequence):
     the rows have no such key."""
     c = self._cols
     if name in ('window_start', 'window_end', 'model_version',
-                'scored_time', 'event_id', 'key', 'event_time', 'read_time',
-                'late', 'win_count'):
+                'model_role', 'shadow_version', 'scored_time', 'event_id',
+                'key', 'event_time', 'read_time', 'late', 'win_count'):
       return c[name]
-    if name == 'score':
-      return c['score'].astype(np.float64)
+    if name in ('score', 'shadow_score'):
+      return None if c[name] is None else c[name].astype(np.float64)
     if name == 'label':
       if not self._with_label:
         return None
