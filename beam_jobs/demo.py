@@ -2,7 +2,8 @@
 
 1. Starts the embedded Kafka broker (unless ``KAFKA_BOOTSTRAP_SERVERS``
    names a cluster) and creates the events, predictions and dead-letter
-   topics.
+   topics, which keep ``--retention_s`` seconds of records (60 by
+   default), so a long run holds the broker's memory and disk bounded.
 2. Trains a small demo model if ``--model_dir`` has no complete version
    (SUSY-like data, the registry's default config, a versioned SavedModel).
 3. Produces SUSY-like events at ``--rate`` per second, ~1% of them malformed.
@@ -19,6 +20,7 @@
 """
 
 import argparse
+import collections
 import logging
 import os
 import signal
@@ -40,6 +42,9 @@ from transforms.kafka import admin, client_logs
 
 _LOGGER = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = os.path.join('.run', 'models', 'susy-demo')
+# Seconds of records the demo topics keep (topic_config); chosen by
+# bench/broker_soak.py, docs/brokers.md.
+DEFAULT_RETENTION_S = 60
 
 
 class RateProducer(threading.Thread):
@@ -123,7 +128,8 @@ class OutputWatcher(threading.Thread):
     self.scored_ids: dict[str, int] = {}
     self.dead_ids: dict[str, int] = {}
     self.dead_reasons: dict[str, int] = {}
-    self.latencies: list[float] = []
+    # The last 20,000 only: a long run must not grow the demo itself.
+    self.latencies: collections.deque = collections.deque(maxlen=20000)
     self.versions: dict[int, int] = {}
 
   def run(self):
@@ -156,7 +162,7 @@ class OutputWatcher(threading.Thread):
 
   def snapshot(self) -> dict:
     with self._lock:
-      lat = np.asarray(self.latencies[-20000:])
+      lat = np.asarray(self.latencies)
       return {
           'scored': len(self.scored_ids), 'dead': sum(self.dead_ids.values()),
           'duplicates': sum(c - 1 for c in self.scored_ids.values() if c > 1),
@@ -190,7 +196,65 @@ def ensure_demo_model(model_dir: str) -> str:
           f"{r.accuracy:.3f} ({model_dir})")
 
 
-def _consumer_lag(client_config: dict, group: str, topic: str) -> int:
+def topic_config(retention_s: float) -> dict[str, str]:
+  """Settings for the demo's own topics that bound what the broker keeps.
+
+  The embedded noida broker holds every record in memory and rewrites one
+  snapshot file of its whole log every few seconds, so an unbounded demo
+  topic grows its memory, its disk and its save time without limit. It
+  deletes whole segments only, by record timestamp: ``retention.ms`` alone
+  never applies to a topic's single, active segment, so ``segment.ms``
+  rolls one every quarter of the retention (the topic then keeps between
+  1 and 1.25 times ``retention_s``). Apache Kafka reads the same two
+  settings the same way. Tansu's memory storage ignores both
+  (docs/brokers.md).
+
+  Args:
+    retention_s: seconds of records to keep; 0 or less keeps everything.
+  """
+  if retention_s <= 0:
+    return {'retention.ms': '-1'}
+  retention_ms = int(retention_s * 1000)
+  return {'retention.ms': str(retention_ms),
+          'segment.ms': str(max(1000, retention_ms // 4))}
+
+
+def create_topics(client_config: dict, run_id: str, *, partitions: int,
+                  retention_s: float) -> dict[str, str]:
+  """Creates the demo's events, predictions and dead-letter topics.
+
+  Returns:
+    {'events' | 'predictions' | 'dead-letters': topic name}.
+  """
+  topics = {name: f'demo-{name}-{run_id}'
+            for name in ('events', 'predictions', 'dead-letters')}
+  for name, topic in topics.items():
+    admin.create_topic(client_config, topic,
+                       partitions if name == 'events' else 1,
+                       config=topic_config(retention_s))
+  return topics
+
+
+def job_args(client_config: dict, topics: dict, group: str, *,
+             model_dir: str, window_size_s: float,
+             log_level: str = logs.DEFAULT_LEVEL) -> list[str]:
+  """The score_stream command line the demo runs on its topics."""
+  return [
+      '--bootstrap_servers', client_config['bootstrap.servers'],
+      '--input_topic', topics['events'],
+      '--output_topic', topics['predictions'],
+      '--dead_letter_topic', topics['dead-letters'],
+      '--consumer_group', group, '--start', 'earliest',
+      '--model_dir', model_dir, '--window', 'fixed',
+      '--window_size_s', str(window_size_s), '--idle_timeout_s', '2',
+      '--log_level', log_level,
+  ] + [f'--kafka_config={k}={v}' for k, v in client_config.items()
+       if k != 'bootstrap.servers']
+
+
+def consumer_lag(client_config: dict, group: str, topic: str) -> int:
+  """Records in ``topic`` not yet committed by ``group``; -1 if the broker
+  did not answer."""
   try:
     # Commits first: end offsets only grow, so a commit made between the
     # two requests cannot make the lag negative.
@@ -221,6 +285,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                       help='embedded broker (default: %(default)s)')
   parser.add_argument('--partitions', type=int, default=4,
                       help='partitions of the events topic (default: 4)')
+  parser.add_argument('--retention_s', type=float,
+                      default=DEFAULT_RETENTION_S,
+                      help='seconds of records the demo topics keep; 0 keeps '
+                      'everything (default: %(default)s; bounds the '
+                      'embedded broker\'s memory and disk, docs/brokers.md)')
   parser.add_argument('--window_size_s', type=float, default=10.0,
                       help='event-time window size in seconds (default: 10)')
   parser.add_argument('--window_s', dest='window_size_s', type=float,
@@ -249,31 +318,23 @@ def main(argv: Optional[list[str]] = None) -> int:
       print(f'started embedded {broker.kind} broker at '
             f'{broker.bootstrap_servers} (pid {broker.pid})')
     run_id = uuid.uuid4().hex[:8]
-    topics = {name: f'demo-{name}-{run_id}'
-              for name in ('events', 'predictions', 'dead-letters')}
-    for name, topic in topics.items():
-      admin.create_topic(client_config, topic,
-                         args.partitions if name == 'events' else 1)
+    topics = create_topics(client_config, run_id, partitions=args.partitions,
+                           retention_s=args.retention_s)
     group = f'demo-scorer-{run_id}'
-    print(f'topics: {", ".join(topics.values())}; producing {args.rate:.0f} '
-          f'events/s, {args.malformed_fraction:.0%} malformed', flush=True)
+    kept = (f'topics keep {args.retention_s:.0f} s' if args.retention_s > 0
+            else 'topics keep everything')
+    print(f'topics: {", ".join(topics.values())} ({kept}); producing '
+          f'{args.rate:.0f} events/s, {args.malformed_fraction:.0%} malformed',
+          flush=True)
 
     from beam_jobs import score_stream
-    job_args = [
-        '--bootstrap_servers', client_config['bootstrap.servers'],
-        '--input_topic', topics['events'],
-        '--output_topic', topics['predictions'],
-        '--dead_letter_topic', topics['dead-letters'],
-        '--consumer_group', group, '--start', 'earliest',
-        '--model_dir', args.model_dir, '--window', 'fixed',
-        '--window_size_s', str(args.window_size_s), '--idle_timeout_s', '2',
-        '--log_level', args.log_level,
-    ] + [f'--kafka_config={k}={v}' for k, v in client_config.items()
-         if k != 'bootstrap.servers']
     watcher = OutputWatcher(client_config, topics['predictions'],
                             topics['dead-letters'])
     watcher.start()
-    result = score_stream.run(job_args, block=False)
+    result = score_stream.run(
+        job_args(client_config, topics, group, model_dir=args.model_dir,
+                 window_size_s=args.window_size_s, log_level=args.log_level),
+        block=False)
     producer = RateProducer(client_config, topics['events'], args.rate,
                             malformed_fraction=args.malformed_fraction)
     producer.start()
@@ -294,7 +355,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f'[{now - t0:5.0f}s] in {producer.produced:>8}  scored '
               f'{snap["scored"]:>8}  dead letters {snap["dead"]:>5}  '
               f'{rate:8.0f} ev/s  lag '
-              f'{_consumer_lag(client_config, group, topics["events"]):>6}  '
+              f'{consumer_lag(client_config, group, topics["events"]):>6}  '
               f'p50 {snap["p50"] * 1000:6.0f} ms  p99 '
               f'{snap["p99"] * 1000:6.0f} ms', flush=True)
     except KeyboardInterrupt:
@@ -313,7 +374,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     time.sleep(1.0)  # the watcher's last poll
     watcher.stop()
     snap = watcher.snapshot()
-    lag = _consumer_lag(client_config, group, topics['events'])
+    lag = consumer_lag(client_config, group, topics['events'])
     produced_ids = {f'e{i}' for i in range(producer.produced)}
     seen = set(watcher.scored_ids) | set(watcher.dead_ids)
     lost = len(produced_ids - seen)
@@ -336,8 +397,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0 if balanced else 1
   finally:
     if broker is not None:
-      local_broker.stop(broker)
-      print(f'stopped embedded broker (pid {broker.pid})')
+      print(local_broker.stop(broker).describe(broker))
 
 
 if __name__ == '__main__':

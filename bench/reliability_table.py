@@ -26,7 +26,7 @@ import tempfile
 import uuid
 
 from beam_jobs import demo, local_broker
-from bench import reliability as rel
+from beam_jobs import fault_harness as rel
 from transforms.kafka import admin
 
 

@@ -18,7 +18,7 @@ import pytest
 
 import turbine_fixtures as tf_
 from beam_jobs import score_stream
-from bench import reliability as rel
+from beam_jobs import fault_harness as rel
 from kafka_helpers import produce, read_topic
 from transforms.kafka import admin
 from transforms.sinks import read_row_file

@@ -7,7 +7,7 @@ a real broker; outcomes are counted from the output topics.
 import pytest
 
 import model_fixtures as mf
-from bench import reliability as rel
+from beam_jobs import fault_harness as rel
 
 pytestmark = [pytest.mark.it, pytest.mark.slow]
 
@@ -34,7 +34,7 @@ def test_sigkill_five_times_loses_nothing(broker, make_topic, model_dir,
   assert outcome.lost == 0, outcome
   assert outcome.scored + outcome.dead_lettered == outcome.produced
   assert outcome.dead_lettered == outcome.malformed
-  # The last run stopped on SIGINT by draining and committing everything.
+  # The last run stopped on SIGTERM by draining and committing everything.
   assert (outcome.exit_code, outcome.lag_after) == (0, 0), outcome
 
 

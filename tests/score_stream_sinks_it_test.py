@@ -347,7 +347,7 @@ def test_sigkill_replays_only_what_no_sink_had_made_durable(
   while files, BigQuery and Kafka are written; restarted with the same
   group it loses nothing in any sink, and what it writes twice is at most
   what was read but not yet committed when it died."""
-  from bench import reliability as rel  # pylint: disable=import-outside-toplevel
+  from beam_jobs import fault_harness as rel  # pylint: disable=import-outside-toplevel
   rate, seconds = 300, 24
   topics = _topics(make_topic)
   group = 'g-sigkill'

@@ -31,6 +31,10 @@ _NON_ADMIN_PREFIXES = (
 )
 
 
+_AUTH_ERRORS = (KafkaError._AUTHENTICATION,
+                KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._SSL)
+
+
 class KafkaUnavailableError(RuntimeError):
   """The cluster did not answer a metadata request in time."""
 
@@ -69,7 +73,20 @@ def wait_for_cluster(client_config: Mapping[str, object],
       (e.g. connection refused, authentication failure).
   """
   deadline = time.monotonic() + timeout_s
-  admin = _admin(client_config)
+  # A failed SASL or TLS handshake reaches the client as an error event
+  # (error_cb), while the metadata request only times out with a transport
+  # error: both are watched.
+  client_errors: list = []
+  config = admin_config(client_config)
+  user_error_cb = config.get('error_cb')
+
+  def on_error(err):
+    client_errors.append(err)
+    if user_error_cb is not None:
+      user_error_cb(err)
+
+  config['error_cb'] = on_error
+  admin = AdminClient(config)
   last_error: Optional[Exception] = None
   while True:
     remaining = deadline - time.monotonic()
@@ -83,14 +100,15 @@ def wait_for_cluster(client_config: Mapping[str, object],
     except KafkaException as e:
       admin.poll(0)
       last_error = e
-      err = e.args[0] if e.args else None
-      # Authentication failures do not heal by waiting: report at once.
-      if isinstance(err, KafkaError) and err.code() in (
-          KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED,
-          KafkaError._SSL):
+      client_errors.extend(e.args[:1])
+    # Authentication failures do not heal by waiting: report at once.
+    for err in client_errors:
+      if isinstance(err, KafkaError) and err.code() in _AUTH_ERRORS:
+        client_logs.flush()
         raise KafkaUnavailableError(
             f'Kafka at {client_config.get("bootstrap.servers")} refused '
-            f'authentication: {err.str()}') from e
+            f'authentication: {err.str()}')
+    client_errors.clear()
     time.sleep(0.1)
   # The repeated connection errors, counted, before the error that ends it.
   client_logs.flush()

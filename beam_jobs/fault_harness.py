@@ -1,8 +1,11 @@
-"""Harness for the reliability scenarios: the real job as a subprocess, a
-steady producer, kills and restarts, and an accounting of the outputs.
+"""Fault harness: the real scoring job as a subprocess, a steady producer,
+kills and restarts of the job and the broker, and an accounting of the
+outputs (every event scored or dead-lettered, nothing lost, doubles counted).
 
-Used by tests/reliability_it_test.py (assertions) and
-bench/reliability_table.py (the scenario table).
+Part of the package so that the tests (tests/reliability_it_test.py,
+outage_it_test.py, score_stream_sinks_it_test.py) and the benchmarks
+(bench/reliability_table.py, broker_soak.py, broker_restart_loss.py) share
+it without importing each other; it runs against any cluster, like them.
 """
 
 import collections
@@ -124,9 +127,12 @@ class JobProcess:
     self.proc.wait(30)
 
   def stop_gracefully(self, timeout_s: float = 120) -> int:
-    """SIGINT: the job stops reading, drains, commits and exits. A job that
-    does not exit in time is killed; its exit code is then -SIGKILL."""
-    self.proc.send_signal(signal.SIGINT)
+    """SIGTERM, which the job handles as Ctrl-C: it stops reading, drains,
+    commits and exits. A job that does not exit in time is killed; its exit
+    code is then -SIGKILL. (Not SIGINT: a process started in the background
+    of a non-interactive shell, as a long benchmark is, ignores SIGINT, and
+    so does every job it starts.)"""
+    self.proc.send_signal(signal.SIGTERM)
     try:
       return self.proc.wait(timeout_s)
     except subprocess.TimeoutExpired:
