@@ -22,8 +22,10 @@ What of Beam it touches, and how each is fenced:
 * Beam's own overrides are applied with the streaming GroupByKey ones last
   (a 2.77 ordering bug), to this pipeline only;
 * Beam's DoFn introspection (``core.get_function_args_defaults``,
-  ``userstate.get_dofn_specs``) is memoized while local pipelines run: the
-  runner introspects every DoFn again for every bundle. Installed when a
+  ``userstate.get_dofn_specs``) is memoized, and each step's DoFn pickled
+  once (``transform_evaluator.pickler``: each bundle's copy is unpickled
+  from those bytes), while local pipelines run: the runner copies and
+  introspects every DoFn again for every bundle. Installed when a
   run starts, restored when the last running local pipeline of the process
   finishes (reference-counted); every other pipeline built after sees
   Beam's own functions;
@@ -51,6 +53,7 @@ elements that way.
 """
 
 import contextlib
+import inspect
 import logging
 import sys
 import threading
@@ -135,7 +138,11 @@ def _memoized_introspection(args_defaults: Callable, dofn_specs: Callable
   classes (unpickled by reference) hit the cache; functions recreated by
   each unpickle (lambdas) miss it and drop out with their DoFn (weak keys).
   ``get_dofn_specs`` also walks dir(dofn): its result is fixed by the DoFn's
-  class unless the instance carries methods of its own (then: no cache).
+  class and the methods the instance carries, cached per class and those
+  methods' functions when each is a function of a class (Beam's
+  exception-handling wrapper, which RunInference's dead letters use, binds
+  its own ``process`` on every instance; the Kafka write binds methods of
+  its record fitter); an instance method of a closure is not cached.
   """
   args_cache: 'weakref.WeakKeyDictionary' = weakref.WeakKeyDictionary()
   specs_cache: 'weakref.WeakKeyDictionary' = weakref.WeakKeyDictionary()
@@ -158,19 +165,69 @@ def _memoized_introspection(args_defaults: Callable, dofn_specs: Callable
     return list(hit[1]), list(hit[2])
 
   def get_dofn_specs(dofn):
-    if any(isinstance(v, types.MethodType)
-           for v in getattr(dofn, '__dict__', {}).values()):
+    own = _own_class_methods(dofn)
+    if own is None:
       return dofn_specs(dofn)
     cls = type(dofn)
     with lock:
-      hit = specs_cache.get(cls)
+      hit = specs_cache.setdefault(cls, {}).get(own)
     if hit is None:
       hit = dofn_specs(dofn)
       with lock:
-        specs_cache[cls] = hit
+        specs_cache[cls][own] = hit
     return set(hit[0]), set(hit[1])
 
   return get_function_args_defaults, get_dofn_specs
+
+
+def _own_class_methods(dofn) -> Optional[tuple]:
+  """The methods ``dofn`` carries on the instance, as (attribute, function)
+  pairs sorted by attribute, when each is a function of the class of the
+  object it is bound to (so that the DoFn's class and these fix its specs);
+  None otherwise (a closure or a callable made per instance)."""
+  own = []
+  for name, value in getattr(dofn, '__dict__', {}).items():
+    if not isinstance(value, types.MethodType):
+      continue
+    func = value.__func__
+    if inspect.getattr_static(type(value.__self__), func.__name__,
+                              None) is not func:
+      return None
+    own.append((name, func))
+  return tuple(sorted(own, key=lambda pair: pair[0]))
+
+
+class _TemplatePickles:
+  """Stand-in for the bundle-based runner's ``pickler`` module.
+
+  For every bundle the runner gives each step a copy of its DoFn made by a
+  pickle round trip of the step's DoFn (the template, which nothing changes
+  while the pipeline runs). Here the template is pickled once and each copy
+  unpickled from those bytes: the same fresh copy, at half the cost
+  (docs/latency.md). Everything else is Beam's pickler.
+  """
+
+  def __init__(self, pickler_module: types.ModuleType):
+    self._pickler = pickler_module
+    self._bytes: 'weakref.WeakKeyDictionary' = weakref.WeakKeyDictionary()
+    self._lock = threading.Lock()
+
+  def roundtrip(self, o):
+    try:
+      with self._lock:
+        data = self._bytes.get(o)
+    except TypeError:  # not weakly referable or not hashable: no cache
+      return self._pickler.roundtrip(o)
+    if data is None:
+      # zlib: its decompression is several times faster than the default
+      # bz2's, and it is paid per bundle.
+      data = self._pickler.dumps(o, use_zlib=True)
+      with self._lock:
+        self._bytes[o] = data
+    return self._pickler.loads(data, use_zlib=True)
+
+  def __getattr__(self, name):
+    return getattr(self._pickler, name)
 
 
 class _Once:
@@ -192,7 +249,8 @@ class _Once:
 
 
 class _RunPatches:
-  """The introspection cache, installed while local pipelines run.
+  """The introspection cache and the DoFn pickles, installed while local
+  pipelines run.
 
   Reference-counted: installed by the first run of the process that starts,
   restored by the last one that finishes, so that two local pipelines
@@ -237,6 +295,8 @@ class _RunPatches:
         # Imported by name there.
         (direct_evaluators, 'get_dofn_specs', direct_evaluators.get_dofn_specs,
          dofn_specs),
+        (direct_evaluators, 'pickler', direct_evaluators.pickler,
+         _TemplatePickles(direct_evaluators.pickler)),
     ]
     for module, name, _, ours in self._installed:
       setattr(module, name, ours)

@@ -6,7 +6,9 @@ Several interleaved rounds on one broker and one SavedModel; each round:
    without waiting -> orjson parse -> one batched model call -> produce) at
    each rate of ``--rates``;
 2. score_stream unbounded, launched fresh: start-up (launch -> first
-   prediction received, the model already on disk) and then each rate.
+   prediction received, the model already on disk) and then each rate,
+   with the share of a core the job process used meanwhile (less sensitive
+   to a busy machine than the latencies).
 
 Latency is prediction received - event time (the producer stamps each event
 with its scheduled send time); the job's rows also say when they were read
@@ -35,6 +37,7 @@ import tempfile
 import threading
 import time
 import uuid
+from typing import Optional
 
 import numpy as np
 import orjson
@@ -159,20 +162,32 @@ def _percentiles(values: np.ndarray) -> tuple[float, float]:
           float(np.percentile(values, 99)) * 1000)
 
 
+def _cpu_s(pid: int) -> float:
+  """User + system CPU seconds of process ``pid`` so far (Linux)."""
+  with open(f'/proc/{pid}/stat', 'rb') as f:
+    fields = f.read().rsplit(b')', 1)[1].split()
+  return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
 def _paced_phase(config: dict, topic: str, rate: float, seconds: float,
-                 first_index: int, watcher: LatencyWatcher) -> np.ndarray:
+                 first_index: int, watcher: LatencyWatcher,
+                 pid: Optional[int] = None) -> tuple[np.ndarray, float]:
   """Steady input at ``rate``; returns the rows received after the
-  warm-up (a fifth of ``seconds``) until the phase's tail has drained."""
+  warm-up (a fifth of ``seconds``) until the phase's tail has drained, and
+  the share of a core process ``pid`` used meanwhile (NaN without one)."""
   producer = ssb.PacedProducer(config, topic, rate, seconds,
                                first_index=first_index)
   producer.start()
   producer.started.wait()
   time.sleep(seconds / 5)
   since = time.time()
+  cpu = _cpu_s(pid) if pid else None
   producer.join()
+  share = ((_cpu_s(pid) - cpu) / (time.time() - since) if pid else
+           float('nan'))
   time.sleep(1.5)
   rows = watcher.take()
-  return rows[rows[:, 1] >= since]
+  return rows[rows[:, 1] >= since], share
 
 
 def hand_round(config: dict, topics: dict, model: ssb.RawModel,
@@ -187,8 +202,8 @@ def hand_round(config: dict, topics: dict, model: ssb.RawModel,
   try:
     for i, rate in enumerate(rates):
       watcher.take()
-      out[rate] = _paced_phase(config, topics['in'], rate, seconds,
-                               first_index + i * 10**8, watcher)
+      out[rate], _ = _paced_phase(config, topics['in'], rate, seconds,
+                                  first_index + i * 10**8, watcher)
   finally:
     loop.stop()
     watcher.stop()
@@ -198,7 +213,8 @@ def hand_round(config: dict, topics: dict, model: ssb.RawModel,
 def job_round(config: dict, bootstrap: str, topics: dict, model_dir: str,
               rates: list[float], seconds: float, first_index: int,
               log) -> dict:
-  """score_stream launched fresh: {'startup': s, rate: rows}."""
+  """score_stream launched fresh: {'startup': s, rate: (rows, share of a
+  core the job used)}."""
   watcher = LatencyWatcher(config, topics['out'])
   watcher.start()
   args = ssb.job_args(bootstrap, config, topics, model_dir,
@@ -227,7 +243,7 @@ def job_round(config: dict, bootstrap: str, topics: dict, model_dir: str,
     for i, rate in enumerate(rates):
       watcher.take()
       out[rate] = _paced_phase(config, topics['in'], rate, seconds,
-                               first_index + i * 10**8, watcher)
+                               first_index + i * 10**8, watcher, proc.pid)
   finally:
     proc.send_signal(signal.SIGINT)
     try:
@@ -316,6 +332,7 @@ def main(argv=None) -> int:
   table = {('hand', r): [] for r in rates}
   table.update({('job', r): [] for r in rates})
   stages = {r: [] for r in rates}
+  cores = {r: [] for r in rates}
   startups = []
   cpu = None
   try:
@@ -327,14 +344,17 @@ def main(argv=None) -> int:
       done = job_round(config, bootstrap, topics(f'job{k}'), args.model_dir,
                        rates, args.seconds, first + 5 * 10**8, log)
       startups.append(done.pop('startup'))
-      for rate, rows in done.items():
+      for rate, (rows, share) in done.items():
         table[('job', rate)].append(rows)
         stages[rate].append(rows)
+        cores[rate].append(share)
       line = [f'round {k + 1}: start-up {startups[-1]:.2f} s']
       for (who, rate), runs in table.items():
         p50, p99 = _percentiles(runs[-1][:, 0] - runs[-1][:, 1])
         line.append(f'{who} {rate:,.0f}/s p50 {p50:.1f} p99 {p99:.0f} ms '
                     f'({len(runs[-1])})')
+      line += [f'job CPU at {r:,.0f}/s {cores[r][-1]:.2f} cores'
+               for r in rates]
       print('; '.join(line), flush=True)
     if args.cpu_events:
       cpu = bounded_cpu(config, bootstrap, topics('cpu'), args.model_dir,
@@ -352,6 +372,9 @@ def main(argv=None) -> int:
     print(f'{who + f" at {rate:,.0f}/s":24} '
           f'{_summary("", [p[0] for p in pcts]):>22} '
           f'{_summary("", [p[1] for p in pcts]):>22}')
+  for rate in rates:
+    print(_summary(f'score_stream CPU at {rate:,.0f}/s (cores), min / median '
+                   f'/ max:', cores[rate], 2))
   print('\nscore_stream stages (all rounds pooled), p50 / p99 ms')
   for rate in rates:
     rows = np.concatenate(stages[rate]) if stages[rate] else np.empty((0, 5))

@@ -14,6 +14,7 @@ import threading
 import apache_beam as beam
 import pytest
 from apache_beam.coders import VarIntCoder
+from apache_beam.internal import pickler
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.direct import executor as direct_executor
 from apache_beam.runners.direct import transform_evaluator
@@ -31,6 +32,7 @@ _BEAMS_OWN = {
     (core, 'get_function_args_defaults'): core.get_function_args_defaults,
     (userstate, 'get_dofn_specs'): userstate.get_dofn_specs,
     (transform_evaluator, 'get_dofn_specs'): transform_evaluator.get_dofn_specs,
+    (transform_evaluator, 'pickler'): transform_evaluator.pickler,
 }
 _BEAMS_WORKER = direct_executor._ExecutorService._ExecutorServiceWorker  # pylint: disable=protected-access
 
@@ -79,6 +81,74 @@ def test_introspection_cache_gives_beams_answers():
   odd = _Plain()
   odd.process = counting.process
   assert dofn_specs(odd) == userstate.get_dofn_specs(counting)
+
+
+def _exception_handling_wrapper(fn, *, unsafe_userstate=False):
+  """Beam's wrapper of ``ParDo(...).with_exception_handling()``, as each
+  bundle's unpickled copy of it looks."""
+  wrapper = core._ExceptionHandlingWrapperDoFn(  # pylint: disable=protected-access
+      fn, 'bad', (Exception,), False, None, unsafe_userstate)
+  return pickler.roundtrip(wrapper)
+
+
+def test_introspection_cache_serves_exception_handling_wrappers():
+  calls = []
+
+  def counted_specs(dofn):
+    calls.append(dofn)
+    return userstate.get_dofn_specs(dofn)
+
+  _, dofn_specs = local_runner._memoized_introspection(  # pylint: disable=protected-access
+      core.get_function_args_defaults, counted_specs)
+  # RunInference's dead letters wrap its DoFn so: the wrapper binds its own
+  # process on the instance, a function of its class.
+  copies = [_exception_handling_wrapper(_Plain()) for _ in range(3)]
+  for copy in copies:
+    assert dofn_specs(copy) == userstate.get_dofn_specs(copy)
+  assert len(calls) == 1
+  # Methods of another object's class (the Kafka write's record fitter).
+  bound_elsewhere = []
+  for _ in range(2):
+    plain = _Plain()
+    plain.helper = _Tally().process
+    bound_elsewhere.append(plain)
+  for copy in bound_elsewhere:
+    assert dofn_specs(copy) == userstate.get_dofn_specs(copy)
+  assert len(calls) == 2
+  # Bound to a closure made per instance: computed every time.
+  closures = [_exception_handling_wrapper(_Plain(), unsafe_userstate=True)
+              for _ in range(2)]
+  for copy in closures:
+    assert dofn_specs(copy) == userstate.get_dofn_specs(copy)
+  assert len(calls) == 4
+
+
+class _Tally(beam.DoFn):
+
+  def __init__(self):
+    self.seen = []
+
+  def process(self, element):
+    self.seen.append(element)
+    yield element
+
+
+def test_dofn_copies_come_from_one_pickle_of_the_template():
+  pickles = local_runner._TemplatePickles(pickler)  # pylint: disable=protected-access
+  template = _Tally()
+  first, second = pickles.roundtrip(template), pickles.roundtrip(template)
+  # Fresh copies, as Beam's round trip gives: state of one bundle's copy
+  # does not reach the next.
+  assert first is not second and first is not template
+  list(first.process(1))
+  assert first.seen == [1] and second.seen == [] and template.seen == []
+  assert len(pickles._bytes) == 1  # pylint: disable=protected-access
+  # Anything not weakly referable is round-tripped as Beam does.
+  assert pickles.roundtrip([1, 2]) == [1, 2]
+  assert pickles.dumps is pickler.dumps
+  # The bytes go with the template.
+  del template
+  assert len(pickles._bytes) == 0  # pylint: disable=protected-access
 
 
 # What DoFns saw while they ran: whether introspection was Beam's own.
@@ -132,7 +202,9 @@ def test_two_local_pipelines_at_once_keep_the_patches_until_the_last_ends():
   assert _patched() == ['apache_beam.transforms.core.get_function_args_defaults',
                         'apache_beam.transforms.userstate.get_dofn_specs',
                         'apache_beam.runners.direct.transform_evaluator.'
-                        'get_dofn_specs']
+                        'get_dofn_specs',
+                        'apache_beam.runners.direct.transform_evaluator.'
+                        'pickler']
   _GATES['first'].set()
   assert results['first'].wait_until_finish() == PipelineState.DONE
   assert local_runner._RUN_PATCHES.active_runs == 0  # pylint: disable=protected-access
