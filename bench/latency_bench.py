@@ -306,23 +306,9 @@ def main(argv=None) -> int:
   print(demo.ensure_demo_model(args.model_dir), flush=True)
   version = versions.latest_version(args.model_dir)
   model = ssb.RawModel(versions.version_dir(args.model_dir, version))
-  broker = None
-  external = os.environ.get('KAFKA_BOOTSTRAP_SERVERS')
-  if external:
-    config = {'bootstrap.servers': external}
-  else:
-    broker = local_broker.start(args.broker_kind)
-    config = broker.client_config()
-  config['log_level'] = 0
+  broker, config = ssb.bench_cluster(args.broker_kind)
   bootstrap = config['bootstrap.servers']
-  run_id = uuid.uuid4().hex[:6]
-
-  def topics(name: str) -> dict:
-    t = {k: f'lat-{name}-{k}-{run_id}' for k in ('in', 'out', 'dlq')}
-    for kind, topic in t.items():
-      admin.create_topic(config, topic, ssb.PARTITIONS if kind == 'in' else 1,
-                         config={'retention.ms': '-1'})
-    return t
+  topics = ssb.topic_maker(config, 'lat')
 
   log = tempfile.NamedTemporaryFile('w', prefix='latency-bench-',
                                     suffix='.log', delete=False)

@@ -48,7 +48,7 @@ import tempfile
 import threading
 import time
 import uuid
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import orjson
@@ -477,6 +477,36 @@ def _throughput_rows(args, config, bootstrap, topics, n, model, log,
                   f'predictions'))
 
 
+def bench_cluster(kind: str) -> tuple[Optional[local_broker.BrokerInfo],
+                                         dict]:
+  """(embedded broker or None, client config): KAFKA_BOOTSTRAP_SERVERS
+  when set, else a fresh embedded broker of ``kind`` (stop it after)."""
+  broker = None
+  external = os.environ.get('KAFKA_BOOTSTRAP_SERVERS')
+  if external:
+    config = {'bootstrap.servers': external}
+  else:
+    broker = local_broker.start(kind)
+    config = broker.client_config()
+  config['log_level'] = 0
+  return broker, config
+
+
+def topic_maker(config: dict, prefix: str) -> Callable[[str], dict]:
+  """``topics(name)`` creates this run's input (PARTITIONS), output and
+  dead-letter topics of ``name``, keeping everything; returns their names
+  under 'in', 'out', 'dlq'."""
+  run = uuid.uuid4().hex[:6]
+
+  def topics(name: str) -> dict:
+    t = {k: f'{prefix}-{name}-{k}-{run}' for k in ('in', 'out', 'dlq')}
+    for kind, topic in t.items():
+      admin.create_topic(config, topic, PARTITIONS if kind == 'in' else 1,
+                         config={'retention.ms': '-1'})
+    return t
+  return topics
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--events', type=int, default=200_000,
@@ -508,23 +538,11 @@ def main(argv=None) -> int:
   print(demo.ensure_demo_model(args.model_dir), flush=True)
   version = versions.latest_version(args.model_dir)
   model = RawModel(versions.version_dir(args.model_dir, version))
-  broker = None
   external = os.environ.get('KAFKA_BOOTSTRAP_SERVERS')
-  if external:
-    config = {'bootstrap.servers': external}
-  else:
-    broker = local_broker.start(args.broker_kind)
-    config = broker.client_config()
-  config['log_level'] = 0
+  broker, config = bench_cluster(args.broker_kind)
   bootstrap = config['bootstrap.servers']
+  topics = topic_maker(config, 'bench')
   run = uuid.uuid4().hex[:6]
-
-  def topics(name: str) -> dict:
-    t = {k: f'bench-{name}-{k}-{run}' for k in ('in', 'out', 'dlq')}
-    for kind, topic in t.items():
-      admin.create_topic(config, topic, PARTITIONS if kind == 'in' else 1,
-                         config={'retention.ms': '-1'})
-    return t
 
   n = args.events
   log = tempfile.NamedTemporaryFile('w', prefix='score-stream-bench-',
