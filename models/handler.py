@@ -60,7 +60,6 @@ runner retries; at job start they fail the job).
 
 import logging
 import os
-import posixpath
 import shutil
 import tempfile
 import threading
@@ -327,6 +326,17 @@ class LoadedSignature(Signature):
     return scores if self._column is None else scores[:, self._column]
 
 
+def _smoke_tested(loaded: 'Signature') -> 'Signature':
+  """``loaded`` once its smoke test passes; closed, and ModelLoadError
+  raised, when it fails."""
+  try:
+    loaded.smoke_test()
+  except ModelLoadError:
+    loaded.close()
+    raise
+  return loaded
+
+
 class VersionLoader:
   """Loads and smoke-tests one version of a versioned model directory (for
   DeployedModels; picklable settings, nothing loaded until called)."""
@@ -347,14 +357,8 @@ class VersionLoader:
     if not versions.is_complete_version(path):
       raise ModelLoadError(f'{path} is not a complete version (missing, or '
                            f'its export did not finish)')
-    loaded = self._loader(path, version, self._signature, self._layout,
-                          self._output_key)
-    try:
-      loaded.smoke_test()
-    except ModelLoadError:
-      loaded.close()
-      raise
-    return loaded
+    return _smoke_tested(self._loader(path, version, self._signature,
+                                      self._layout, self._output_key))
 
 
 class VersionedModel:
@@ -392,14 +396,8 @@ class VersionedModel:
   def _load(self, version: int) -> Signature:
     path = (versions.version_dir(self._dir, version) if self.versioned else
             self._dir)
-    loaded = self._loader(path, version, self._signature, self._layout,
-                          self._output_key)
-    try:
-      loaded.smoke_test()
-    except ModelLoadError:
-      loaded.close()
-      raise
-    return loaded
+    return _smoke_tested(self._loader(path, version, self._signature,
+                                      self._layout, self._output_key))
 
   def _load_initial(self) -> Signature:
     if not self.versioned:
