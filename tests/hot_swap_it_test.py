@@ -33,6 +33,7 @@ from confluent_kafka import Producer
 
 from beam_jobs import score_stream
 from kafka_helpers import read_topic
+from model_fixtures import write_corrupt_version
 from models import export, susy
 from models import handler as handler_lib
 
@@ -63,23 +64,6 @@ def _export(root: str, version: int, weights: np.ndarray, bias: float) -> str:
       _linear_model(weights, bias), root, feature_names=susy.FEATURE_NAMES,
       metrics={'accuracy': 0.5, 'auc': 0.5, 'loss': 0.7, 'examples': 0},
       version=version, config_name=f'hot-swap-v{version}')
-
-
-def _write_corrupt_version(root: str, version: int) -> str:
-  """A version that looks complete (graph, variables index, metrics.json)
-  but does not load; written aside and renamed into place, like an
-  export."""
-  tmp = os.path.join(root, f'.tmp-{version}-corrupt')
-  os.makedirs(os.path.join(tmp, 'variables'))
-  with open(os.path.join(tmp, 'variables', 'variables.index'), 'wb') as f:
-    f.write(b'not an index')
-  with open(os.path.join(tmp, 'saved_model.pb'), 'wb') as f:
-    f.write(b'\x08\x01 this is not a SavedModel protobuf \xff\xfe')
-  with open(os.path.join(tmp, 'metrics.json'), 'w') as f:
-    f.write('{"accuracy": 0.99, "auc": 0.99, "loss": 0.01, "examples": 1}')
-  final = os.path.join(root, str(version))
-  os.rename(tmp, final)
-  return final
 
 
 class _ContinuousProducer(threading.Thread):
@@ -170,7 +154,7 @@ def test_swap_mid_stream_loses_nothing_and_refuses_a_corrupt_version(
     v2_visible = time.time()
     time.sleep(6)
     v3_visible = time.time()
-    _write_corrupt_version(root, 3)
+    write_corrupt_version(root, 3)
     time.sleep(5)
   finally:
     producer.stop()
