@@ -60,7 +60,7 @@ import threading
 import time
 import types
 import weakref
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -412,6 +412,118 @@ class _KafkaReadEvaluator(_TransformEvaluator):
                            {None: reader.watermark()})
 
 
+class _DoFnCopies:
+  """Each ParDo step's set-up DoFn copies that no bundle is using, for one
+  run.
+
+  Beam's bundle-based runner makes a fresh copy of a step's DoFn for every
+  bundle and calls setup and teardown around each bundle; the Beam model
+  (and every production runner) sets a DoFn up once and reuses it for many
+  bundles. Reusing copies here takes that cost, paid per step and bundle,
+  off the path of every record (docs/latency.md). A copy whose bundle
+  failed is not reused (the runner then fails the pipeline anyway).
+  """
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._idle: dict[object, list] = {}
+    self._closed = False
+
+  def take(self, applied_ptransform):
+    """An idle copy of the step's DoFn (already set up), or None."""
+    with self._lock:
+      idle = self._idle.get(applied_ptransform)
+      return idle.pop() if idle else None
+
+  def give_back(self, applied_ptransform, dofn) -> None:
+    with self._lock:
+      if not self._closed:
+        self._idle.setdefault(applied_ptransform, []).append(dofn)
+        return
+    _teardown(dofn, applied_ptransform.full_label)
+
+  def teardown_all(self) -> None:
+    """Tears down every idle copy (when the run has ended)."""
+    with self._lock:
+      self._closed = True
+      idle, self._idle = self._idle, {}
+    for applied_ptransform, dofns in idle.items():
+      for dofn in dofns:
+        _teardown(dofn, applied_ptransform.full_label)
+
+
+def _teardown(dofn, label: str) -> None:
+  try:
+    dofn.teardown()
+  except Exception:  # pylint: disable=broad-except
+    _LOGGER.warning('teardown of a DoFn of %s failed', label, exc_info=True)
+
+
+class _ReusingParDoEvaluator(direct_evaluators._ParDoEvaluator):  # pylint: disable=protected-access
+  """Beam's ParDo evaluator, with the step's DoFn copies reused across
+  bundles (_DoFnCopies): set up once, torn down when the run ends.
+
+  ``copies`` is set per run on a subclass (_run_construction). The steps
+  are Beam's ``_ParDoEvaluator.start_bundle`` with the copy taken from the
+  idle ones when there is one.
+  """
+
+  copies: _DoFnCopies
+
+  def start_bundle(self):
+    applied = self._applied_ptransform
+    self._tagged_receivers = direct_evaluators._TaggedReceivers(  # pylint: disable=protected-access
+        self._evaluation_context)
+    for tag in applied.outputs:
+      output = pvalue.PCollection(None, tag=tag)
+      output.producer = applied
+      bundle = self._evaluation_context.create_bundle(output)
+      bundle.tag = tag
+      self._tagged_receivers[tag] = bundle
+    self._counter_factory = counters.CounterFactory()
+
+    dofn = self.copies.take(applied)
+    fresh = dofn is None
+    if fresh:
+      dofn = direct_evaluators.pickler.roundtrip(applied.transform.dofn)
+    self._dofn = dofn
+
+    self.user_state_context = None
+    self.user_timer_map = {}
+    if direct_evaluators.is_stateful_dofn(dofn):
+      kv_hint = applied.inputs[0].element_type
+      coder = (beam.coders.registry.get_coder(kv_hint)
+               if kv_hint and kv_hint != Any else None)
+      self.key_coder = (coder.key_coder() if coder is not None else
+                        beam.coders.registry.get_coder(Any))
+      self.user_state_context = direct_evaluators.DirectUserStateContext(
+          self._step_context, dofn, self.key_coder)
+      for spec in direct_evaluators.get_dofn_specs(dofn)[1]:
+        self.user_timer_map[f'user/{spec.name}'] = spec
+
+    transform = applied.transform
+    self.runner = direct_evaluators.DoFnRunner(
+        dofn, getattr(transform, 'args', []), getattr(transform, 'kwargs', {}),
+        self._side_inputs, applied.inputs[0].windowing,
+        tagged_receivers=self._tagged_receivers,
+        step_name=applied.full_label,
+        state=direct_evaluators.DoFnState(self._counter_factory),
+        user_state_context=self.user_state_context)
+    if fresh:
+      self.runner.setup()
+    self.runner.start()
+
+  def finish_bundle(self):
+    self.runner.finish()
+    result = TransformResult(self, list(self._tagged_receivers.values()), [],
+                             self._counter_factory.get_counters(), None)
+    if self.user_state_context:
+      self.user_state_context.commit()
+      self.user_state_context.reset()
+    self.copies.give_back(self._applied_ptransform, self._dofn)
+    return result
+
+
 class _ReadFromKafkaOverride(PTransformOverride):
 
   def __init__(self, tuning: LocalReadTuning):
@@ -464,24 +576,29 @@ _CONSTRUCTION_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _run_construction():
-  """While a run builds its executor: our evaluator in the table its
-  registry copies, and our workers in the executor it starts."""
+def _run_construction(copies: _DoFnCopies):
+  """While a run builds its executor: our evaluators in the table its
+  registry copies (the ParDo one bound to this run's ``copies``), and our
+  workers in the executor it starts."""
   service = direct_executor._ExecutorService  # pylint: disable=protected-access
   table = TransformEvaluatorRegistry._test_evaluators_overrides  # pylint: disable=protected-access
+  ours = {
+      _DirectReadFromKafka: _KafkaReadEvaluator,
+      beam_core.ParDo: type('_ReusingParDoEvaluatorOfRun',
+                            (_ReusingParDoEvaluator,), {'copies': copies}),
+  }
   with _CONSTRUCTION_LOCK:
     worker = service._ExecutorServiceWorker  # pylint: disable=protected-access
-    listed = table.get(_DirectReadFromKafka)
+    listed = {key: table[key] for key in ours if key in table}
     service._ExecutorServiceWorker = _PerTaskSamplerWorker  # pylint: disable=protected-access
-    table[_DirectReadFromKafka] = _KafkaReadEvaluator
+    table.update(ours)
     try:
       yield
     finally:
       service._ExecutorServiceWorker = worker  # pylint: disable=protected-access
-      if listed is None:
-        table.pop(_DirectReadFromKafka, None)
-      else:
-        table[_DirectReadFromKafka] = listed
+      for key in ours:
+        table.pop(key, None)
+      table.update(listed)
 
 
 _STREAMING_GBK_OVERRIDES = ('StreamingGroupByKeyOverride',
@@ -615,16 +732,22 @@ class LocalStreamingRunner(BundleBasedDirectRunner):
     override = _ReadFromKafkaOverride(self._tuning)
     pipeline.replace_all([override])
     _apply_overrides_in_working_order(pipeline, options)
-    release = _RUN_PATCHES.acquire()
+    patches = _RUN_PATCHES.acquire()
+    copies = _DoFnCopies()
+
+    def release():
+      copies.teardown_all()
+      patches()
+
     try:
-      with _run_construction():
+      with _run_construction(copies):
         result = super().run_pipeline(pipeline, options)
     except BaseException:
       release()
       for read in override.replaced:
         read.reader.close()
       raise
-    return LocalStreamingResult(result, override.replaced, release)
+    return LocalStreamingResult(result, override.replaced, _Once(release))
 
 
 __all__ = ['LocalStreamingResult', 'LocalStreamingRunner',
