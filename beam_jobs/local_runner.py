@@ -15,6 +15,14 @@ What of Beam it touches, and how each is fenced:
 * the read's evaluator is listed in the evaluator table of this run only
   (``TransformEvaluatorRegistry._test_evaluators_overrides``, copied by the
   registry the run builds; removed as soon as it is built);
+* ParDo steps are evaluated by ``_ReusingParDoEvaluator`` (Beam's
+  evaluator, listed the same way): each step's DoFn copies are set up once
+  and reused across bundles, torn down when the run ends, as production
+  runners do; and outputs that received no element are not committed, so
+  no step is scheduled with an empty bundle;
+* the bundle that schedules the next read carries one marker element, so
+  that the runner drops it from the read's pending set once evaluated
+  (it keeps empty ones, and every read would cost more than the last);
 * the run's executor workers are ``_PerTaskSamplerWorker`` (a copy of the
   executor's worker loop with a fresh state sampler per task: Beam 2.77's
   workers keep one, which loses user metrics after a step's first bundle),
@@ -371,6 +379,11 @@ def _downstream_state(evaluation_context,
   return False, earliest
 
 
+# The marker element of the read's own scheduling bundle (at the end of time,
+# so that it holds back no watermark).
+_NEXT_READ = GlobalWindows.windowed_value(None, timestamp=MAX_TIMESTAMP)
+
+
 class _KafkaReadEvaluator(_TransformEvaluator):
   """Transform evaluator for _DirectReadFromKafka (cf. _PubSubReadEvaluator)."""
 
@@ -408,6 +421,12 @@ class _KafkaReadEvaluator(_TransformEvaluator):
       return TransformResult(self, bundles, [], None, {None: MAX_TIMESTAMP})
     unprocessed = self._evaluation_context.create_bundle(
         pvalue.PBegin(self._applied_ptransform.transform.pipeline))
+    # One marker element in the bundle that schedules the next read: the
+    # runner drops an evaluated bundle from the read's pending set only if
+    # it has elements, and scans every pending bundle at each watermark
+    # update, so empty ones would pile up, one per read, and every read
+    # would cost more than the one before (docs/latency.md).
+    unprocessed.add(_NEXT_READ)
     return TransformResult(self, bundles, [unprocessed], None,
                            {None: reader.watermark()})
 
@@ -515,7 +534,14 @@ class _ReusingParDoEvaluator(direct_evaluators._ParDoEvaluator):  # pylint: disa
 
   def finish_bundle(self):
     self.runner.finish()
-    result = TransformResult(self, list(self._tagged_receivers.values()), [],
+    # Empty output bundles are left out: Beam's evaluator commits one per
+    # output tag, and the runner schedules every consumer step for each
+    # (a dead-letter output, empty nearly always, cost every step after it
+    # a bundle per read; docs/latency.md). No element, no watermark hold:
+    # nothing downstream depends on them.
+    outputs = [bundle for bundle in self._tagged_receivers.values()
+               if bundle.has_elements()]
+    result = TransformResult(self, outputs, [],
                              self._counter_factory.get_counters(), None)
     if self.user_state_context:
       self.user_state_context.commit()

@@ -278,7 +278,10 @@ def preflight(cfg: StreamConfig, *, seed_here: bool = True) -> Preflight:
   topics = [t for t in (kafka.input_topic, kafka.output_topic,
                         kafka.dead_letter_topic, control_topic) if t]
   admin.topic_partitions(kafka.client_config, topics, timeout_s=30)
-  described = model.handler(cfg.scoring.events.schema).validate()
+  # Locally, the job's steps run in this process: they score with the model
+  # loaded here.
+  described = model.handler(cfg.scoring.events.schema).validate(
+      keep=seed_here)
   limit = admin.DEFAULT_MAX_RECORD_BYTES
   if kafka.dead_letter_topic:
     limit = admin.max_record_bytes(kafka.client_config,

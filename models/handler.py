@@ -74,6 +74,7 @@ from apache_beam.ml.inference.base import ModelHandler
 from models import deployments as dep
 from models import example_layout as el
 from models import routing
+from models import tf_import
 from models import versions
 from models.serving import (ControlSource, DeployedModels, ModelLoadError,
                             ServingSet)
@@ -232,10 +233,16 @@ class LoadedSignature(Signature):
 
   def __init__(self, path: str, version: int, signature: str,
                layout: el.ExampleLayout, output_key: Optional[str]):
-    import tensorflow as tf
+    tf = tf_import.tensorflow()
     super().__init__(path, version, signature, layout)
     try:
-      self._module = tf.saved_model.load(self.local)
+      try:
+        self._module = tf.saved_model.load(self.local)
+      except Exception:  # pylint: disable=broad-except
+        if not tf_import.with_keras():
+          raise
+        # Objects that only Keras' registrations restore.
+        self._module = tf.saved_model.load(self.local)
     except Exception as e:  # pylint: disable=broad-except
       self.close()
       raise ModelLoadError(f'cannot load SavedModel at {path}: {e}') from e
@@ -597,13 +604,19 @@ class SavedModelHandler(ModelHandler[EventBatch, ScoredBatch, VersionedModel]):
     if self._control is not None and model_path:
       self._side_input_record = model_path
 
-  def validate(self) -> str:
+  def validate(self, keep: bool = False) -> str:
     """Loads the model once (at job start): fails fast with a clear error.
+
+    Args:
+      keep: keep what was loaded as the process's model for these settings
+        (``load_model``), when the pipeline's steps run in this process
+        (a local engine): the job then loads the model once, not twice.
 
     Returns:
       A description (path, version, signature, input mode) for the logs.
     """
-    # A fresh load, not the process cache: validation closes what it loads.
+    # A fresh load, not the process cache: a model cached before may be
+    # stale (its directory replaced), and validation is about the disk.
     model = self._new_model()
     loaded = model.current
     text = (f'{loaded.path} (version {loaded.version}, signature '
@@ -613,6 +626,12 @@ class SavedModelHandler(ModelHandler[EventBatch, ScoredBatch, VersionedModel]):
       record = model.serving().record
       text = (f'deployment {self._control.deployment!r} of control topic '
               f'{self._control.topic}: {record.describe()}; primary {text}')
+    if keep:
+      with _MODELS_LOCK:
+        kept = _MODELS.setdefault(self._settings_key(), model) is model
+      if kept:
+        return text
+    if isinstance(model, DeployedModels):
       model.close()
     else:
       loaded.close()

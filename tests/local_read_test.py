@@ -199,3 +199,25 @@ def test_a_broker_that_lost_records_is_read_again_without_loss_or_doubles():
   assert [wv.value.value for wv in reader.read()] == [b'new']
   assert _state(reader, 0).verify is None
   assert _state(reader, 0).next_offset == 3
+
+
+def test_the_watermark_reported_advances_in_steps_and_never_back():
+  batches = [[_msg(0, 0, ts_ms=T0_MS)], [_msg(0, 1, ts_ms=T0_MS + 50)],
+             [_msg(0, 2, ts_ms=T0_MS + 150)], [_msg(0, 3, ts_ms=T0_MS + 20)],
+             [_msg(0, 4, ts_ms=T0_MS + 260)]]
+  marks = {}
+  for step in (0.0, 0.1):
+    consumer = _FakeConsumer()
+    reader = _reader(consumer, {0: (0, UNBOUNDED)},
+                     tuning=LocalReadTuning(watermark_step_s=step),
+                     max_delay_s=0)
+    marks[step] = []
+    for batch in batches:
+      consumer.batches.append(batch)  # one batch per read
+      reader.read()
+      marks[step].append(reader.watermark().micros // 1000 - T0_MS)
+  # Every read's own watermark, then the same held back to steps of 100 ms.
+  assert marks[0.0] == [0, 50, 150, 150, 260]
+  assert marks[0.1] == [0, 0, 150, 150, 260]
+  with pytest.raises(ValueError, match='watermark_step_s'):
+    LocalReadTuning(watermark_step_s=-1)
