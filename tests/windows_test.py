@@ -10,6 +10,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to, equal_to_per_window
 from apache_beam.transforms.window import IntervalWindow
 
+from transforms import windows
 from transforms.events import EventBatch
 from transforms.windows import WindowFeatures, WindowSpec
 
@@ -219,3 +220,85 @@ def test_batch_joins_window_features_to_scored_events(spec):
     got = ((p | beam.Create(scored) | WindowFeatures(spec, 1, bounded=True))
            .events | beam.FlatMap(_explode_scored))
     assert_that(got, equal_to(expected))
+
+
+# --- one state access per key and bundle ------------------------------------
+
+class _State:
+  """A ReadModifyWrite state cell that counts its reads and writes."""
+
+  def __init__(self):
+    self.value, self.reads, self.writes = None, 0, 0
+
+  def read(self):
+    self.reads += 1
+    return self.value
+
+  def write(self, value):
+    self.writes += 1
+    self.value = value
+
+  def clear(self):
+    self.value = None
+
+
+class _Timer:
+
+  def set(self, timestamp):
+    self.at = timestamp
+
+
+def _run_split(batches):
+  fn = windows._SplitByKey()  # pylint: disable=protected-access
+  fn.start_bundle()
+  early = [out for b in batches for out in fn.process(b)]
+  return early, list(fn.finish_bundle())
+
+
+def test_a_bundle_of_batches_is_one_element_per_key_with_the_same_features():
+  # Three partitions' batches in one bundle, two keys interleaved.
+  batches = [
+      make_batch([('a1', 'a', 1.0, 1.0), ('b1', 'b', 1.5, 10.0)], 'kafka:t/0'),
+      make_batch([('b2', 'b', 2.0, 20.0), ('a2', 'a', 2.5, 3.0)], 'kafka:t/1'),
+      make_batch([('a3', 'a', 12.0, 5.0)], 'kafka:t/2')]
+  early, late = _run_split(batches)
+  assert early == []
+  by_key = {wv.value[0]: wv for wv in late}
+  assert sorted(by_key) == ['a', 'b']
+  # Each key's rows, one sub-batch per input batch, in arrival order.
+  assert [[b.ids for b in by_key['a'].value[1]]] == [[['a1'], ['a2'], ['a3']]]
+  assert [b.source for b in by_key['b'].value[1]] == ['kafka:t/0', 'kafka:t/1']
+  assert by_key['a'].timestamp.micros == 1_000_000
+  assert by_key['b'].timestamp.micros == 1_500_000
+
+  spec = WindowSpec(kind='fixed', size_s=10.0, allowed_lateness_s=0.0)
+  # All of a key's batches in one call: one state read and one write...
+  together = windows._StreamingWindowStateFn(  # pylint: disable=protected-access
+      spec, 1, transform_id='together')
+  cell, wm = _State(), _State()
+  rows = [row for out in together.process(by_key['a'].value, cell, wm,
+                                          _Timer())
+          for row in explode(out.value)]
+  assert (cell.reads, cell.writes) == (1, 1)
+  # ...and the same features as one call per batch.
+  apart = windows._StreamingWindowStateFn(  # pylint: disable=protected-access
+      spec, 1, transform_id='apart')
+  windows_apart = _State()
+  rows_apart = [row for sub in by_key['a'].value[1]
+                for out in apart.process(('a', [sub]), windows_apart,
+                                         _State(), _Timer())
+                for row in explode(out.value)]
+  assert rows == rows_apart == [
+      ('a1', (0.0, 10.0), 1, 1.0, 0.0, False),
+      ('a2', (0.0, 10.0), 2, 2.0, 1.0, False),
+      ('a3', (10.0, 20.0), 1, 5.0, 0.0, False)]
+
+
+def test_split_by_key_holds_back_a_bounded_number_of_rows(monkeypatch):
+  monkeypatch.setattr(windows, '_MAX_HELD_ROWS', 3)
+  batches = [make_batch([(f'e{i}', 'k', float(i), 1.0)]) for i in range(5)]
+  early, late = _run_split(batches)
+  # Emitted as soon as 3 rows were held, the rest at the end of the bundle.
+  assert [[b.ids for b in out.value[1]] for out in early] == [
+      [['e0'], ['e1'], ['e2']]]
+  assert [[b.ids for b in wv.value[1]] for wv in late] == [[['e3'], ['e4']]]

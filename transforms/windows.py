@@ -255,21 +255,59 @@ def _with_window(batch: EventBatch, idx: np.ndarray, window, counts, mean,
   return sub
 
 
+def _by_key(batch: EventBatch):
+  """(key, the rows of that key) of a batch, rows in arrival order."""
+  keys = batch.keys
+  first = keys[0]
+  if all(k == first for k in keys):
+    yield first, batch
+    return
+  groups: dict[str, list[int]] = {}
+  for i, k in enumerate(keys):
+    groups.setdefault(k, []).append(i)
+  for key, idx in groups.items():
+    yield key, batch.take(np.asarray(idx))
+
+
+# Most rows _SplitByKey holds back within a bundle before it emits them.
+_MAX_HELD_ROWS = 10_000
+
+
 class _SplitByKey(beam.DoFn):
-  """EventBatch -> (key, EventBatch of that key), rows in arrival order."""
+  """EventBatches -> (key, [EventBatch of that key, one per input batch]):
+  one element per key and bundle, rows in arrival order.
+
+  Per key and bundle, not per key and input batch: the stateful step after
+  this one reads and writes a key's state once per element, so a bundle of
+  many small batches (one per partition and read) costs it as much as one
+  batch (docs/latency.md). At most _MAX_HELD_ROWS rows wait for the end of
+  the bundle.
+  """
+
+  def start_bundle(self):
+    self._held: dict[str, list[EventBatch]] = {}
+    self._rows = 0
 
   def process(self, batch: EventBatch):
-    keys = batch.keys
-    first = keys[0]
-    if all(k == first for k in keys):
-      yield first, batch
-      return
-    groups: dict[str, list[int]] = {}
-    for i, k in enumerate(keys):
-      groups.setdefault(k, []).append(i)
-    for key, idx in groups.items():
-      sub = batch.take(np.asarray(idx))
-      yield beam.window.TimestampedValue((key, sub), sub.min_time())
+    for key, sub in _by_key(batch):
+      self._held.setdefault(key, []).append(sub)
+    self._rows += len(batch)
+    if self._rows >= _MAX_HELD_ROWS:
+      for key, subs in self._take_held():
+        yield beam.window.TimestampedValue((key, subs), _min_time(subs))
+
+  def finish_bundle(self):
+    for key, subs in self._take_held():
+      yield window_lib.GlobalWindows.windowed_value(
+          (key, subs), timestamp=Timestamp.of(_min_time(subs)))
+
+  def _take_held(self) -> list:
+    held, self._held, self._rows = self._held, {}, 0
+    return list(held.items())
+
+
+def _min_time(batches: Sequence[EventBatch]) -> float:
+  return min(b.min_time() for b in batches)
 
 
 # Per WindowFeatures transform: the latest timer firing of any key in this
@@ -306,28 +344,28 @@ class _StreamingWindowStateFn(beam.DoFn):
   def process(self, element, windows_state=beam.DoFn.StateParam(WINDOWS),
               wm_state=beam.DoFn.StateParam(WATERMARK),
               expiry=beam.DoFn.TimerParam(EXPIRY)):
-    key, batch = element
+    _, batches = element  # one key's batches, in arrival order
     wm = self._watermark(wm_state.read())
     windows = windows_state.read()
     if windows is None:
       windows = [] if self._spec.kind == 'session' else {}
-    if self._spec.kind == 'session':
-      outputs, too_late = self._sessions(batch, windows, wm)
-    else:
-      outputs, too_late = self._intervals(batch, windows, wm)
+    assign = (self._sessions if self._spec.kind == 'session' else
+              self._intervals)
+    results = [(batch, *assign(batch, windows, wm)) for batch in batches]
     windows_state.write(windows)
     self._set_timer(windows, wm, expiry)
     self.open_windows.update(len(windows))
-    for sub in outputs:
-      yield beam.window.TimestampedValue(sub, sub.min_time())
-    for i in too_late:
-      self.too_late_rows.inc()
-      yield pvalue.TaggedOutput(dl.DEAD_LETTER_TAG, dl.of_row(
-          batch, i, stage=dl.WINDOW, reason=dl.TOO_LATE,
-          detail=(f'event time {batch.event_time[i]:.3f}: its window closed '
-                  f'and the allowed lateness '
-                  f'({self._spec.allowed_lateness_s:g}s) passed (watermark '
-                  f'>= {wm / 1e6:.3f})')))
+    for batch, outputs, too_late in results:
+      for sub in outputs:
+        yield beam.window.TimestampedValue(sub, sub.min_time())
+      for i in too_late:
+        self.too_late_rows.inc()
+        yield pvalue.TaggedOutput(dl.DEAD_LETTER_TAG, dl.of_row(
+            batch, i, stage=dl.WINDOW, reason=dl.TOO_LATE,
+            detail=(f'event time {batch.event_time[i]:.3f}: its window '
+                    f'closed and the allowed lateness '
+                    f'({self._spec.allowed_lateness_s:g}s) passed '
+                    f'(watermark >= {wm / 1e6:.3f})')))
 
   def _watermark(self, key_bound: Optional[int]) -> int:
     """What this step knows of its input watermark (micros): the latest of
