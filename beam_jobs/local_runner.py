@@ -74,7 +74,9 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam import version as beam_version
 from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.options.value_provider import RuntimeValueProvider
 from apache_beam.pipeline import PTransformOverride
+from apache_beam.runners import common as beam_common
 from apache_beam.runners.direct import direct_runner
 from apache_beam.runners.direct import executor as direct_executor
 from apache_beam.runners.direct import transform_evaluator as direct_evaluators
@@ -431,6 +433,41 @@ class _KafkaReadEvaluator(_TransformEvaluator):
                            {None: reader.watermark()})
 
 
+_PER_ELEMENT_COUNTER = 'outputs_per_element_counter'
+
+
+class _Forward(beam_common.Receiver):
+  """An output of a reused DoFnRunner: adds what it receives to the output
+  bundle of the bundle being processed."""
+
+  __slots__ = ('bundle',)
+
+  def __init__(self):
+    self.bundle = None
+
+  def receive(self, windowed_value) -> None:
+    self.bundle.add(windowed_value)
+
+
+class _Copy:
+  """A step's DoFn copy, set up, and (for a DoFn without state or side
+  inputs) its DoFnRunner with the outputs it writes through.
+
+  The runner is built once, as Beam's portable workers build theirs: its
+  construction (a DoFnSignature and an invoker, from the DoFn's methods)
+  cost more per bundle than most steps' work. A stateful DoFn gets a
+  runner per bundle (its state context is the bundle's); a DoFn with side
+  inputs too (their values can change between bundles).
+  """
+
+  __slots__ = ('dofn', 'runner', 'outputs')
+
+  def __init__(self, dofn):
+    self.dofn = dofn
+    self.runner = None
+    self.outputs: dict = {}
+
+
 class _DoFnCopies:
   """Each ParDo step's set-up DoFn copies that no bundle is using, for one
   run.
@@ -445,30 +482,30 @@ class _DoFnCopies:
 
   def __init__(self):
     self._lock = threading.Lock()
-    self._idle: dict[object, list] = {}
+    self._idle: dict[object, list[_Copy]] = {}
     self._closed = False
 
-  def take(self, applied_ptransform):
+  def take(self, applied_ptransform) -> Optional[_Copy]:
     """An idle copy of the step's DoFn (already set up), or None."""
     with self._lock:
       idle = self._idle.get(applied_ptransform)
       return idle.pop() if idle else None
 
-  def give_back(self, applied_ptransform, dofn) -> None:
+  def give_back(self, applied_ptransform, copy: _Copy) -> None:
     with self._lock:
       if not self._closed:
-        self._idle.setdefault(applied_ptransform, []).append(dofn)
+        self._idle.setdefault(applied_ptransform, []).append(copy)
         return
-    _teardown(dofn, applied_ptransform.full_label)
+    _teardown(copy.dofn, applied_ptransform.full_label)
 
   def teardown_all(self) -> None:
     """Tears down every idle copy (when the run has ended)."""
     with self._lock:
       self._closed = True
       idle, self._idle = self._idle, {}
-    for applied_ptransform, dofns in idle.items():
-      for dofn in dofns:
-        _teardown(dofn, applied_ptransform.full_label)
+    for applied_ptransform, copies in idle.items():
+      for copy in copies:
+        _teardown(copy.dofn, applied_ptransform.full_label)
 
 
 def _teardown(dofn, label: str) -> None:
@@ -479,8 +516,9 @@ def _teardown(dofn, label: str) -> None:
 
 
 class _ReusingParDoEvaluator(direct_evaluators._ParDoEvaluator):  # pylint: disable=protected-access
-  """Beam's ParDo evaluator, with the step's DoFn copies reused across
-  bundles (_DoFnCopies): set up once, torn down when the run ends.
+  """Beam's ParDo evaluator, with the step's DoFn copies (and runners)
+  reused across bundles (_DoFnCopies, _Copy): set up once, torn down when
+  the run ends.
 
   ``copies`` is set per run on a subclass (_run_construction). The steps
   are Beam's ``_ParDoEvaluator.start_bundle`` with the copy taken from the
@@ -491,46 +529,66 @@ class _ReusingParDoEvaluator(direct_evaluators._ParDoEvaluator):  # pylint: disa
 
   def start_bundle(self):
     applied = self._applied_ptransform
-    self._tagged_receivers = direct_evaluators._TaggedReceivers(  # pylint: disable=protected-access
-        self._evaluation_context)
+    self._outputs_of_bundle = {}
     for tag in applied.outputs:
       output = pvalue.PCollection(None, tag=tag)
       output.producer = applied
       bundle = self._evaluation_context.create_bundle(output)
       bundle.tag = tag
-      self._tagged_receivers[tag] = bundle
+      self._outputs_of_bundle[tag] = bundle
     self._counter_factory = counters.CounterFactory()
 
-    dofn = self.copies.take(applied)
-    fresh = dofn is None
+    copy = self.copies.take(applied)
+    fresh = copy is None
     if fresh:
-      dofn = direct_evaluators.pickler.roundtrip(applied.transform.dofn)
-    self._dofn = dofn
+      copy = _Copy(direct_evaluators.pickler.roundtrip(applied.transform.dofn))
+    self._copy = copy
 
     self.user_state_context = None
     self.user_timer_map = {}
-    if direct_evaluators.is_stateful_dofn(dofn):
+    if direct_evaluators.is_stateful_dofn(copy.dofn):
       kv_hint = applied.inputs[0].element_type
       coder = (beam.coders.registry.get_coder(kv_hint)
                if kv_hint and kv_hint != Any else None)
       self.key_coder = (coder.key_coder() if coder is not None else
                         beam.coders.registry.get_coder(Any))
       self.user_state_context = direct_evaluators.DirectUserStateContext(
-          self._step_context, dofn, self.key_coder)
-      for spec in direct_evaluators.get_dofn_specs(dofn)[1]:
+          self._step_context, copy.dofn, self.key_coder)
+      for spec in direct_evaluators.get_dofn_specs(copy.dofn)[1]:
         self.user_timer_map[f'user/{spec.name}'] = spec
-
-    transform = applied.transform
-    self.runner = direct_evaluators.DoFnRunner(
-        dofn, getattr(transform, 'args', []), getattr(transform, 'kwargs', {}),
-        self._side_inputs, applied.inputs[0].windowing,
-        tagged_receivers=self._tagged_receivers,
-        step_name=applied.full_label,
-        state=direct_evaluators.DoFnState(self._counter_factory),
-        user_state_context=self.user_state_context)
+      self.runner = self._new_runner(copy.dofn, self._receivers(
+          self._outputs_of_bundle))
+    elif self._side_inputs or _PER_ELEMENT_COUNTER in (
+        RuntimeValueProvider.experiments or ()):
+      # (That experiment binds a counter of the runner's first bundle.)
+      self.runner = self._new_runner(copy.dofn, self._receivers(
+          self._outputs_of_bundle))
+    else:
+      if copy.runner is None:
+        copy.outputs = {tag: _Forward() for tag in self._outputs_of_bundle}
+        copy.runner = self._new_runner(copy.dofn,
+                                       self._receivers(copy.outputs))
+      for tag, forward in copy.outputs.items():
+        forward.bundle = self._outputs_of_bundle[tag]
+      self.runner = copy.runner
     if fresh:
       self.runner.setup()
     self.runner.start()
+
+  def _receivers(self, by_tag: dict):
+    receivers = direct_evaluators._TaggedReceivers(self._evaluation_context)  # pylint: disable=protected-access
+    receivers.update(by_tag)
+    return receivers
+
+  def _new_runner(self, dofn, receivers):
+    transform = self._applied_ptransform.transform
+    return direct_evaluators.DoFnRunner(
+        dofn, getattr(transform, 'args', []), getattr(transform, 'kwargs', {}),
+        self._side_inputs, self._applied_ptransform.inputs[0].windowing,
+        tagged_receivers=receivers,
+        step_name=self._applied_ptransform.full_label,
+        state=direct_evaluators.DoFnState(self._counter_factory),
+        user_state_context=self.user_state_context)
 
   def finish_bundle(self):
     self.runner.finish()
@@ -539,14 +597,16 @@ class _ReusingParDoEvaluator(direct_evaluators._ParDoEvaluator):  # pylint: disa
     # (a dead-letter output, empty nearly always, cost every step after it
     # a bundle per read; docs/latency.md). No element, no watermark hold:
     # nothing downstream depends on them.
-    outputs = [bundle for bundle in self._tagged_receivers.values()
+    outputs = [bundle for bundle in self._outputs_of_bundle.values()
                if bundle.has_elements()]
     result = TransformResult(self, outputs, [],
                              self._counter_factory.get_counters(), None)
     if self.user_state_context:
       self.user_state_context.commit()
       self.user_state_context.reset()
-    self.copies.give_back(self._applied_ptransform, self._dofn)
+    for forward in self._copy.outputs.values():
+      forward.bundle = None
+    self.copies.give_back(self._applied_ptransform, self._copy)
     return result
 
 

@@ -8,8 +8,8 @@ real broker and a real streaming pipeline (beam_jobs/local_runner.py):
   scans them all at every watermark update);
 * an output that received no element is not scheduled on the steps that
   consume it (Beam schedules them with an empty bundle);
-* a step's DoFn is set up once and reused for every bundle, and torn down
-  when the run ends.
+* a step's DoFn (and its DoFnRunner) is set up once and reused for every
+  bundle, and torn down when the run ends.
 """
 
 import threading
@@ -72,6 +72,10 @@ class _Counted(beam.DoFn):
     _count('teardown')
 
 
+def _tail(offset):
+  _count('tail')
+
+
 class _NeverBundles(beam.DoFn):
 
   def start_bundle(self):
@@ -95,7 +99,8 @@ def test_reads_cost_the_same_late_in_a_run_as_early(broker, make_topic,
                                      idle_timeout_s=3600)
            | 'Split' >> beam.ParDo(_Split()).with_outputs('never',
                                                           main='offsets'))
-  _ = split.offsets | 'Counted' >> beam.ParDo(_Counted())
+  _ = (split.offsets | 'Counted' >> beam.ParDo(_Counted())
+       | 'Tail' >> beam.Map(_tail))
   _ = split.never | 'Never' >> beam.ParDo(_NeverBundles())
   result = p.run()
   sent = 0
@@ -117,7 +122,8 @@ def test_reads_cost_the_same_late_in_a_run_as_early(broker, make_topic,
     result.stop_reading()
     assert result.wait_until_finish() == PipelineState.DONE
 
-  assert _LIFE.get('elements') == sent
+  # Reused runners wrote every output of every bundle to that bundle.
+  assert _LIFE.get('elements') == _LIFE.get('tail') == sent, _LIFE
   assert len(_PENDING) >= 40, len(_PENDING)
   # Beam's own evaluator would leave one more bundle pending per read.
   assert max(_PENDING) <= 2, _PENDING[-10:]
