@@ -288,7 +288,15 @@ def test_a_bundle_of_batches_is_one_element_per_key_with_the_same_features():
                 for out in apart.process(('a', [sub]), windows_apart,
                                          _State(), _Timer())
                 for row in explode(out.value)]
-  assert rows == rows_apart == [
+  # An element of one batch (the shape before) is still understood.
+  single = windows._StreamingWindowStateFn(  # pylint: disable=protected-access
+      spec, 1, transform_id='single')
+  cell_single = _State()
+  rows_single = [row for sub in by_key['a'].value[1]
+                 for out in single.process(('a', sub), cell_single, _State(),
+                                           _Timer())
+                 for row in explode(out.value)]
+  assert rows == rows_apart == rows_single == [
       ('a1', (0.0, 10.0), 1, 1.0, 0.0, False),
       ('a2', (0.0, 10.0), 2, 2.0, 1.0, False),
       ('a3', (10.0, 20.0), 1, 5.0, 0.0, False)]

@@ -345,6 +345,10 @@ class _StreamingWindowStateFn(beam.DoFn):
               wm_state=beam.DoFn.StateParam(WATERMARK),
               expiry=beam.DoFn.TimerParam(EXPIRY)):
     _, batches = element  # one key's batches, in arrival order
+    if isinstance(batches, EventBatch):
+      # One batch per element: what a job of an earlier release (updated
+      # in place on Dataflow) still has in flight.
+      batches = [batches]
     wm = self._watermark(wm_state.read())
     windows = windows_state.read()
     if windows is None:
