@@ -310,3 +310,60 @@ def test_split_by_key_holds_back_a_bounded_number_of_rows(monkeypatch):
   assert [[b.ids for b in out.value[1]] for out in early] == [
       [['e0'], ['e1'], ['e2']]]
   assert [[b.ids for b in wv.value[1]] for wv in late] == [[['e3'], ['e4']]]
+
+
+def test_too_late_rows_of_a_keys_batches_are_dead_lettered_from_their_batch():
+  batches = [
+      make_batch([('a1', 'a', 1.0, 1.0), ('a0', 'a', 11.0, 2.0)], 'kafka:t/0'),
+      make_batch([('a3', 'a', 12.0, 4.0), ('a2', 'a', 2.5, 3.0)], 'kafka:t/1',
+                 start_pos=40)]
+  spec = WindowSpec(kind='fixed', size_s=10.0, allowed_lateness_s=0.0)
+  fn = windows._StreamingWindowStateFn(spec, 1, transform_id='late')  # pylint: disable=protected-access
+  watermark = _State()
+  watermark.value = 10_000_000  # the window [0, 10) closed, no lateness
+  out = list(fn.process(('a', batches), _State(), watermark, _Timer()))
+  dead = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)]
+  scored = [row for o in out if not isinstance(o, beam.pvalue.TaggedOutput)
+            for row in explode(o.value)]
+  # Each too-late row named by its own batch's source and position.
+  assert sorted((d.event_id, d.source, d.position, d.reason)
+                for d in dead) == [('a1', 'kafka:t/0', 0, 'too_late'),
+                                   ('a2', 'kafka:t/1', 41, 'too_late')]
+  assert scored == [('a0', (10.0, 20.0), 1, 2.0, 0.0, False),
+                    ('a3', (10.0, 20.0), 2, 3.0, 1.0, False)]
+
+
+@pytest.mark.parametrize('spread_s', [3.0, 40.0])
+def test_window_features_of_a_keys_batches_match_a_row_by_row_computation(
+    spread_s):
+  # spread 3 s: most calls have every row in one window (the fast path);
+  # 40 s: rows of four windows, out of order.
+  rng = np.random.default_rng(7)
+  spec = WindowSpec(kind='fixed', size_s=10.0, allowed_lateness_s=3600.0)
+  fn = windows._StreamingWindowStateFn(spec, 1, transform_id='reference')  # pylint: disable=protected-access
+  cell, seen, got = _State(), {}, {}
+  n = 0
+  for call in range(30):
+    batches = []
+    for part in range(int(rng.integers(1, 4))):
+      rows = [(f'e{n + i}', 'k', float(100 + rng.uniform(0, spread_s)),
+               float(rng.normal())) for i in range(int(rng.integers(1, 6)))]
+      n += len(rows)
+      batches.append(make_batch(rows, f'kafka:t/{part}'))
+    for out in fn.process(('k', batches), cell, _State(), _Timer()):
+      for row in explode(out.value):
+        got[row[0]] = row[1:5]
+    # The reference: each row's window, and the count, mean and std of the
+    # rows of that window so far (arrival order), this one included.
+    for batch in batches:
+      for i in range(len(batch)):
+        start = np.floor(batch.event_time[i] / 10.0) * 10.0
+        values = seen.setdefault(start, [])
+        values.append(float(batch.window_values[i][0]))
+        seen_ = np.asarray(values, dtype=np.float32)
+        expected = ((start, start + 10.0), len(values),
+                    round(float(seen_.mean()), 4), round(float(seen_.std()), 4))
+        assert got[batch.ids[i]][:2] == expected[:2], batch.ids[i]
+        np.testing.assert_allclose(got[batch.ids[i]][2:], expected[2:],
+                                   atol=2e-4, err_msg=batch.ids[i])
+  assert len(got) == n

@@ -353,9 +353,11 @@ class _StreamingWindowStateFn(beam.DoFn):
     windows = windows_state.read()
     if windows is None:
       windows = [] if self._spec.kind == 'session' else {}
-    assign = (self._sessions if self._spec.kind == 'session' else
-              self._intervals)
-    results = [(batch, *assign(batch, windows, wm)) for batch in batches]
+    if self._spec.kind == 'session':
+      results = [(batch, *self._sessions(batch, windows, wm))
+                 for batch in batches]
+    else:
+      results = self._intervals(batches, windows, wm)
     windows_state.write(windows)
     self._set_timer(windows, wm, expiry)
     self.open_windows.update(len(windows))
@@ -387,16 +389,32 @@ class _StreamingWindowStateFn(beam.DoFn):
         wm = published
     return wm
 
-  def _intervals(self, batch: EventBatch, windows: dict, wm: int):
+  def _intervals(self, batches: Sequence[EventBatch], windows: dict,
+                 wm: int) -> list[tuple[EventBatch, list, np.ndarray]]:
+    """Fixed/sliding/global windows of one key's batches, in one pass over
+    all of their rows (in arrival order): per batch, (the batch, its rows
+    per window with their features, the indices of its rows too late)."""
     lateness = self._spec.allowed_lateness_s
-    rows, starts, ends = _flatten(self._spec.assign(batch.event_time))
+    if len(batches) == 1:
+      times, values = batches[0].event_time, batches[0].window_values
+    else:
+      times = np.concatenate([b.event_time for b in batches])
+      values = np.concatenate([b.window_values for b in batches])
+    starts_of = np.cumsum([0] + [len(b) for b in batches])
+    layers = self._spec.assign(times)
+    if len(layers) == 1:
+      one = self._one_window(batches, starts_of, layers[0], values, windows,
+                             wm)
+      if one is not None:
+        return one
+    rows, starts, ends = _flatten(layers)
     expired = (_micros(ends + lateness) <= wm) & np.isfinite(ends)
     if expired.any():
       self.dropped_assignments.inc(int(expired.sum()))
-    assigned_ok = np.zeros(len(batch), dtype=bool)
+    assigned_ok = np.zeros(len(times), dtype=bool)
     assigned_ok[rows[~expired]] = True
     rows, starts, ends = rows[~expired], starts[~expired], ends[~expired]
-    outputs = []
+    outputs: list[list] = [[] for _ in batches]
     # Assignments are grouped by window, rows in arrival order within each.
     bounds = np.flatnonzero(starts[1:] != starts[:-1]) + 1
     for group in np.split(np.arange(len(rows)), bounds):
@@ -407,13 +425,52 @@ class _StreamingWindowStateFn(beam.DoFn):
       agg = windows.get(wkey)
       if agg is None:
         agg = windows[wkey] = _Agg(self._width)
-      counts, mean, std = _cumulative(agg, batch.window_values[idx])
-      late = np.full(len(idx), math.isfinite(wkey[1]) and
-                     _micros(wkey[1]) <= wm)
-      if late.any():
+      counts, mean, std = _cumulative(agg, values[idx])
+      late = math.isfinite(wkey[1]) and _micros(wkey[1]) <= wm
+      if late:
         self.late_rows.inc(len(idx))
-      outputs.append(_with_window(batch, idx, wkey, counts, mean, std, late))
-    return outputs, np.flatnonzero(~assigned_ok)
+      # The window's rows, batch by batch (ascending rows: each batch's
+      # rows are one run).
+      of_batch = np.searchsorted(starts_of, idx, side='right') - 1
+      for run in np.split(np.arange(len(idx)),
+                          np.flatnonzero(np.diff(of_batch)) + 1):
+        j = int(of_batch[run[0]])
+        outputs[j].append(_with_window(
+            batches[j], idx[run] - starts_of[j], wkey, counts[run],
+            mean[run], std[run], np.full(len(run), late)))
+    too_late = np.flatnonzero(~assigned_ok)
+    return [(batch, outputs[j],
+             too_late[(too_late >= starts_of[j]) &
+                      (too_late < starts_of[j + 1])] - starts_of[j])
+            for j, batch in enumerate(batches)]
+
+  def _one_window(self, batches, starts_of, layer, values, windows, wm):
+    """``_intervals`` when every row falls in one window that is still
+    open (nearly every call of a live stream), without the grouping; None
+    otherwise."""
+    starts, ends = layer
+    start, end = starts[0], ends[0]
+    if not (starts == start).all():  # also False for NaN
+      return None
+    wkey = (float(start), float(end))
+    finite = math.isfinite(wkey[1])
+    if finite and _micros(wkey[1] + self._spec.allowed_lateness_s) <= wm:
+      return None
+    agg = windows.get(wkey)
+    if agg is None:
+      agg = windows[wkey] = _Agg(self._width)
+    counts, mean, std = _cumulative(agg, values)
+    late = finite and _micros(wkey[1]) <= wm
+    if late:
+      self.late_rows.inc(len(values))
+    none = np.empty(0, dtype=np.int64)
+    out = []
+    for j, batch in enumerate(batches):
+      a, b = starts_of[j], starts_of[j + 1]
+      out.append((batch, [_with_window(
+          batch, np.arange(len(batch)), wkey, counts[a:b], mean[a:b],
+          std[a:b], np.full(len(batch), late))], none))
+    return out
 
   def _sessions(self, batch: EventBatch, sessions: list, wm: int):
     gap = self._spec.gap_s
