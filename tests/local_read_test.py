@@ -11,6 +11,7 @@ from apache_beam.utils.timestamp import Timestamp
 from confluent_kafka import KafkaError, KafkaException, Message
 
 from transforms.kafka import ReadFromKafka
+from transforms.kafka.background_commits import BackgroundCommits
 from transforms.kafka.local_read import (UNKNOWN_HORIZON, LocalKafkaReader,
                                          LocalReadTuning, _PartitionState)
 from transforms.kafka.offsets import UNBOUNDED, PartitionRange
@@ -74,6 +75,7 @@ def _reader(consumer, ranges, *, horizon=None, tuning=LocalReadTuning(),
   reader = LocalKafkaReader(settings, tuning)
   reader._consumer = consumer  # pylint: disable=protected-access
   reader._committer = _FakeCommitter()  # pylint: disable=protected-access
+  reader._commits = BackgroundCommits(reader._committer)  # pylint: disable=protected-access
   for partition, (start, stop) in ranges.items():
     state = _PartitionState(PartitionRange('t', partition, start, stop),
                             settings.max_delay_s, settings.idle_timeout_s,

@@ -40,6 +40,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from transforms.kafka import admin
 from transforms.kafka import config_refs
 from transforms.kafka import offsets as offsets_lib
+from transforms.kafka.background_commits import BackgroundCommits
 from transforms.kafka.errors import is_recoverable
 from transforms.kafka.reader_core import (NAMESPACE, ConsumerEvent,
                                           OffsetCommitter, ReaderCore,
@@ -178,6 +179,7 @@ class LocalKafkaReader:
     self._lock = threading.Lock()
     self._consumer: Optional[Consumer] = None
     self._committer: Optional[OffsetCommitter] = None
+    self._commits: Optional[BackgroundCommits] = None
     self._partitions: dict[tuple[str, int], _PartitionState] = {}
     self._deadline: Optional[float] = None
     self._remaining: Optional[int] = None  # StopAt.total_records
@@ -226,6 +228,7 @@ class LocalKafkaReader:
     self._reassign()
     if s.commit_offsets:
       self._committer = OffsetCommitter(config)
+      self._commits = BackgroundCommits(self._committer)
     self._started = True
 
   def request_stop(self) -> None:
@@ -239,7 +242,13 @@ class LocalKafkaReader:
       self._closed = True
       if self._s.source_watermark is not None:
         self._s.source_watermark.clear()
-      for client in (self._consumer, self._committer):
+      committer = self._committer
+      if self._commits is not None and not self._commits.close():
+        # Closing a consumer in the middle of its commit is not safe.
+        _LOGGER.warning('an offset commit still waits for the broker; its '
+                        'consumer is left open')
+        committer = None
+      for client in (self._consumer, committer):
         if client is not None:
           try:
             client.close()
@@ -261,7 +270,20 @@ class LocalKafkaReader:
         most ``safe_us`` has been written by every sink. None: the
         pipeline is drained (nothing pending, nothing held): everything
         emitted is durable.
+
+    Returns when the commit is done (after any ``maybe_commit`` still
+    being made).
     """
+    self._commit(safe_us, in_background=False)
+
+  def maybe_commit(self, safe_us: Optional[int] = None) -> None:
+    """``commit(safe_us)`` if ``commit_interval_s`` passed since the last,
+    made on a thread of its own (transforms/kafka/background_commits.py):
+    returns at once."""
+    if time.monotonic() - self._last_commit >= self._tuning.commit_interval_s:
+      self._commit(safe_us, in_background=True)
+
+  def _commit(self, safe_us: Optional[int], *, in_background: bool) -> None:
     if self._committer is None:
       return
     todo = {}
@@ -277,16 +299,14 @@ class LocalKafkaReader:
       target = min(e[0] for e in unsettled) if unsettled else p.next_offset
       if p.committed_next != target and target > 0:
         todo[p.key] = target
-    if todo:
-      self._committer.commit(todo)
-      for key, offset in todo.items():
-        self._partitions[key].committed_next = offset
+    if in_background:
+      if todo:
+        self._commits.submit(todo)
+    else:
+      self._commits.commit_now(todo)
+    for key, offset in todo.items():
+      self._partitions[key].committed_next = offset
     self._last_commit = time.monotonic()
-
-  def maybe_commit(self, safe_us: Optional[int] = None) -> None:
-    """``commit(safe_us)`` if ``commit_interval_s`` passed since the last."""
-    if time.monotonic() - self._last_commit >= self._tuning.commit_interval_s:
-      self.commit(safe_us)
 
   # Reading.
 
