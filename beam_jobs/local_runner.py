@@ -30,10 +30,8 @@ What of Beam it touches, and how each is fenced:
 * Beam's own overrides are applied with the streaming GroupByKey ones last
   (a 2.77 ordering bug), to this pipeline only;
 * Beam's DoFn introspection (``core.get_function_args_defaults``,
-  ``userstate.get_dofn_specs``) is memoized, and each step's DoFn pickled
-  once (``transform_evaluator.pickler``: each bundle's copy is unpickled
-  from those bytes), while local pipelines run: the runner copies and
-  introspects every DoFn again for every bundle. Installed when a
+  ``userstate.get_dofn_specs``) is memoized while local pipelines run: the
+  runner introspects a stateful DoFn again for every bundle. Installed when a
   run starts, restored when the last running local pipeline of the process
   finishes (reference-counted); every other pipeline built after sees
   Beam's own functions;
@@ -207,39 +205,6 @@ def _own_class_methods(dofn) -> Optional[tuple]:
   return tuple(sorted(own, key=lambda pair: pair[0]))
 
 
-class _TemplatePickles:
-  """Stand-in for the bundle-based runner's ``pickler`` module.
-
-  For every bundle the runner gives each step a copy of its DoFn made by a
-  pickle round trip of the step's DoFn (the template, which nothing changes
-  while the pipeline runs). Here the template is pickled once and each copy
-  unpickled from those bytes: the same fresh copy, at half the cost
-  (docs/latency.md). Everything else is Beam's pickler.
-  """
-
-  def __init__(self, pickler_module: types.ModuleType):
-    self._pickler = pickler_module
-    self._bytes: 'weakref.WeakKeyDictionary' = weakref.WeakKeyDictionary()
-    self._lock = threading.Lock()
-
-  def roundtrip(self, o):
-    try:
-      with self._lock:
-        data = self._bytes.get(o)
-    except TypeError:  # not weakly referable or not hashable: no cache
-      return self._pickler.roundtrip(o)
-    if data is None:
-      # zlib: its decompression is several times faster than the default
-      # bz2's, and it is paid per bundle.
-      data = self._pickler.dumps(o, use_zlib=True)
-      with self._lock:
-        self._bytes[o] = data
-    return self._pickler.loads(data, use_zlib=True)
-
-  def __getattr__(self, name):
-    return getattr(self._pickler, name)
-
-
 class _Once:
   """Calls a function on the first call only (thread-safe)."""
 
@@ -259,7 +224,7 @@ class _Once:
 
 
 class _RunPatches:
-  """The introspection cache and the DoFn pickles, installed while local
+  """The introspection cache, installed while local
   pipelines run.
 
   Reference-counted: installed by the first run of the process that starts,
@@ -305,8 +270,6 @@ class _RunPatches:
         # Imported by name there.
         (direct_evaluators, 'get_dofn_specs', direct_evaluators.get_dofn_specs,
          dofn_specs),
-        (direct_evaluators, 'pickler', direct_evaluators.pickler,
-         _TemplatePickles(direct_evaluators.pickler)),
     ]
     for module, name, _, ours in self._installed:
       setattr(module, name, ours)
@@ -546,7 +509,8 @@ class _ReusingParDoEvaluator(direct_evaluators._ParDoEvaluator):  # pylint: disa
 
     self.user_state_context = None
     self.user_timer_map = {}
-    if direct_evaluators.is_stateful_dofn(copy.dofn):
+    stateful = direct_evaluators.is_stateful_dofn(copy.dofn)
+    if stateful:
       kv_hint = applied.inputs[0].element_type
       coder = (beam.coders.registry.get_coder(kv_hint)
                if kv_hint and kv_hint != Any else None)
@@ -556,11 +520,10 @@ class _ReusingParDoEvaluator(direct_evaluators._ParDoEvaluator):  # pylint: disa
           self._step_context, copy.dofn, self.key_coder)
       for spec in direct_evaluators.get_dofn_specs(copy.dofn)[1]:
         self.user_timer_map[f'user/{spec.name}'] = spec
-      self.runner = self._new_runner(copy.dofn, self._receivers(
-          self._outputs_of_bundle))
-    elif self._side_inputs or _PER_ELEMENT_COUNTER in (
+    # (The per-element counter experiment binds a counter of the runner's
+    # first bundle.)
+    if stateful or self._side_inputs or _PER_ELEMENT_COUNTER in (
         RuntimeValueProvider.experiments or ()):
-      # (That experiment binds a counter of the runner's first bundle.)
       self.runner = self._new_runner(copy.dofn, self._receivers(
           self._outputs_of_bundle))
     else:

@@ -133,24 +133,6 @@ class _Tally(beam.DoFn):
     yield element
 
 
-def test_dofn_copies_come_from_one_pickle_of_the_template():
-  pickles = local_runner._TemplatePickles(pickler)  # pylint: disable=protected-access
-  template = _Tally()
-  first, second = pickles.roundtrip(template), pickles.roundtrip(template)
-  # Fresh copies, as Beam's round trip gives: state of one bundle's copy
-  # does not reach the next.
-  assert first is not second and first is not template
-  list(first.process(1))
-  assert first.seen == [1] and second.seen == [] and template.seen == []
-  assert len(pickles._bytes) == 1  # pylint: disable=protected-access
-  # Anything not weakly referable is round-tripped as Beam does.
-  assert pickles.roundtrip([1, 2]) == [1, 2]
-  assert pickles.dumps is pickler.dumps
-  # The bytes go with the template.
-  del template
-  assert len(pickles._bytes) == 0  # pylint: disable=protected-access
-
-
 # What DoFns saw while they ran: whether introspection was Beam's own.
 _SAW_BEAMS_OWN: list = []
 _GATES: dict = {}
@@ -202,9 +184,7 @@ def test_two_local_pipelines_at_once_keep_the_patches_until_the_last_ends():
   assert _patched() == ['apache_beam.transforms.core.get_function_args_defaults',
                         'apache_beam.transforms.userstate.get_dofn_specs',
                         'apache_beam.runners.direct.transform_evaluator.'
-                        'get_dofn_specs',
-                        'apache_beam.runners.direct.transform_evaluator.'
-                        'pickler']
+                        'get_dofn_specs']
   _GATES['first'].set()
   assert results['first'].wait_until_finish() == PipelineState.DONE
   assert local_runner._RUN_PATCHES.active_runs == 0  # pylint: disable=protected-access
